@@ -1,0 +1,84 @@
+"""The Celery application: configuration only; the tasks live in ``sophia_tasks.tasks``."""
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from sophia_tasks.flowspec import FlowSpec, load_spec
+from sophia_tasks.settings import Settings, load_settings
+
+STAGE_QUEUES = ("sophia.validate", "sophia.derive", "sophia.ops", "sophia.backfill")
+INGEST_QUEUE = "sophia.ingest"
+
+
+def materialize_queue(settings: Settings, target: str) -> str:
+    return settings.queue(f"sophia.materialize.{target}")
+
+
+def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
+    queues = [Queue(settings.queue(q), routing_key=settings.queue(q)) for q in STAGE_QUEUES]
+    queues += [Queue(materialize_queue(settings, name), routing_key=materialize_queue(settings, name))
+               for name in spec.materializations]
+    transport_options: dict[str, object] = {}
+    if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        transport_options = {
+            "visibility_timeout": settings.visibility_timeout,
+            "socket_connect_timeout": 3,
+            "socket_timeout": 10,
+            "retry_on_timeout": True,
+        }
+    elif settings.broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
+        # A 202 must mean the broker has the event: wait for the publisher confirm.
+        transport_options = {"confirm_publish": True, "connect_timeout": 3}
+    app.conf.update(
+        broker_url=settings.broker_url,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        result_backend=None,
+        task_ignore_result=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        task_queues=queues,
+        task_default_queue=settings.queue("sophia.ops"),
+        task_create_missing_queues=True,
+        task_routes={
+            "sophia.validate": {"queue": settings.queue("sophia.validate")},
+            "sophia.derive": {"queue": settings.queue("sophia.derive")},
+            "sophia.backfill": {"queue": settings.queue("sophia.backfill")},
+            "sophia.ingest": {"queue": settings.queue(INGEST_QUEUE)},
+        },
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        worker_max_memory_per_child=400_000,
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={
+            "purge-retention": {"task": "sophia.purge_retention", "schedule": 3600.0},
+        },
+    )
+    app.conf.sophia_settings = settings
+    app.conf.sophia_spec = spec
+
+
+def create_celery(settings: Settings | None = None, spec: FlowSpec | None = None) -> Celery:
+    settings = settings or load_settings()
+    spec = spec or load_spec(settings.flow_path)
+    app = Celery("sophia_tasks", set_as_current=True)
+    configure(app, settings, spec)
+    from sophia_tasks.batching import IngestBatcher
+
+    app.steps["consumer"].add(IngestBatcher)
+    return app
+
+
+app = create_celery()
+
+from sophia_tasks import tasks  # noqa: E402,F401  (registers the tasks on ``app``)

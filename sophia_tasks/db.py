@@ -1,0 +1,125 @@
+"""PostgreSQL plumbing shared by the staging target, the dead-letter store and the CLI."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+from psycopg2 import sql
+
+log = logging.getLogger(__name__)
+
+_created: set[str] = set()
+_lock = threading.Lock()
+
+SERVICE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sophia_dead_letters (
+    id           bigserial PRIMARY KEY,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    stage        text NOT NULL,
+    target       text,
+    collection   text NOT NULL,
+    document_key text,
+    event_id     text,
+    payload      jsonb NOT NULL,
+    error        text NOT NULL,
+    details      jsonb,
+    attempts     integer NOT NULL DEFAULT 1,
+    status       text NOT NULL DEFAULT 'pending',
+    replayed_at  timestamptz,
+    replay_count integer NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS sophia_dead_letters_status_idx ON sophia_dead_letters (status, stage, target);
+"""
+
+
+def ensure_database(dsn: str) -> None:
+    """Create the database named in the DSN if it is missing (the contract says so)."""
+    if dsn in _created:
+        return
+    params = psycopg2.extensions.parse_dsn(dsn)
+    dbname = params.get("dbname")
+    try:
+        psycopg2.connect(dsn, connect_timeout=5).close()
+    except psycopg2.OperationalError as exc:
+        if not dbname or "does not exist" not in str(exc):
+            raise
+        admin = dict(params, dbname="postgres")
+        conn = psycopg2.connect(**admin, connect_timeout=5)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        except psycopg2.errors.DuplicateDatabase:
+            pass
+        finally:
+            conn.close()
+    _created.add(dsn)
+
+
+def connect(dsn: str) -> psycopg2.extensions.connection:
+    ensure_database(dsn)
+    conn = psycopg2.connect(dsn, connect_timeout=5, application_name=f"sophia-tasks:{os.getpid()}")
+    return conn
+
+
+def ensure_service_schema(conn: psycopg2.extensions.connection) -> None:
+    with conn.cursor() as cur:
+        # Serialise concurrent first starts of several workers.
+        cur.execute("SELECT pg_advisory_xact_lock(72177301)")
+        cur.execute(SERVICE_SCHEMA)
+    conn.commit()
+
+
+class Connections:
+    """One lazily opened connection per process per DSN, replaced when it breaks.
+
+    Celery's prefork children each open their own after the fork; a broken
+    connection (server restart, pg_terminate_backend) is dropped so the next
+    attempt reconnects instead of failing forever.
+    """
+
+    def __init__(self) -> None:
+        self._conns: dict[tuple[int, str], psycopg2.extensions.connection] = {}
+
+    def get(self, dsn: str) -> psycopg2.extensions.connection:
+        key = (os.getpid(), dsn)
+        conn = self._conns.get(key)
+        if conn is None or conn.closed:
+            conn = connect(dsn)
+            ensure_service_schema(conn)
+            self._conns[key] = conn
+        return conn
+
+    def discard(self, dsn: str) -> None:
+        conn = self._conns.pop((os.getpid(), dsn), None)
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # pragma: no cover - closing a dead socket
+                pass
+
+    @contextmanager
+    def transaction(self, dsn: str) -> Iterator[psycopg2.extensions.cursor]:
+        conn = self.get(dsn)
+        try:
+            with conn.cursor() as cur:
+                yield cur
+            conn.commit()
+        except BaseException as exc:
+            try:
+                conn.rollback()
+            except Exception:
+                self.discard(dsn)
+            if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+                self.discard(dsn)
+            raise
+
+
+connections = Connections()

@@ -1,0 +1,100 @@
+"""The shape of what travels between stages, and the helpers every stage shares.
+
+A document is the collection's JSON object with a leading ``_meta`` object:
+``{"_meta": {"published_at", "event_id", "collection", "received_at", "source"}, ...}``.
+``published_at`` is the version used for last-write-wins: ISO-8601 UTC with
+microseconds and a ``Z``, so comparing two versions as strings orders them in time
+(the Redis Lua script and the SQL targets rely on that).
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
+
+import orjson
+
+_VERSION_FMT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def format_version(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime(_VERSION_FMT)
+
+
+def parse_time(value: Any) -> datetime | None:
+    """Parse ISO-8601 (any offset, ``Z``) or unix seconds; None when it is neither."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        try:
+            return datetime.fromtimestamp(float(value), timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if re.fullmatch(r"\d{9,11}(\.\d+)?", text):
+            return parse_time(float(text))
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment
+    return None
+
+
+def normalize_version(value: Any, default: datetime | None = None) -> str:
+    moment = parse_time(value) or default or utcnow()
+    return format_version(moment)
+
+
+def make_document(body: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``_meta`` first, ``published_at`` first inside it: the Redis script reads it by position."""
+    doc: dict[str, Any] = {"_meta": dict(meta)}
+    for k, v in body.items():
+        if k != "_meta":
+            doc[k] = v
+    return doc
+
+
+def meta(document: Mapping[str, Any]) -> Mapping[str, Any]:
+    value = document.get("_meta")
+    return value if isinstance(value, Mapping) else {}
+
+
+def version_of(document: Mapping[str, Any]) -> str:
+    return str(meta(document).get("published_at") or "")
+
+
+def dumps(document: Any) -> bytes:
+    return orjson.dumps(document)
+
+
+def loads(raw: bytes | str) -> Any:
+    return orjson.loads(raw)
+
+
+def latest_per_key(keyed: Iterable[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """Collapse a batch to one document per key, the newest version winning (later on ties).
+
+    Upserts and MERGE refuse to touch one row twice in a statement, and a duplicate
+    inside a batch is the common case when a sender retries quickly.
+    """
+    best: dict[str, tuple[str, dict[str, Any]]] = {}
+    for key, doc in keyed:
+        version = version_of(doc)
+        current = best.get(key)
+        if current is None or version >= current[0]:
+            best[key] = (version, doc)
+    return [(key, pair[1]) for key, pair in best.items()]

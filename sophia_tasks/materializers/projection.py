@@ -1,0 +1,67 @@
+"""Projected columns: typed values pulled from a document by JSON pointer.
+
+A value that does not fit its column's type becomes NULL rather than failing the
+batch: the whole document is still in ``flow_document``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from sophia_tasks.documents import format_version, parse_time
+from sophia_tasks.flowspec import Binding, FlowSpec, Projection, resolve_pointer
+
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
+def coerce(value: Any, ptype: str) -> Any:
+    if value is None:
+        return None
+    if ptype == "string":
+        if isinstance(value, (dict, list)):
+            return None
+        return str(value)
+    if ptype == "integer":
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return value if _INT_MIN <= value <= _INT_MAX else None
+        if isinstance(value, float) and math.isfinite(value):
+            return int(value) if _INT_MIN <= value <= _INT_MAX else None
+        return None
+    if ptype == "number":
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, (int, float)):
+            f = float(value)
+            return f if math.isfinite(f) else None
+        return None
+    if ptype == "boolean":
+        return value if isinstance(value, bool) else None
+    if ptype == "timestamp":
+        moment = parse_time(value) if isinstance(value, str) else None
+        if moment is None or not (1 <= moment.year <= 9999):
+            return None
+        return format_version(moment)
+    if ptype == "object":
+        return value
+    return None
+
+
+def project(document: dict[str, Any], projections: Iterable[Projection]) -> list[Any]:
+    return [coerce(resolve_pointer(document, p.pointer), p.type) for p in projections]
+
+
+def keyed(spec: FlowSpec, binding: Binding, documents: list[dict[str, Any]]
+          ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[dict[str, Any], str]]]:
+    """Split a batch into (key, document) pairs and documents without a usable key."""
+    pointer = spec.key_pointer(binding.source)
+    ok: list[tuple[str, dict[str, Any]]] = []
+    bad: list[tuple[dict[str, Any], str]] = []
+    for doc in documents:
+        value = resolve_pointer(doc, pointer)
+        if value is None or isinstance(value, (dict, list, bool)) or str(value) == "":
+            bad.append((doc, f"document has no key at {pointer}"))
+        else:
+            ok.append((str(value), doc))
+    return ok, bad

@@ -1,0 +1,94 @@
+"""Redis hot cache: one pipelined script call per chunk, last write wins by version."""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import redis as redis_lib
+
+from sophia_tasks.documents import latest_per_key, version_of
+from sophia_tasks.flowspec import Binding, FlowSpec
+from sophia_tasks.materializers import TransientTargetError, WriteResult, register
+from sophia_tasks.settings import Settings
+
+# For each key: keep the stored value when its _meta.published_at is newer than the
+# incoming one. Versions are fixed-width UTC strings, so string order is time order;
+# _meta is serialised first and published_at first inside it, so the first match is ours.
+LWW_SET = """
+local ttl = tonumber(ARGV[1])
+local written = 0
+for i, key in ipairs(KEYS) do
+  local version = ARGV[2 * i]
+  local value = ARGV[2 * i + 1]
+  local current = redis.call('GET', key)
+  local stale = false
+  if current then
+    local cv = string.match(current, '^{"_meta":{"published_at":"([^"]*)"')
+    if cv and cv > version then stale = true end
+  end
+  if not stale then
+    redis.call('SET', key, value, 'EX', ttl)
+    written = written + 1
+  end
+end
+return written
+"""
+
+CHUNK = 200
+
+
+class RedisMaterializer:
+    name = "redis"
+
+    def __init__(self, settings: Settings, spec: FlowSpec) -> None:
+        self.spec = spec
+        self.client = redis_lib.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30,
+                                               health_check_interval=30)
+        self.script = self.client.register_script(LWW_SET)
+
+    def key(self, binding: Binding, key: str) -> str:
+        return f"{binding.key_prefix}{key}"
+
+    def write_batch(self, binding: Binding, documents: list[dict[str, Any]]) -> WriteResult:
+        from sophia_tasks.materializers.projection import keyed
+
+        pairs, bad = keyed(self.spec, binding, documents)
+        pairs = latest_per_key(pairs)
+        result = WriteResult(failed=list(bad))
+        ttl = binding.ttl_seconds
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            calls = 0
+            for start in range(0, len(pairs), CHUNK):
+                chunk = pairs[start:start + CHUNK]
+                keys = [self.key(binding, k) for k, _ in chunk]
+                args: list[Any] = [ttl]
+                for _, doc in chunk:
+                    args.append(version_of(doc))
+                    args.append(orjson.dumps(doc))
+                self.script(keys=keys, args=args, client=pipe)
+                calls += len(chunk)
+            replies = pipe.execute() if calls else []
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+            raise TransientTargetError(f"redis unreachable: {exc}") from exc
+        result.written = int(sum(int(r) for r in replies))
+        result.skipped_stale = len(pairs) - result.written
+        return result
+
+    def count(self, binding: Binding) -> int:
+        n = 0
+        for _ in self.client.scan_iter(match=f"{binding.key_prefix}*", count=1000):
+            n += 1
+        return n
+
+    def fetch(self, binding: Binding, key: str) -> dict[str, Any] | None:
+        raw = self.client.get(self.key(binding, key))
+        return orjson.loads(raw) if raw else None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@register("redis")
+def factory(settings: Settings, spec: FlowSpec) -> RedisMaterializer:
+    return RedisMaterializer(settings, spec)

@@ -1,0 +1,187 @@
+"""Snowflake analytics target: the batch travels as one bound JSON array, one MERGE.
+
+The real ``snowflake-connector-python`` is used in every mode; with no account it
+connects over HTTP to the local fakesnow server, so the statements that run in
+tests are the statements that run in production.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import orjson
+
+from sophia_tasks.documents import latest_per_key, version_of
+from sophia_tasks.flowspec import Binding, FlowSpec
+from sophia_tasks.materializers import TransientTargetError, WriteResult, register
+from sophia_tasks.materializers.projection import keyed, project
+from sophia_tasks.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SF_TYPES = {
+    "string": "VARCHAR",
+    "integer": "NUMBER(38,0)",
+    "number": "FLOAT",
+    "boolean": "BOOLEAN",
+    "timestamp": "TIMESTAMP_TZ",
+    "object": "VARIANT",
+}
+# A bound VARCHAR holds 16 MB; stay well under it and split bigger batches.
+MAX_BIND_BYTES = 8 * 1024 * 1024
+
+
+def quote_ident(name: str) -> str:
+    """Flow-spec names are checked to [A-Za-z0-9_]; quoting keeps their case as written."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+class SnowflakeMaterializer:
+    name = "snowflake"
+
+    def __init__(self, settings: Settings, spec: FlowSpec) -> None:
+        self.sf = settings.snowflake
+        self.spec = spec
+        self._conn: Any = None
+        self._ready: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- connection ---------------------------------------------------------------
+    def connection(self) -> Any:
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        import snowflake.connector
+
+        try:
+            conn = snowflake.connector.connect(**self.sf.connect_kwargs())
+        except Exception as exc:  # the connector raises several families on network failure
+            raise TransientTargetError(f"snowflake unreachable: {exc}") from exc
+        if self.sf.emulator:
+            cur = conn.cursor()
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS {quote_ident(self.sf.database)}")
+            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.sf.database)}.{quote_ident(self.sf.schema)}")
+            cur.execute(f"USE SCHEMA {quote_ident(self.sf.database)}.{quote_ident(self.sf.schema)}")
+        self._conn = conn
+        self._ready.clear()
+        return conn
+
+    def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def _execute(self, statement: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        import snowflake.connector.errors as sf_errors
+
+        conn = self.connection()
+        try:
+            cur = conn.cursor()
+            cur.execute(statement, params)
+            try:
+                return list(cur.fetchall())
+            except sf_errors.Error:
+                return []
+        except (sf_errors.OperationalError, sf_errors.InterfaceError, sf_errors.DatabaseError,
+                ConnectionError, OSError) as exc:
+            transient = not isinstance(exc, sf_errors.ProgrammingError)
+            if transient:
+                self._discard()
+                raise TransientTargetError(f"snowflake: {exc}") from exc
+            raise
+
+    def table_name(self, binding: Binding) -> str:
+        return quote_ident(str(binding.table))
+
+    def ensure_table(self, binding: Binding) -> None:
+        if binding.table in self._ready:
+            return
+        cols = [f"{quote_ident(binding.key_column)} VARCHAR NOT NULL PRIMARY KEY",
+                '"FLOW_DOCUMENT" VARIANT', '"FLOW_PUBLISHED_AT" TIMESTAMP_TZ']
+        cols += [f"{quote_ident(p.column)} {SF_TYPES[p.type]}" for p in binding.projections]
+        self._execute(f"CREATE TABLE IF NOT EXISTS {self.table_name(binding)} ({', '.join(cols)})")
+        self._ready.add(str(binding.table))
+
+    def merge_statement(self, binding: Binding) -> str:
+        t = self.table_name(binding)
+        key = quote_ident(binding.key_column)
+        proj = [(quote_ident(p.column), p.type, f"x{i}") for i, p in enumerate(binding.projections)]
+        select = [f"f.value:k::VARCHAR AS {key}", 'f.value:d AS "FLOW_DOCUMENT"',
+                  'f.value:p::TIMESTAMP_TZ AS "FLOW_PUBLISHED_AT"']
+        select += [f"f.value:{alias}" + ("" if ptype == "object" else f"::{SF_TYPES[ptype]}") + f" AS {col}"
+                   for col, ptype, alias in proj]
+        names = [key, '"FLOW_DOCUMENT"', '"FLOW_PUBLISHED_AT"'] + [c for c, _, _ in proj]
+        updates = ", ".join(f"{n} = s.{n}" for n in names[1:])
+        return (
+            f"MERGE INTO {t} USING (SELECT {', '.join(select)} "
+            f"FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) f) s ON {t}.{key} = s.{key} "
+            f'WHEN MATCHED AND s."FLOW_PUBLISHED_AT" >= {t}."FLOW_PUBLISHED_AT" THEN UPDATE SET {updates} '
+            f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}) VALUES ({', '.join('s.' + n for n in names)})"
+        )
+
+    def write_batch(self, binding: Binding, documents: list[dict[str, Any]]) -> WriteResult:
+        pairs, bad = keyed(self.spec, binding, documents)
+        pairs = latest_per_key(pairs)
+        result = WriteResult(failed=list(bad))
+        if not pairs:
+            return result
+        rows = []
+        for key, doc in pairs:
+            row: dict[str, Any] = {"k": key, "d": doc, "p": version_of(doc)}
+            for i, value in enumerate(project(doc, binding.projections)):
+                row[f"x{i}"] = value
+            rows.append(orjson.dumps(row))
+        with self._lock:
+            self.ensure_table(binding)
+            statement = self.merge_statement(binding)
+            for chunk in _chunks(rows, MAX_BIND_BYTES):
+                payload = (b"[" + b",".join(chunk) + b"]").decode()
+                res = self._execute(statement, [payload])
+                if res and len(res[0]) >= 2:
+                    result.written += int(res[0][0] or 0) + int(res[0][1] or 0)
+                else:
+                    result.written += len(chunk)
+        result.skipped_stale = len(rows) - result.written
+        return result
+
+    def count(self, binding: Binding) -> int:
+        with self._lock:
+            self.ensure_table(binding)
+            return int(self._execute(f"SELECT COUNT(*) FROM {self.table_name(binding)}")[0][0])
+
+    def fetch(self, binding: Binding, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            self.ensure_table(binding)
+            rows = self._execute(
+                f'SELECT "FLOW_DOCUMENT" FROM {self.table_name(binding)} WHERE {quote_ident(binding.key_column)} = ?',
+                [key])
+        if not rows:
+            return None
+        value = rows[0][0]
+        return orjson.loads(value) if isinstance(value, (str, bytes)) else value
+
+    def close(self) -> None:
+        self._discard()
+
+
+def _chunks(rows: list[bytes], limit: int) -> list[list[bytes]]:
+    out: list[list[bytes]] = []
+    current: list[bytes] = []
+    size = 0
+    for row in rows:
+        if current and size + len(row) + 1 > limit:
+            out.append(current)
+            current, size = [], 0
+        current.append(row)
+        size += len(row) + 1
+    if current:
+        out.append(current)
+    return out
+
+
+@register("snowflake")
+def factory(settings: Settings, spec: FlowSpec) -> SnowflakeMaterializer:
+    return SnowflakeMaterializer(settings, spec)

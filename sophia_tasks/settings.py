@@ -1,0 +1,184 @@
+"""The one place that reads the environment.
+
+Everything else receives a ``Settings`` (or clients built from it), so tests and
+the benchmark can run a whole stack side by side with other database numbers.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_FLOW = Path(__file__).parent / "flows" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A variable has a value we cannot use; the message names it."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name) or ""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class SnowflakeSettings:
+    account: str | None
+    user: str
+    password: str
+    database: str
+    schema: str
+    warehouse: str | None
+    role: str | None
+    host: str
+    port: int
+    protocol: str
+
+    @property
+    def emulator(self) -> bool:
+        """No account means the local fakesnow server (dev, demo, tests, CI)."""
+        return not self.account
+
+    def connect_kwargs(self) -> dict[str, object]:
+        kwargs: dict[str, object] = {
+            "user": self.user,
+            "password": self.password,
+            "database": self.database,
+            "schema": self.schema,
+            # Server-side binding: a whole batch travels as one bound JSON value.
+            "paramstyle": "qmark",
+            "login_timeout": 15,
+            "network_timeout": 60,
+            "client_session_keep_alive": False,
+        }
+        if self.emulator:
+            kwargs.update(account="fakesnow", host=self.host, port=self.port, protocol=self.protocol)
+        else:
+            kwargs["account"] = self.account
+            if self.warehouse:
+                kwargs["warehouse"] = self.warehouse
+            if self.role:
+                kwargs["role"] = self.role
+            if self.host and self.host != "127.0.0.1":
+                kwargs.update(host=self.host, port=self.port, protocol=self.protocol)
+        return kwargs
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/1"
+    postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/sophia"
+    snowflake: SnowflakeSettings = field(
+        default_factory=lambda: SnowflakeSettings(
+            account=None, user="sophia", password="sophia", database="SOPHIA", schema="PUBLIC",
+            warehouse=None, role=None, host="127.0.0.1", port=8765, protocol="http",
+        )
+    )
+    snowflake_data_dir: str = "var/snowflake"
+    webhook_tokens: tuple[str, ...] = ()
+    webhook_secrets: tuple[str, ...] = ()
+    gong_jwt_public_key: str | None = None
+    insecure_no_auth: bool = False
+    public_url: str | None = None
+    flow_path: Path = DEFAULT_FLOW
+    sentry_dsn: str | None = None
+    slack_webhook_url: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    dedupe_window_seconds: int = 24 * 3600
+    rate_limit_per_minute: int = 0
+    bind_all: bool = False
+    port: int = 9009
+    # Redis visibility timeout: retries' countdowns must stay well below it.
+    visibility_timeout: int = 3600
+    ingest_batch_size: int = 500
+    ingest_flush_seconds: float = 0.05
+    retry_max: int = 8
+    retry_backoff_max: int = 300
+    retry_backoff_base: float = 2.0
+    queue_prefix: str = ""
+
+    def queue(self, name: str) -> str:
+        """Queue names carry an optional prefix so a benchmark or test stack never steals demo work."""
+        return f"{self.queue_prefix}{name}"
+
+    def with_overrides(self, **changes: object) -> "Settings":
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    flow = env.get("SOPHIA_FLOW")
+    snowflake = SnowflakeSettings(
+        account=env.get("SOPHIA_SNOWFLAKE_ACCOUNT") or None,
+        user=env.get("SOPHIA_SNOWFLAKE_USER", "sophia"),
+        password=env.get("SOPHIA_SNOWFLAKE_PASSWORD", "sophia"),
+        database=env.get("SOPHIA_SNOWFLAKE_DATABASE", "SOPHIA"),
+        schema=env.get("SOPHIA_SNOWFLAKE_SCHEMA", "PUBLIC"),
+        warehouse=env.get("SOPHIA_SNOWFLAKE_WAREHOUSE") or None,
+        role=env.get("SOPHIA_SNOWFLAKE_ROLE") or None,
+        host=env.get("SOPHIA_SNOWFLAKE_HOST", "127.0.0.1"),
+        port=_int(env, "SOPHIA_SNOWFLAKE_PORT", 8765),
+        protocol=env.get("SOPHIA_SNOWFLAKE_PROTOCOL", "http"),
+    )
+    settings = Settings(
+        broker_url=env.get("SOPHIA_BROKER_URL", Settings.broker_url),
+        redis_url=env.get("SOPHIA_REDIS_URL", Settings.redis_url),
+        postgres_dsn=env.get("SOPHIA_POSTGRES_DSN", Settings.postgres_dsn),
+        snowflake=snowflake,
+        snowflake_data_dir=env.get("SOPHIA_SNOWFLAKE_DATA_DIR", Settings.snowflake_data_dir),
+        webhook_tokens=_list(env, "SOPHIA_WEBHOOK_TOKENS"),
+        webhook_secrets=_list(env, "SOPHIA_WEBHOOK_SECRET"),
+        gong_jwt_public_key=env.get("SOPHIA_GONG_JWT_PUBLIC_KEY") or None,
+        insecure_no_auth=_bool(env, "SOPHIA_INSECURE_NO_AUTH"),
+        public_url=(env.get("SOPHIA_PUBLIC_URL") or None),
+        flow_path=Path(flow) if flow else DEFAULT_FLOW,
+        sentry_dsn=env.get("SENTRY_DSN") or None,
+        slack_webhook_url=env.get("SOPHIA_SLACK_WEBHOOK_URL") or None,
+        max_body_bytes=_int(env, "SOPHIA_MAX_BODY_BYTES", Settings.max_body_bytes),
+        dedupe_window_seconds=_int(env, "SOPHIA_DEDUPE_WINDOW_SECONDS", Settings.dedupe_window_seconds),
+        rate_limit_per_minute=_int(env, "SOPHIA_RATE_LIMIT_PER_MINUTE", 0),
+        bind_all=_bool(env, "SOPHIA_BIND_ALL"),
+        port=_int(env, "PORT", 9009),
+        visibility_timeout=_int(env, "SOPHIA_VISIBILITY_TIMEOUT", Settings.visibility_timeout),
+        ingest_batch_size=_int(env, "SOPHIA_INGEST_BATCH_SIZE", Settings.ingest_batch_size),
+        ingest_flush_seconds=_float(env, "SOPHIA_INGEST_FLUSH_SECONDS", Settings.ingest_flush_seconds),
+        retry_max=_int(env, "SOPHIA_RETRY_MAX", Settings.retry_max),
+        retry_backoff_max=_int(env, "SOPHIA_RETRY_BACKOFF_MAX", Settings.retry_backoff_max),
+        retry_backoff_base=_float(env, "SOPHIA_RETRY_BACKOFF_BASE", Settings.retry_backoff_base),
+        queue_prefix=env.get("SOPHIA_QUEUE_PREFIX", ""),
+    )
+    if settings.retry_backoff_max * 2 >= settings.visibility_timeout:
+        raise ConfigError(
+            "SOPHIA_RETRY_BACKOFF_MAX must stay below half of SOPHIA_VISIBILITY_TIMEOUT, "
+            "or a delayed retry would be delivered twice"
+        )
+    return settings

@@ -1,0 +1,167 @@
+"""Celery tasks: thin wrappers that move batches between the stages in ``pipeline``.
+
+Every task is acks_late and reject_on_worker_lost (app config), takes a list, and
+is idempotent: a redelivered batch rewrites the same versions and changes nothing.
+The chain is explicit ``apply_async`` of the next stage before the task returns,
+never a chord, so the next stage is on the broker before this message is acked.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Retry
+
+from sophia_tasks import pipeline
+from sophia_tasks.celery_app import app, materialize_queue
+from sophia_tasks.deadletter import Letter
+from sophia_tasks.documents import meta
+from sophia_tasks.materializers import TransientTargetError
+
+log = logging.getLogger(__name__)
+
+_context: dict[int, pipeline.Context] = {}
+
+
+def context() -> pipeline.Context:
+    """One per process: settings and spec from the app, clients opened after the fork."""
+    ctx = _context.get(os.getpid())
+    if ctx is None:
+        ctx = pipeline.build_context(app.conf.sophia_settings, app.conf.sophia_spec)
+        _context.clear()
+        _context[os.getpid()] = ctx
+    return ctx
+
+
+class StageTask(Task):
+    """Infrastructure failures (broker, dead-letter store) retry with backoff, then stay on the broker."""
+
+    autoretry_for = (Exception,)
+    dont_autoretry_for = (Retry,)
+    max_retries = None
+    retry_backoff = 2
+    retry_backoff_max = 120
+    retry_jitter = True
+    acks_late = True
+    reject_on_worker_lost = True
+
+
+def send_derive(collection: str, documents: list[dict[str, Any]]) -> None:
+    settings = context().settings
+    derive.apply_async(args=[collection, documents], queue=settings.queue("sophia.derive"))
+
+
+def send_materialize(target: str, collection: str, documents: list[dict[str, Any]], attempt: int = 1,
+                     countdown: float | None = None) -> None:
+    settings = context().settings
+    materialize.apply_async(args=[target, collection, documents], kwargs={"attempt": attempt},
+                            queue=materialize_queue(settings, target), countdown=countdown)
+
+
+@app.task(name="sophia.ingest", base=StageTask)
+def ingest(events: list[dict[str, Any]]) -> None:
+    """Fallback for ingest messages consumed one at a time (the batcher normally takes them)."""
+    validate.apply_async(args=[events], queue=context().settings.queue("sophia.validate"))
+
+
+@app.task(name="sophia.validate", base=StageTask)
+def validate(events: list[dict[str, Any]]) -> None:
+    ctx = context()
+    result = pipeline.validate_events(ctx.spec, events)
+    if result.letters:
+        ctx.dlq.record(result.letters)
+        pipeline.record_error(ctx, "validate", None, "schema", len(result.letters))
+    if result.tests:
+        record_test_deliveries(ctx, result.tests)
+    for collection, documents in result.documents.items():
+        send_derive(collection, documents)
+    ctx.stats.incr([("documents_validated", {"collection": c}, len(d)) for c, d in result.documents.items()])
+    ctx.stats.tick({"validate": len(events)})
+
+
+def record_test_deliveries(ctx: pipeline.Context, documents: list[dict[str, Any]]) -> None:
+    """Gong's test deliveries are acknowledged and counted, never materialized as business data."""
+    ctx.stats.incr([("test_deliveries", {"collection": meta(d).get("collection")}, 1) for d in documents])
+    for d in documents:
+        log.info("test delivery %s for call %s acknowledged, not materialized", meta(d).get("event_id"),
+                 (d.get("metaData") or {}).get("id"))
+
+
+@app.task(name="sophia.derive", base=StageTask)
+def derive(collection: str, documents: list[dict[str, Any]]) -> None:
+    ctx = context()
+    result = pipeline.derive_documents(ctx.spec, collection, documents)
+    if result.letters:
+        ctx.dlq.record(result.letters)
+        pipeline.record_error(ctx, "derive", None, "transform", len(result.letters))
+    for name, docs in result.documents.items():
+        if not docs:
+            continue
+        for mat in ctx.spec.materializations_of(name):
+            send_materialize(mat.name, name, docs)
+    ctx.stats.incr([("documents_derived", {"collection": c}, len(d)) for c, d in result.documents.items()])
+    ctx.stats.tick({"derive": len(documents)})
+
+
+@app.task(name="sophia.materialize", bind=True, base=StageTask, soft_time_limit=240, time_limit=300)
+def materialize(self: Task, target: str, collection: str, documents: list[dict[str, Any]], attempt: int = 1) -> None:
+    """Write one batch to one target; retried alone, so other targets never wait for it."""
+    ctx = context()
+    try:
+        result = pipeline.materialize_documents(ctx, target, collection, documents)
+        error_reason = "data"
+    except TransientTargetError as exc:
+        result = pipeline.WriteResult(failed=[(d, str(exc)[:2000]) for d in documents])
+        error_reason = "unreachable"
+    if len(result.failed) < len(documents):
+        pipeline.record_written(ctx, target, collection, documents, result)
+        ctx.stats.tick({"materialize": len(documents) - len(result.failed)})
+    if not result.failed:
+        return
+    keyless = [(d, e) for d, e in result.failed if e.startswith("document has no key")]
+    retryable = [(d, e) for d, e in result.failed if not e.startswith("document has no key")]
+    pipeline.record_error(ctx, "materialize", target, error_reason, len(retryable))
+    letters = [Letter(stage="materialize", target=target, collection=collection, payload=d, error=e,
+                      event_id=meta(d).get("event_id"), attempts=attempt) for d, e in keyless]
+    if retryable and attempt < ctx.settings.retry_max:
+        countdown = pipeline.backoff_seconds(ctx.settings, attempt)
+        log.warning("%s: %d document(s) of %s failed (attempt %d of %d), retrying in %.1fs: %s", target,
+                    len(retryable), collection, attempt, ctx.settings.retry_max, countdown, retryable[0][1][:300])
+        send_materialize(target, collection, [d for d, _ in retryable], attempt=attempt + 1, countdown=countdown)
+    else:
+        letters += [Letter(stage="materialize", target=target, collection=collection, payload=d, error=e,
+                           event_id=meta(d).get("event_id"), attempts=attempt,
+                           document_key=ctx.spec.collection(collection).key_of(d)) for d, e in retryable]
+        if retryable:
+            log.error("%s: %d document(s) of %s dead-lettered after %d attempts: %s", target, len(retryable),
+                      collection, attempt, retryable[0][1][:300])
+    if letters:
+        ctx.dlq.record(letters)
+
+
+@app.task(name="sophia.replay", base=StageTask)
+def replay(letter_ids: list[int]) -> int:
+    """Put dead letters back into the chain at the stage where each one failed."""
+    from sophia_tasks.replay import replay_letters
+
+    return replay_letters(context(), letter_ids)
+
+
+@app.task(name="sophia.purge_retention", base=StageTask)
+def purge_retention() -> dict[str, int]:
+    """Delete staging rows older than each binding's retention_days (Postgres keeps 30 days)."""
+    from sophia_tasks.materializers import get_materializer
+
+    ctx = context()
+    purged: dict[str, int] = {}
+    for mat in ctx.spec.materializations.values():
+        if mat.endpoint != "postgres":
+            continue
+        writer = get_materializer("postgres", ctx.settings, ctx.spec)
+        for binding in mat.bindings:
+            if binding.retention_days:
+                purged[str(binding.table)] = writer.purge_older_than(binding, binding.retention_days)  # type: ignore[attr-defined]
+    log.info("retention purge: %s", purged)
+    return purged

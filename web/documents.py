@@ -1,0 +1,40 @@
+"""Read a document back from the Redis hot cache."""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import redis as redis_lib
+from flask import Blueprint, Response, jsonify
+
+from web.services import services
+
+bp = Blueprint("documents", __name__)
+
+
+@bp.get("/v1/collections/<collection>/documents/<key>")
+def get_document(collection: str, key: str) -> Any:
+    svc = services()
+    binding = None
+    for mat in svc.spec.materializations.values():
+        if mat.endpoint == "redis":
+            binding = mat.binding_for(collection)
+            if binding is not None:
+                break
+    if binding is None:
+        response = jsonify({"error": "not found", "detail": f"collection {collection!r} has no Redis binding"})
+        response.status_code = 404
+        return response
+    try:
+        raw = svc.redis.get(f"{binding.key_prefix}{key}")
+    except redis_lib.RedisError:
+        response = jsonify({"error": "hot cache unavailable"})
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
+        return response
+    if raw is None:
+        response = jsonify({"error": "not found", "detail": f"no document {key!r} in {collection}"})
+        response.status_code = 404
+        return response
+    orjson.loads(raw)  # refuse to serve a corrupt value as JSON
+    return Response(raw, content_type="application/json")

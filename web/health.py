@@ -1,0 +1,65 @@
+"""Liveness, readiness, metrics and the OpenAPI document."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from web.services import services
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Any:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Any:
+    svc = services()
+    checks: dict[str, str] = {}
+    try:
+        with svc.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+        checks["broker"] = "ok"
+    except Exception as exc:
+        checks["broker"] = f"unreachable: {type(exc).__name__}"
+    try:
+        svc.redis.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"unreachable: {type(exc).__name__}"
+    try:
+        from sophia_tasks.db import connect
+
+        conn = connect(svc.settings.postgres_dsn)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+        finally:
+            conn.close()
+        checks["postgres"] = "ok"
+    except Exception as exc:
+        checks["postgres"] = f"unreachable: {type(exc).__name__}"
+    ok = all(v == "ok" for v in checks.values())
+    response = jsonify({"status": "ready" if ok else "not ready", "checks": checks})
+    response.status_code = 200 if ok else 503
+    if not ok:
+        response.headers["Retry-After"] = "5"
+    return response
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    from web.metrics import render
+
+    body, content_type = render(services())
+    return Response(body, content_type=content_type)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Any:
+    from web.openapi import document
+
+    return jsonify(document())

@@ -1,0 +1,70 @@
+"""The OpenAPI 3.1 document of the web app (served at /openapi.json, used for fuzzing)."""
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"type": "object", "required": ["error"],
+          "properties": {"error": {"type": "string"}, "detail": {}}}
+
+
+def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description}
+    if schema is not None:
+        out["content"] = {"application/json": {"schema": schema}}
+    return out
+
+
+def document() -> dict[str, Any]:
+    call = {"type": "object", "required": ["metaData"],
+            "properties": {"metaData": {"type": "object", "required": ["id"],
+                                        "properties": {"id": {"type": "string", "pattern": "^[0-9]+$"},
+                                                       "started": {"type": "string"},
+                                                       "duration": {"type": "number"},
+                                                       "title": {"type": "string"}}}},
+            "additionalProperties": True}
+    envelope = {"type": "object", "required": ["type", "data"],
+                "properties": {"type": {"type": "string", "enum": ["call_completed", "call_updated"]},
+                               "id": {"type": "string"}, "occurred_at": {"type": "string"}, "data": call}}
+    automation = {"type": "object", "required": ["callData"],
+                  "properties": {"callData": call, "isTest": {"type": "boolean"}}}
+    item = {"oneOf": [envelope, automation]}
+    body = {"oneOf": [envelope, automation, {"type": "array", "items": item, "minItems": 1, "maxItems": 1000}]}
+    accepted = {"type": "object", "required": ["status"],
+                "properties": {"status": {"type": "string", "enum": ["accepted", "duplicate"]},
+                               "event_id": {"type": "string"},
+                               "event_ids": {"type": "array", "items": {"type": "string"}}}}
+    webhook = {
+        "summary": "Capture Gong call events",
+        "security": [{"bearer": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body},
+                                                      "application/x-ndjson": {"schema": {"type": "string"}}}},
+        "responses": {
+            "202": _resp("Accepted: on the broker", accepted),
+            "200": _resp("Duplicate delivery within the dedupe window", accepted),
+            "400": _resp("Bad JSON or envelope", _ERROR),
+            "401": _resp("Missing credentials", _ERROR),
+            "403": _resp("Wrong credentials", _ERROR),
+            "413": _resp("Body over SOPHIA_MAX_BODY_BYTES", _ERROR),
+            "415": _resp("Not a JSON content type", _ERROR),
+            "429": _resp("Rate limited (see Retry-After)", _ERROR),
+            "503": _resp("Broker unavailable (see Retry-After)", _ERROR),
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "sophia-tasks webhook", "version": "1"},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/estuary/webhook": {"post": dict(webhook, operationId="captureEstuary")},
+            "/webhooks/gong": {"post": dict(webhook, operationId="captureGong")},
+            "/healthz": {"get": {"summary": "Process up", "responses": {"200": _resp("ok")}}},
+            "/readyz": {"get": {"summary": "Broker, Redis and Postgres reachable",
+                                "responses": {"200": _resp("ready"), "503": _resp("not ready")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+            "/v1/collections/{collection}/documents/{key}": {"get": {
+                "summary": "A document from the Redis hot cache",
+                "parameters": [{"name": "collection", "in": "path", "required": True, "schema": {"type": "string"}},
+                               {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _resp("the document", {"type": "object"}), "404": _resp("absent", _ERROR)}}},
+        },
+    }

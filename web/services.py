@@ -1,0 +1,110 @@
+"""Clients the web app shares across requests, built once per process from the settings."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import redis as redis_lib
+from celery import Celery
+from flask import current_app
+
+from sophia_tasks.celery_app import configure
+from sophia_tasks.flowspec import FlowSpec
+from sophia_tasks.settings import Settings
+from web.auth import AuthConfig
+
+log = logging.getLogger(__name__)
+
+DEDUPE_PREFIX = "sophia:dedupe:"
+
+
+class BrokerUnavailable(RuntimeError):
+    pass
+
+
+class Services:
+    def __init__(self, settings: Settings, spec: FlowSpec) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.auth = AuthConfig(
+            tokens=settings.webhook_tokens,
+            webhook_secrets=settings.webhook_secrets,
+            gong_public_key_pem=settings.gong_jwt_public_key,
+            insecure_no_auth=settings.insecure_no_auth,
+            public_url=settings.public_url.rstrip("/") if settings.public_url else None,
+        )
+        self._celery: Celery | None = None
+        self._redis: redis_lib.Redis | None = None
+        self._stats: Any = None
+        self._pid = os.getpid()
+
+    def _fork_check(self) -> None:
+        if os.getpid() != self._pid:  # gunicorn forked us: never share sockets across processes
+            self._celery = None
+            self._redis = None
+            self._stats = None
+            self._pid = os.getpid()
+
+    @property
+    def celery(self) -> Celery:
+        self._fork_check()
+        if self._celery is None:
+            app = Celery("sophia_tasks_web", set_as_current=False)
+            configure(app, self.settings, self.spec)
+            self._celery = app
+        return self._celery
+
+    @property
+    def redis(self) -> redis_lib.Redis:
+        self._fork_check()
+        if self._redis is None:
+            self._redis = redis_lib.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2,
+                                                   socket_timeout=5)
+        return self._redis
+
+    def publish(self, events: list[dict[str, Any]]) -> None:
+        """Put one ingest message on the broker; raise BrokerUnavailable if it did not get there."""
+        try:
+            self.celery.send_task(
+                "sophia.ingest", args=[events], queue=self.settings.queue("sophia.ingest"),
+                retry=True, retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+                                          "interval_max": 0.5})
+        except Exception as exc:  # kombu raises OperationalError, socket errors, amqp errors...
+            log.error("broker unavailable: %s", exc)
+            raise BrokerUnavailable(str(exc)) from exc
+
+    def claim(self, event_ids: list[str]) -> list[bool]:
+        """Mark ids as seen for the dedupe window; True where this is the first delivery.
+
+        If the dedupe store cannot be reached, every event is treated as new: a
+        duplicate then costs a rewrite of the same version, a refusal would lose data.
+        """
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for eid in event_ids:
+                pipe.set(DEDUPE_PREFIX + eid, b"1", nx=True, ex=self.settings.dedupe_window_seconds)
+            return [bool(r) for r in pipe.execute()]
+        except redis_lib.RedisError as exc:
+            log.warning("dedupe store unavailable, accepting without dedupe: %s", exc)
+            return [True] * len(event_ids)
+
+    def count_accepted(self, collection: str, n: int) -> None:
+        from sophia_tasks.stats import Stats
+
+        if self._stats is None:
+            self._stats = Stats(self.settings.redis_url)
+        self._stats.incr([("events_accepted", {"collection": collection}, n)])
+        self._stats.tick({"capture": n})
+
+    def release(self, event_ids: list[str]) -> None:
+        """Undo claims for events that did not reach the broker, so the sender's retry is accepted."""
+        try:
+            if event_ids:
+                self.redis.delete(*[DEDUPE_PREFIX + e for e in event_ids])
+        except redis_lib.RedisError as exc:
+            log.warning("could not release dedupe claims: %s", exc)
+
+
+def services() -> Services:
+    return current_app.extensions["sophia"]

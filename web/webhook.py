@@ -1,0 +1,103 @@
+"""The capture endpoint: authenticate, parse, dedupe, enqueue, answer.
+
+The 202 goes out only after the ingest message is on the broker; if the broker
+cannot take it the sender gets a 503 with Retry-After and retries, so an event is
+never acknowledged and then lost.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+
+from sophia_tasks.documents import format_version, normalize_version, utcnow
+from sophia_tasks.envelope import EnvelopeError, UnsupportedMediaType, parse_body
+from sophia_tasks.pipeline import make_event
+from web.auth import AuthError, authenticate
+from web.services import BrokerUnavailable, services
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("webhook", __name__)
+COLLECTION = "gong_calls"
+
+
+def error(status: int, message: str, detail: Any = None, retry_after: int | None = None) -> Any:
+    body: dict[str, Any] = {"error": message}
+    if detail is not None:
+        body["detail"] = detail
+    response = jsonify(body)
+    response.status_code = status
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+@bp.post("/estuary/webhook")
+@bp.post("/webhooks/gong")
+def receive() -> Any:
+    svc = services()
+    settings = svc.settings
+    received_at = utcnow()
+    length = request.content_length
+    if length is not None and length > settings.max_body_bytes:
+        return error(413, "body too large", f"limit is {settings.max_body_bytes} bytes")
+    raw = request.get_data(cache=True)  # MAX_CONTENT_LENGTH stops a chunked body at the limit (413)
+    if len(raw) > settings.max_body_bytes:
+        return error(413, "body too large", f"limit is {settings.max_body_bytes} bytes")
+
+    try:
+        principal = authenticate(svc.auth, request.headers, raw, request.base_url, request.path)
+    except AuthError as exc:
+        response = error(exc.status, exc.message)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="sophia-tasks"'
+        return response
+
+    webhook_id = request.headers.get("webhook-id")
+    try:
+        parsed = parse_body(raw, request.headers.get("Content-Type"), webhook_id)
+    except UnsupportedMediaType as exc:
+        return error(415, str(exc), getattr(exc, "detail", None))
+    except EnvelopeError as exc:
+        return error(400, str(exc), getattr(exc, "detail", None))
+
+    header_time = request.headers.get("webhook-timestamp") if principal.method == "standard_webhooks" else None
+    received = format_version(received_at)
+    events = []
+    for ev in parsed:
+        published = ev.occurred_at or header_time
+        events.append(make_event(COLLECTION, ev.call, ev.event_id, received,
+                                 normalize_version(published, received_at) if published else received,
+                                 source="webhook", is_test=ev.is_test))
+
+    ids = [e["event_id"] for e in events]
+    fresh = svc.claim(ids)
+    new_events = [e for e, is_new in zip(events, fresh) if is_new]
+    if not new_events:
+        body: dict[str, Any] = {"status": "duplicate"}
+        if len(ids) == 1:
+            body["event_id"] = ids[0]
+        else:
+            body["event_ids"] = ids
+        return jsonify(body), 200
+    try:
+        svc.publish(new_events)
+    except BrokerUnavailable:
+        svc.release([e["event_id"] for e in new_events])
+        return error(503, "broker unavailable, retry later", retry_after=5)
+
+    svc.count_accepted(COLLECTION, len(new_events))
+    body = {"status": "accepted"}
+    if len(parsed) == 1 and parsed[0].index is None:
+        body["event_id"] = ids[0]
+    else:
+        body["event_ids"] = ids
+        dups = [e["event_id"] for e, is_new in zip(events, fresh) if not is_new]
+        if dups:
+            body["duplicates"] = dups
+    if any(e["is_test"] for e in new_events):
+        body["test"] = True
+    return jsonify(body), 202
+
