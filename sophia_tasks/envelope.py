@@ -66,7 +66,8 @@ _UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 
 
 class EnvelopeError(ValueError):
-    """A body we cannot accept; ``message`` is the client-facing error, ``detail`` says where."""
+    """A body we cannot accept; ``message`` (also ``str(exc)``) is the client-facing error,
+    ``detail`` says what and where (e.g. ``"item 3: data.metaData.id is missing"``)."""
 
     status = 400
 
@@ -74,9 +75,6 @@ class EnvelopeError(ValueError):
         super().__init__(message)
         self.message = message
         self.detail = detail
-
-    def __str__(self) -> str:
-        return self.message if self.detail is None else f"{self.message}: {self.detail}"
 
     def to_dict(self) -> dict[str, str]:
         """The JSON error body of the contract: ``{"error": ..., "detail"?: ...}``."""

@@ -61,6 +61,8 @@ class SnowflakeSettings:
     host: str
     port: int
     protocol: str
+    login_timeout: int = 15
+    network_timeout: int = 60
 
     @property
     def emulator(self) -> bool:
@@ -75,8 +77,8 @@ class SnowflakeSettings:
             "schema": self.schema,
             # Server-side binding: a whole batch travels as one bound JSON value.
             "paramstyle": "qmark",
-            "login_timeout": 15,
-            "network_timeout": 60,
+            "login_timeout": self.login_timeout,
+            "network_timeout": self.network_timeout,
             "client_session_keep_alive": False,
         }
         if self.emulator:
@@ -148,6 +150,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         host=env.get("SOPHIA_SNOWFLAKE_HOST", "127.0.0.1"),
         port=_int(env, "SOPHIA_SNOWFLAKE_PORT", 8765),
         protocol=env.get("SOPHIA_SNOWFLAKE_PROTOCOL", "http"),
+        login_timeout=_int(env, "SOPHIA_SNOWFLAKE_LOGIN_TIMEOUT", 15),
+        network_timeout=_int(env, "SOPHIA_SNOWFLAKE_NETWORK_TIMEOUT", 60),
     )
     settings = Settings(
         broker_url=env.get("SOPHIA_BROKER_URL", Settings.broker_url),

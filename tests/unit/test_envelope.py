@@ -448,8 +448,9 @@ def test_arbitrary_bytes_never_raise_anything_else(raw: bytes, content_type: str
 def test_arbitrary_json_never_raises_anything_else(
     body: Any, content_type: str | None, webhook_id: str | None, as_ndjson: bool
 ) -> None:
+    # stdlib json: it also writes integers beyond 64 bits and lone surrogates, which orjson refuses.
     if as_ndjson and isinstance(body, list):
-        raw = b"\n".join(orjson.dumps(item) for item in body)
+        raw = b"\n".join(json.dumps(item).encode() for item in body)
     else:
-        raw = orjson.dumps(body)
+        raw = json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
     _check(raw, content_type, webhook_id)

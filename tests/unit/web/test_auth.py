@@ -14,6 +14,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from standardwebhooks import Webhook
 
 from web.auth import AuthConfig, AuthError, Principal, authenticate
@@ -251,7 +253,7 @@ def gong_token(payload: dict, key: str = PRIVATE_PEM, algorithm: str = "RS256") 
 
 
 def jwt_config(**overrides: Any) -> AuthConfig:
-    return config(gong_public_key_pem=PUBLIC_PEM, public_url=PUBLIC_URL, **overrides)
+    return config(**{"gong_public_key_pem": PUBLIC_PEM, "public_url": PUBLIC_URL, **overrides})
 
 
 def test_gong_jwt_bare_header_ok() -> None:
@@ -407,3 +409,32 @@ def test_errors_never_contain_credentials() -> None:
         with pytest.raises(AuthError) as info:
             auth(cfg, headers)
         assert_no_secret_in(info.value, TOKEN_A, TOKEN_B, SECRET_A, SECRET_B, token, PUBLIC_PEM)
+
+
+# ----------------------------------------------------------------- never anything else
+
+_header_values = st.one_of(
+    st.text(max_size=60),
+    st.sampled_from([f"Bearer {TOKEN_A}", "Bearer a.b.c", "v1,AAAA", "v1,", str(int(NOW)), "1e9", "nan"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["Authorization", "webhook-id", "webhook-timestamp", "webhook-signature", "X-Other"]),
+        _header_values,
+    ),
+    st.binary(max_size=64),
+    st.sampled_from([REQUEST_URL, "", "::::", "http://[bad"]),
+    st.booleans(),
+)
+def test_authenticate_only_ever_raises_auth_error(headers: dict, body: bytes, url: str, insecure: bool) -> None:
+    cfg = jwt_config(webhook_secrets=(SECRET_A,), insecure_no_auth=insecure, public_url=None)
+    try:
+        principal = auth(cfg, headers, body=body, url=url)
+    except AuthError as err:
+        assert err.status in (401, 403)
+        assert_no_secret_in(err, TOKEN_A, SECRET_A)
+    else:
+        assert principal.method in {"bearer", "standard_webhooks", "gong_jwt", "none"}

@@ -1,0 +1,858 @@
+"""The ``gong_calls_enriched`` derivation: deterministic risk/opportunity rules plus PII masking.
+
+Why rules and not a model: the output feeds revenue-ops dashboards and alerts, so it
+must be explainable (every indicator carries its evidence), reproducible (same call,
+same config, same ``now`` -> same bytes) and cheap (thousands of calls per second on
+one core, no network). Every keyword list and threshold lives in ``DEFAULT_CONFIG``
+and can be overridden from the flow spec; ``docs/enrichment.md`` describes each rule.
+
+Pipeline: ``derive`` -> ``enrich_call`` per document -> mask PII (``pii.py``) ->
+``compute_enrichment`` on the *masked* call, so evidence and summary can never
+quote an email or phone number.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from bisect import bisect_right
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any, Iterable, Iterator, Mapping
+
+from sophia_tasks.derivations.pii import PiiMasker
+
+__all__ = [
+    "RULES_VERSION",
+    "DEFAULT_CONFIG",
+    "RISK_CODES",
+    "OPPORTUNITY_CODES",
+    "ConfigError",
+    "ResolvedConfig",
+    "resolve_config",
+    "derive",
+    "enrich_call",
+    "compute_enrichment",
+]
+
+RULES_VERSION = "2026.11.1"
+
+RISK_CODES: tuple[str, ...] = (
+    "negative_outcome",
+    "no_next_steps",
+    "no_decision_maker",
+    "pricing_objection",
+    "competitor_mentioned",
+    "rep_dominated",
+    "long_monologue",
+    "short_call",
+)
+OPPORTUNITY_CODES: tuple[str, ...] = (
+    "expansion_interest",
+    "budget_discussed",
+    "timeline_defined",
+    "champion_identified",
+    "multi_threaded",
+)
+SEVERITIES: tuple[str, ...] = ("low", "medium", "high")
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    # -- thresholds ------------------------------------------------------------------
+    "rep_dominated_talk_ratio": 0.65,  # internal share of talk time above which the rep dominated
+    "long_monologue_seconds": 150,  # interactionStats "Longest Monologue" above this is a risk
+    "short_call_seconds": 300,  # metaData.duration below this is a short call
+    "multi_threaded_min_external_parties": 3,  # "several" buyers on the call
+    # -- scoring ---------------------------------------------------------------------
+    "severity_weights": {"low": 5, "medium": 15, "high": 30},  # risk_score = min(100, sum)
+    "risk_severities": {
+        "negative_outcome": "high",
+        "no_next_steps": "high",
+        "no_decision_maker": "medium",
+        "pricing_objection": "medium",
+        "competitor_mentioned": "medium",
+        "rep_dominated": "medium",
+        "long_monologue": "low",
+        "short_call": "low",
+    },
+    # -- summary ---------------------------------------------------------------------
+    "summary_max_chars": 600,
+    "summary_max_key_points": 3,
+    "summary_max_risks": 3,
+    # -- keyword lists (case-insensitive, whole words; a trailing * matches any ending) --
+    "competitors": [
+        "Chorus", "Chorus.ai", "Clari", "Salesloft", "Outreach.io", "Avoma", "Jiminny", "ExecVision",
+        "Wingman", "Fireflies", "Otter.ai", "People.ai", "Revenue.io",
+    ],
+    "competitor_tracker_keywords": ["competitor", "competition"],
+    "pricing_objection_keywords": [
+        "too expensive", "too pricey", "price is too high", "pricing is too high", "over budget",
+        "out of budget", "over our budget", "not in the budget", "no budget", "can't afford",
+        "cannot afford", "cheaper", "discount*", "price objection", "pricing objection",
+        "budget constraint*", "cost is a concern",
+    ],
+    "pricing_objection_tracker_keywords": [
+        "pricing objection", "price objection", "objection - pricing", "objections - pricing",
+        "objection: pricing", "budget objection",
+    ],
+    "next_step_keywords": [
+        "next step*", "follow up", "follow-up", "follow-ups", "action item*", "schedule a",
+        "scheduled a", "set up a", "book a", "send over", "circle back", "touch base", "reconvene",
+        "we'll send", "i'll send", "will send", "calendar invite", "let's meet", "meet again",
+    ],
+    "next_step_tracker_keywords": ["next step"],
+    "expansion_keywords": [
+        "expand*", "expansion", "upsell", "up-sell", "cross-sell", "more seats", "additional seats",
+        "more licenses", "more licences", "additional licenses", "other teams", "other departments",
+        "roll out", "rollout", "company-wide", "add users", "more users",
+    ],
+    "expansion_tracker_keywords": ["expansion", "upsell", "cross-sell"],
+    "budget_keywords": [
+        "budget*", "pricing", "price", "prices", "quote*", "cost", "costs", "spend", "purchase order",
+        "procurement",
+    ],
+    "budget_tracker_keywords": ["budget", "pricing", "price"],
+    "timeline_keywords": [
+        "timeline*", "deadline*", "go-live", "go live", "launch date", "start date", "kickoff", "kick-off",
+        "by end of", "by the end of", "end of quarter", "end of the quarter", "this quarter",
+        "next quarter", "end of year", "end of the year", "q1", "q2", "q3", "q4",
+    ],
+    "timeline_tracker_keywords": ["timeline", "timing", "time frame", "timeframe"],
+    "timeline_context_fields": ["CloseDate", "Close Date", "Go Live Date"],
+    "champion_keywords": [
+        "champion*", "internal advocate", "executive sponsor", "sponsor", "i'll push", "i will push",
+        "i'll advocate", "i will advocate", "sell it internally", "pitch it internally", "rooting for",
+    ],
+    "champion_tracker_keywords": ["champion"],
+    "senior_title_keywords": [
+        "VP", "SVP", "EVP", "AVP", "Vice President", "Chief", "CEO", "CFO", "CTO", "COO", "CRO", "CMO",
+        "CIO", "CISO", "CPO", "Director", "Head of", "President", "Founder", "Owner", "General Manager",
+        "Managing Director", "Geschäftsführer", "Directeur", "Directora", "社長", "部長", "取締役", "总监",
+        "总裁",
+    ],
+    "senior_title_exclude_keywords": ["Assistant", "Product Owner", "Intern"],
+    "negative_outcome_categories": [
+        "Lost", "Closed Lost", "Not interested", "Disqualified", "Unqualified", "No decision",
+    ],
+    # -- PII -------------------------------------------------------------------------
+    "pii_email_fields": ["emailAddress", "email", "email_address"],
+    "pii_phone_fields": [
+        "phoneNumber", "phone", "phone_number", "mobile", "mobilePhone", "HomePhone", "OtherPhone", "Fax",
+    ],
+    "pii_phone_keep_last_digits": 2,
+}
+
+_KEYWORD_LIST_KEYS: tuple[str, ...] = tuple(
+    k for k, v in DEFAULT_CONFIG.items() if isinstance(v, list)
+)
+
+# What to do about each finding: (priority, action). Lower priority = do first.
+_ACTIONS: dict[str, tuple[int, str]] = {
+    "negative_outcome": (1, "Run a loss review with the rep and record the loss reason in the CRM"),
+    "no_next_steps": (1, "Send a recap that proposes a dated next meeting with named owners"),
+    "no_decision_maker": (2, "Ask your contact to bring the economic buyer (VP or C-level) to the next meeting"),
+    "pricing_objection": (2, "Build an ROI case and agree a pricing strategy with deal desk before the next call"),
+    "competitor_mentioned": (2, "Send the competitive battlecard and position against the named competitor"),
+    "rep_dominated": (3, "Coach the rep to ask more discovery questions and let the customer talk"),
+    "long_monologue": (3, "Coach the rep to break long explanations with check-in questions"),
+    "short_call": (4, "Check whether the call was cut short and reschedule it if needed"),
+    "expansion_interest": (2, "Loop in the account manager to scope the expansion (seats, teams, products)"),
+    "timeline_defined": (2, "Turn the stated timeline into a mutual action plan with the buyer"),
+    "champion_identified": (2, "Equip the champion with a business case they can share internally"),
+    "budget_discussed": (3, "Record the budget amount and approval process on the opportunity"),
+    "multi_threaded": (4, "Send each stakeholder a tailored follow-up to keep every thread warm"),
+}
+_CODE_ORDER: dict[str, int] = {c: i for i, c in enumerate(RISK_CODES + OPPORTUNITY_CODES)}
+
+_EVIDENCE_MAX = 240
+_SNIPPET_WIDTH = 60
+_SEGMENT_SEP = "\x00"  # joins text segments; matches no keyword pattern, so no match spans two segments
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+class ConfigError(ValueError):
+    """The derivation config is invalid; the message names the key."""
+
+
+# -- config ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Signal:
+    """A text signal: a compiled keyword pattern plus tracker-name keywords."""
+
+    name: str
+    pattern: re.Pattern[str] | None
+    tracker_keywords: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """The merged, validated config with regexes compiled once (it is cached per distinct config)."""
+
+    values: Mapping[str, Any]
+    rep_dominated_talk_ratio: float
+    long_monologue_seconds: float
+    short_call_seconds: float
+    multi_threaded_min_external_parties: int
+    summary_max_chars: int
+    summary_max_key_points: int
+    summary_max_risks: int
+    severity: Mapping[str, str]
+    weight: Mapping[str, int]
+    competitor_pattern: re.Pattern[str] | None
+    competitor_names: Mapping[str, str]  # lower-cased -> configured spelling
+    competitor_tracker_keywords: tuple[str, ...]
+    signals: Mapping[str, Signal]
+    senior_title_pattern: re.Pattern[str] | None
+    senior_title_exclude_pattern: re.Pattern[str] | None
+    negative_outcomes: frozenset[str]
+    timeline_context_fields: frozenset[str]
+    masker: PiiMasker
+
+
+def _keyword_regex(keyword: str) -> str:
+    """One keyword as a regex: spaces match any whitespace, a trailing * any word ending,
+    apostrophes either form, and word boundaries except next to CJK characters."""
+    kw = keyword.strip()
+    wildcard = kw.endswith("*")
+    if wildcard:
+        kw = kw[:-1].rstrip()
+    if not kw:
+        raise ConfigError(f"empty keyword {keyword!r}")
+    body = r"\s+".join(re.escape(part) for part in kw.split())
+    body = body.replace("'", "['\u2019]")
+    if wildcard:
+        body += r"\w*"
+    start = "" if (_CJK.match(kw[0]) or not (kw[0].isalnum() or kw[0] == "_")) else r"(?<!\w)"
+    end_char = kw[-1]
+    end = "" if (wildcard or _CJK.match(end_char) or not (end_char.isalnum() or end_char == "_")) else r"(?!\w)"
+    return f"{start}{body}{end}"
+
+
+def _compile_keywords(keywords: Iterable[str]) -> re.Pattern[str] | None:
+    """All keywords of one list as a single alternation (longest first, so phrases win)."""
+    parts = sorted({_keyword_regex(k) for k in keywords}, key=lambda p: (-len(p), p))
+    if not parts:
+        return None
+    return re.compile("|".join(f"(?:{p})" for p in parts), re.IGNORECASE)
+
+
+def _merge(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Overlay ``config`` on DEFAULT_CONFIG; nested mappings merge one level, lists replace."""
+    merged: dict[str, Any] = {
+        k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+        for k, v in DEFAULT_CONFIG.items()
+    }
+    if config is None:
+        return merged
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"config must be a mapping, got {type(config).__name__}")
+    unknown = sorted(str(k) for k in config if k not in DEFAULT_CONFIG)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; known: {', '.join(sorted(DEFAULT_CONFIG))}")
+    for key, value in config.items():
+        if isinstance(DEFAULT_CONFIG[key], dict):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{key}: must be a mapping")
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _number(merged: Mapping[str, Any], key: str, low: float, high: float, integer: bool = False) -> Any:
+    value = merged[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a number, got {value!r}")
+    if integer and int(value) != value:
+        raise ConfigError(f"{key}: must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{key}: must be between {low:g} and {high:g}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _strings(merged: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = merged[key]
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: must be a list of strings")
+    out = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip() or item.strip() == "*":
+            raise ConfigError(f"{key}: every item must be a non-empty string, got {item!r}")
+        out.append(item.strip())
+    return tuple(out)
+
+
+def _build(merged: dict[str, Any]) -> ResolvedConfig:
+    """Validate every key of the merged config and compile its patterns."""
+    for key in _KEYWORD_LIST_KEYS:
+        merged[key] = list(_strings(merged, key))
+    weights = merged["severity_weights"]
+    if set(weights) != set(SEVERITIES):
+        raise ConfigError(f"severity_weights: keys must be exactly {', '.join(SEVERITIES)}")
+    weight_of = {}
+    for sev in SEVERITIES:
+        w = weights[sev]
+        if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= 100:
+            raise ConfigError(f"severity_weights.{sev}: must be an integer 0-100, got {w!r}")
+        weight_of[sev] = w
+    severity = merged["risk_severities"]
+    for code, sev in severity.items():
+        if code not in RISK_CODES:
+            raise ConfigError(f"risk_severities.{code}: unknown risk code; known: {', '.join(RISK_CODES)}")
+        if sev not in SEVERITIES:
+            raise ConfigError(f"risk_severities.{code}: must be one of {', '.join(SEVERITIES)}, got {sev!r}")
+
+    competitors = merged["competitors"]
+    signals = {
+        name: Signal(name, _compile_keywords(merged[f"{name}_keywords"]),
+                     tuple(k.lower() for k in merged[f"{name}_tracker_keywords"]))
+        for name in ("pricing_objection", "next_step", "expansion", "budget", "timeline", "champion")
+    }
+    keep = _number(merged, "pii_phone_keep_last_digits", 0, 2, integer=True)
+    return ResolvedConfig(
+        values=merged,
+        rep_dominated_talk_ratio=_number(merged, "rep_dominated_talk_ratio", 0.0, 1.0),
+        long_monologue_seconds=_number(merged, "long_monologue_seconds", 0, 86400),
+        short_call_seconds=_number(merged, "short_call_seconds", 0, 86400),
+        multi_threaded_min_external_parties=_number(merged, "multi_threaded_min_external_parties", 1, 1000,
+                                                    integer=True),
+        summary_max_chars=_number(merged, "summary_max_chars", 100, 600, integer=True),
+        summary_max_key_points=_number(merged, "summary_max_key_points", 0, 20, integer=True),
+        summary_max_risks=_number(merged, "summary_max_risks", 0, len(RISK_CODES), integer=True),
+        severity=dict(severity),
+        weight={code: weight_of[severity[code]] for code in RISK_CODES},
+        competitor_pattern=_compile_keywords(competitors),
+        competitor_names={c.lower(): c for c in competitors},
+        competitor_tracker_keywords=tuple(k.lower() for k in merged["competitor_tracker_keywords"]),
+        signals=signals,
+        senior_title_pattern=_compile_keywords(merged["senior_title_keywords"]),
+        senior_title_exclude_pattern=_compile_keywords(merged["senior_title_exclude_keywords"]),
+        negative_outcomes=frozenset(c.casefold() for c in merged["negative_outcome_categories"]),
+        timeline_context_fields=frozenset(f.casefold() for f in merged["timeline_context_fields"]),
+        masker=PiiMasker(merged["pii_email_fields"], merged["pii_phone_fields"], keep),
+    )
+
+
+@lru_cache(maxsize=64)
+def _resolve_canonical(canonical: str) -> ResolvedConfig:
+    return _build(_merge(json.loads(canonical)))
+
+
+def resolve_config(config: Mapping[str, Any] | ResolvedConfig | None = None) -> ResolvedConfig:
+    """Merge over DEFAULT_CONFIG, validate and compile; cached on the config's canonical JSON
+    so a batch pays for the regexes once per distinct config, not per call."""
+    if isinstance(config, ResolvedConfig):
+        return config
+    if config is not None and not isinstance(config, Mapping):
+        raise ConfigError(f"config must be a mapping, got {type(config).__name__}")
+    try:
+        canonical = json.dumps(dict(config or {}), sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config must be plain YAML/JSON data: {exc}") from None
+    return _resolve_canonical(canonical)
+
+
+# -- small, total helpers (never raise on odd input) -------------------------------------
+def _d(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _l(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _s(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _num(value: Any) -> float | None:
+    """A finite number from an int, float or numeric string; None otherwise (bools excluded)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        f = float(value)
+    elif isinstance(value, str):
+        try:
+            f = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _key(value: Any) -> str | None:
+    """Ids arrive as strings or numbers; compare them as strings."""
+    if value is None or isinstance(value, (dict, list, bool)):
+        return None
+    text = str(value)
+    return text or None
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}" if value != int(value) or abs(value) >= 1e15 else str(int(value))
+
+
+def truncate(text: str, limit: int) -> str:
+    """Cut ``text`` to ``limit`` characters at a word boundary, ending with an ellipsis.
+
+    Scripts without spaces (CJK) fall back to a character cut: a word boundary that
+    would lose more than half the room is not worth it.
+    """
+    if len(text) <= limit:
+        return text
+    if limit <= 1:
+        return "\u2026"[:limit]
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= (limit - 1) // 2 and not text[limit - 1].isspace():
+        cut = cut[:space]
+    cut = cut.rstrip(" ,;:.-\u2013\u2014")
+    return cut + "\u2026"
+
+
+def _strings_in(value: Any, depth: int = 0) -> Iterator[str]:
+    """Every non-empty string inside a JSON value (highlights and outline vary in shape)."""
+    if isinstance(value, str):
+        if value:
+            yield value
+    elif depth < 8:
+        if isinstance(value, dict):
+            for v in value.values():
+                yield from _strings_in(v, depth + 1)
+        elif isinstance(value, list):
+            for v in value:
+                yield from _strings_in(v, depth + 1)
+
+
+# -- the call, read once -----------------------------------------------------------------
+class _Text:
+    """All conversational text of a call joined once, so each keyword list is one regex scan."""
+
+    __slots__ = ("blob", "starts", "labels")
+
+    def __init__(self, segments: list[tuple[str, str]]) -> None:
+        self.starts: list[int] = []
+        self.labels: list[str] = []
+        parts: list[str] = []
+        pos = 0
+        for label, text in segments:
+            self.starts.append(pos)
+            self.labels.append(label)
+            parts.append(text)
+            pos += len(text) + 1
+        self.blob = _SEGMENT_SEP.join(parts)
+
+    def evidence(self, start: int, end: int) -> str:
+        """``label: "…snippet…"`` around a match, within its own segment."""
+        i = bisect_right(self.starts, start) - 1
+        seg_start = self.starts[i]
+        seg_end = self.starts[i + 1] - 1 if i + 1 < len(self.starts) else len(self.blob)
+        a = max(seg_start, start - _SNIPPET_WIDTH)
+        b = min(seg_end, end + _SNIPPET_WIDTH)
+        snippet = _clean(self.blob[a:b])
+        if a > seg_start:
+            snippet = "\u2026" + snippet
+        if b < seg_end:
+            snippet += "\u2026"
+        return f'{self.labels[i]}: "{snippet}"'
+
+    def search(self, pattern: re.Pattern[str] | None) -> re.Match[str] | None:
+        return pattern.search(self.blob) if pattern is not None and self.blob else None
+
+
+def _tracker_active(tracker: dict[str, Any]) -> bool:
+    """Gong lists every configured tracker, hits or not: only count > 0 (or occurrences) is a hit."""
+    count = _num(tracker.get("count"))
+    if count is not None:
+        return count > 0
+    return bool(_l(tracker.get("occurrences")))
+
+
+def _tracker_phrases(tracker: dict[str, Any], active: bool) -> Iterator[str]:
+    """Phrases of a tracker that was hit: plain strings, or {phrase, count} with count > 0."""
+    for item in _l(tracker.get("phrases")):
+        if isinstance(item, str):
+            if active and item:
+                yield item
+        elif isinstance(item, dict):
+            phrase = _s(item.get("phrase"))
+            count = _num(item.get("count"))
+            if phrase and ((count is None and active) or (count is not None and count > 0)):
+                yield phrase
+
+
+@dataclass
+class _Call:
+    """The parts of a (masked) call the rules need, extracted once."""
+
+    metadata: dict[str, Any]
+    content: dict[str, Any] | None
+    parties: list[dict[str, Any]]
+    externals: list[dict[str, Any]]
+    internals: int
+    trackers: list[tuple[dict[str, Any], str]]  # active trackers with "name type" lower-cased
+    action_items: list[str]
+    text: _Text
+    talk_ratio: float | None
+    talk_ratio_source: str
+    stats: dict[str, Any]
+    questions: dict[str, int | None]
+
+
+def _read_call(call: Mapping[str, Any]) -> _Call:
+    metadata = _d(call.get("metaData"))
+    content_raw = call.get("content")
+    content = content_raw if isinstance(content_raw, dict) else None
+    c = content or {}
+    parties = [p for p in _l(call.get("parties")) if isinstance(p, dict)]
+
+    # parties: dedupe (Gong sometimes lists one person per joining method)
+    seen: set[tuple[str, ...]] = set()
+    externals: list[dict[str, Any]] = []
+    internals = 0
+    affiliation_by_speaker: dict[str, str] = {}
+    affiliation_by_user: dict[str, str] = {}
+    for p in parties:
+        aff = _s(p.get("affiliation")).lower()
+        identity = (_key(p.get("id")) or "", _s(p.get("emailAddress")), _s(p.get("name")),
+                    _key(p.get("speakerId")) or "")
+        new = identity == ("", "", "", "") or identity not in seen
+        seen.add(identity)
+        if new:
+            if aff == "external":
+                externals.append(p)
+            elif aff == "internal":
+                internals += 1
+        sid = _key(p.get("speakerId"))
+        if sid is not None:
+            affiliation_by_speaker.setdefault(sid, aff)
+        uid = _key(p.get("userId"))
+        if uid is not None:
+            affiliation_by_user.setdefault(uid, aff)
+
+    # text segments, in the order evidence is preferred
+    segments: list[tuple[str, str]] = []
+    brief = _s(c.get("brief"))
+    if brief:
+        segments.append(("brief", brief))
+    for kp in _l(c.get("keyPoints")):
+        text = _s(kp.get("text")) if isinstance(kp, dict) else _s(kp)
+        if text:
+            segments.append(("keyPoints", text))
+    for label in ("highlights", "outline"):
+        for text in _strings_in(c.get(label)):
+            segments.append((label, text))
+    action_items: list[str] = []
+    for item in _l(_d(c.get("pointsOfInterest")).get("actionItems")):
+        snippet = _s(item.get("snippet")) if isinstance(item, dict) else _s(item)
+        if item:
+            action_items.append(snippet)
+        if snippet:
+            segments.append(("actionItems", snippet))
+    trackers: list[tuple[dict[str, Any], str]] = []
+    for t in _l(c.get("trackers")):
+        if not isinstance(t, dict):
+            continue
+        active = _tracker_active(t)
+        for phrase in _tracker_phrases(t, active):
+            segments.append(("trackers", phrase))
+        if active:
+            trackers.append((t, f"{_s(t.get('name'))} {_s(t.get('type'))}".lower()))
+    for topic in _l(c.get("topics")):
+        if isinstance(topic, dict):
+            name = _s(topic.get("name"))
+            duration = _num(topic.get("duration"))
+            if name and (duration is None or duration > 0):
+                segments.append(("topics", name))
+    for comment in _l(_d(call.get("collaboration")).get("publicComments")):
+        text = _s(comment.get("comment")) if isinstance(comment, dict) else _s(comment)
+        if text:
+            segments.append(("comments", text))
+
+    # talk ratio: speakers' talk time by affiliation, else Gong's own "Talk Ratio" stat
+    interaction = _d(call.get("interaction"))
+    stats: dict[str, Any] = {}
+    for stat in _l(interaction.get("interactionStats")):
+        if isinstance(stat, dict):
+            name = _s(stat.get("name")).strip().lower()
+            if name and name not in stats:
+                stats[name] = stat.get("value")
+    internal_time = total_time = 0.0
+    for sp in _l(interaction.get("speakers")):
+        if not isinstance(sp, dict):
+            continue
+        talk = _num(sp.get("talkTime"))
+        if talk is None or talk < 0:
+            continue
+        sid, uid = _key(sp.get("id")), _key(sp.get("userId"))
+        aff = affiliation_by_speaker.get(sid) if sid is not None else None
+        if aff is None and uid is not None:
+            # a speaker with a Gong userId is a Gong user, i.e. internal, even without a party
+            aff = affiliation_by_user.get(uid, "internal")
+        total_time += talk
+        if aff == "internal":
+            internal_time += talk
+    talk_ratio: float | None = None
+    source = ""
+    if total_time > 0:
+        talk_ratio, source = internal_time / total_time, "speakers' talk time"
+    else:
+        value = _num(stats.get("talk ratio"))
+        if value is not None and 1 < value <= 100:
+            value /= 100  # some exports give a percentage
+        if value is not None and 0 <= value <= 1:
+            talk_ratio, source = value, 'interactionStats "Talk Ratio"'
+
+    q = _d(interaction.get("questions"))
+    questions: dict[str, int | None] = {}
+    for out_key, in_key in (("company", "companyCount"), ("non_company", "nonCompanyCount")):
+        v = _num(q.get(in_key))
+        questions[out_key] = int(v) if v is not None and v >= 0 else None
+
+    return _Call(metadata=metadata, content=content, parties=parties, externals=externals, internals=internals,
+                 trackers=trackers, action_items=action_items, text=_Text(segments), talk_ratio=talk_ratio,
+                 talk_ratio_source=source, stats=stats, questions=questions)
+
+
+# -- rules -------------------------------------------------------------------------------
+def _cap(text: str) -> str:
+    return truncate(text, _EVIDENCE_MAX)
+
+
+def _tracker_evidence(call: _Call, keywords: tuple[str, ...]) -> str | None:
+    for tracker, hay in call.trackers:
+        if any(k in hay for k in keywords):
+            count = _num(tracker.get("count"))
+            times = f" {_fmt(count)} time(s)" if count is not None else ""
+            return f"tracker \"{_s(tracker.get('name')) or _s(tracker.get('type'))}\" hit{times}"
+    return None
+
+
+def _signal(call: _Call, signal: Signal) -> str | None:
+    """Evidence for a keyword signal (text first, then trackers), or None."""
+    found = call.text.search(signal.pattern)
+    if found is not None:
+        return call.text.evidence(found.start(), found.end())
+    return _tracker_evidence(call, signal.tracker_keywords)
+
+
+def _competitor(call: _Call, cfg: ResolvedConfig) -> str | None:
+    parts: list[str] = []
+    tracker = _tracker_evidence(call, cfg.competitor_tracker_keywords)
+    if cfg.competitor_pattern is not None and call.text.blob:
+        names: list[str] = []
+        first: re.Match[str] | None = None
+        for m in cfg.competitor_pattern.finditer(call.text.blob):
+            name = cfg.competitor_names.get(_clean(m.group(0)).lower(), m.group(0))
+            if name not in names:
+                names.append(name)
+            first = first or m
+        if first is not None:
+            parts.append(f"{', '.join(names)} mentioned; " + call.text.evidence(first.start(), first.end()))
+    if tracker:
+        parts.append(tracker)
+    return _cap("; ".join(parts)) if parts else None
+
+
+def _risks(call: _Call, cfg: ResolvedConfig) -> list[tuple[str, str]]:
+    """(code, evidence) for every risk that fires; a rule whose block is missing stays silent."""
+    found: dict[str, str] = {}
+    md = call.metadata
+    content = call.content
+
+    if content is not None:
+        outcome = _d(content.get("callOutcome"))
+        category = _s(outcome.get("category")).strip()
+        if category and category.casefold() in cfg.negative_outcomes:
+            name = _clean(_s(outcome.get("name")))
+            found["negative_outcome"] = f'call outcome "{category}"' + (f' ({name})' if name and name != category
+                                                                           else "")
+        has_next = bool(call.action_items) or _signal(call, cfg.signals["next_step"]) is not None
+        if not has_next:
+            found["no_next_steps"] = "no action items and no next-step language in the call content"
+
+    if call.parties and _s(md.get("scope")).lower() != "internal":
+        senior = cfg.senior_title_pattern
+        exclude = cfg.senior_title_exclude_pattern
+        has_senior = False
+        for p in call.externals:
+            title = _s(p.get("title"))
+            if senior is not None and title and senior.search(title) and not (exclude and exclude.search(title)):
+                has_senior = True
+                break
+        if not has_senior:
+            n = len(call.externals)
+            found["no_decision_maker"] = ("no External party on the call" if n == 0 else
+                                          f"{n} External part{'y' if n == 1 else 'ies'}, none with a senior title")
+
+    pricing = _signal(call, cfg.signals["pricing_objection"])
+    if pricing:
+        found["pricing_objection"] = _cap(pricing)
+
+    competitor = _competitor(call, cfg)
+    if competitor:
+        found["competitor_mentioned"] = competitor
+
+    if call.talk_ratio is not None and call.talk_ratio > cfg.rep_dominated_talk_ratio:
+        found["rep_dominated"] = (f"internal talk ratio {call.talk_ratio:.2f} > "
+                                  f"{cfg.rep_dominated_talk_ratio:.2f} (from {call.talk_ratio_source})")
+
+    monologue = _num(call.stats.get("longest monologue"))
+    if monologue is not None and monologue > cfg.long_monologue_seconds:
+        found["long_monologue"] = f"longest monologue {_fmt(monologue)} s > {_fmt(cfg.long_monologue_seconds)} s"
+
+    duration = _num(md.get("duration"))
+    if duration is not None and 0 <= duration < cfg.short_call_seconds:
+        found["short_call"] = f"duration {_fmt(duration)} s < {_fmt(cfg.short_call_seconds)} s"
+
+    return [(code, found[code]) for code in RISK_CODES if code in found]
+
+
+def _context_timeline(call_doc: Mapping[str, Any], fields: frozenset[str]) -> str | None:
+    """A CRM date such as Opportunity CloseDate also counts as a defined timeline."""
+    if not fields:
+        return None
+    for ctx in _l(call_doc.get("context")):
+        if not isinstance(ctx, dict):
+            continue
+        for obj in _l(ctx.get("objects")):
+            if not isinstance(obj, dict):
+                continue
+            for f in _l(obj.get("fields")):
+                if not isinstance(f, dict):
+                    continue
+                name = _s(f.get("name"))
+                value = f.get("value")
+                if name.casefold() in fields and value not in (None, "", [], {}):
+                    shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+                    where = " ".join(x for x in (_s(ctx.get("system")), _s(obj.get("objectType"))) if x)
+                    return _cap(f"{where + ' ' if where else ''}{name} = {_clean(shown)}")
+    return None
+
+
+def _opportunities(call: _Call, call_doc: Mapping[str, Any], cfg: ResolvedConfig) -> list[tuple[str, str]]:
+    found: dict[str, str] = {}
+    for code, signal in (("expansion_interest", "expansion"), ("budget_discussed", "budget"),
+                         ("timeline_defined", "timeline"), ("champion_identified", "champion")):
+        evidence = _signal(call, cfg.signals[signal])
+        if evidence is None and code == "timeline_defined":
+            evidence = _context_timeline(call_doc, cfg.timeline_context_fields)
+        if evidence is not None:
+            found[code] = _cap(evidence)
+    n = len(call.externals)
+    if n >= cfg.multi_threaded_min_external_parties:
+        found["multi_threaded"] = f"{n} External parties on the call"
+    return [(code, found[code]) for code in OPPORTUNITY_CODES if code in found]
+
+
+def _summary(call: _Call, risks: list[dict[str, str]], cfg: ResolvedConfig) -> str:
+    """Brief + key points, then outcome and top risks; the tail is never cut for the body."""
+    c = call.content or {}
+    limit = cfg.summary_max_chars
+    brief = _clean(_s(c.get("brief")))
+    points = []
+    for kp in _l(c.get("keyPoints")):
+        text = _clean(_s(kp.get("text")) if isinstance(kp, dict) else _s(kp))
+        if text:
+            points.append(text.rstrip(".;"))
+        if len(points) >= cfg.summary_max_key_points:
+            break
+    key_points = f"Key points: {'; '.join(points)}." if points else ""
+    tail: list[str] = []
+    outcome = _d(c.get("callOutcome"))
+    category = _clean(_s(outcome.get("category")))
+    name = _clean(_s(outcome.get("name")))
+    if category or name:
+        label = category or name
+        tail.append(f"Outcome: {label}" + (f" ({name})" if name and category and name != category else "") + ".")
+    weight = cfg.weight
+    top = sorted(risks, key=lambda r: (-weight[r["code"]], _CODE_ORDER[r["code"]]))[: cfg.summary_max_risks]
+    if top:
+        tail.append("Top risks: " + ", ".join(f"{r['code'].replace('_', ' ')} ({r['severity']})" for r in top) + ".")
+    suffix = " ".join(tail)
+    if not (brief or key_points or suffix):
+        return "No brief, key points, outcome or risks recorded for this call."
+    room = limit - len(suffix) - 1 if suffix else limit
+    if room < 40:  # a pathological outcome name: cut everything together
+        return truncate(" ".join(x for x in (brief, key_points, suffix) if x), limit)
+    if brief and key_points and len(brief) + 1 + len(key_points) > room:
+        brief = truncate(brief, max(room // 2, room - len(key_points) - 1))
+        key_points = truncate(key_points, room - len(brief) - 1)
+    body = truncate(" ".join(x for x in (brief, key_points) if x), room)
+    return truncate(" ".join(x for x in (body, suffix) if x), limit)
+
+
+def _next_best_actions(risks: list[dict[str, str]], opportunities: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Risks first within a priority; after a negative outcome there is no deal to grow,
+    so opportunity actions are dropped."""
+    lost = any(r["code"] == "negative_outcome" for r in risks)
+    found = [(r["code"], r["evidence"], 0) for r in risks]
+    if not lost:
+        found += [(o["code"], o["evidence"], 1) for o in opportunities]
+    found.sort(key=lambda f: (_ACTIONS[f[0]][0], f[2], _CODE_ORDER[f[0]]))
+    return [{"action": _ACTIONS[code][1], "reason": _cap(f"{code}: {evidence}"), "priority": _ACTIONS[code][0]}
+            for code, evidence, _ in found]
+
+
+def compute_enrichment(masked_call: Mapping[str, Any], cfg: ResolvedConfig, enriched_at: str) -> dict[str, Any]:
+    """The ``enrichment`` object of one call. Give it the *masked* call: evidence quotes it."""
+    call = _read_call(masked_call)
+    risks = [{"code": code, "severity": cfg.severity[code], "evidence": evidence}
+             for code, evidence in _risks(call, cfg)]
+    opportunities = [{"code": code, "evidence": evidence} for code, evidence in _opportunities(call, masked_call, cfg)]
+    score = min(100, sum(cfg.weight[r["code"]] for r in risks))
+    duration = _num(call.metadata.get("duration"))
+    monologue = _num(call.stats.get("longest monologue"))
+    return {
+        "risk_score": score,
+        "risk_indicators": risks,
+        "opportunities": opportunities,
+        "executive_summary": _summary(call, risks, cfg),
+        "next_best_actions": _next_best_actions(risks, opportunities),
+        "metrics": {
+            "talk_ratio": round(call.talk_ratio, 3) if call.talk_ratio is not None else None,
+            "longest_monologue_seconds": monologue,
+            "questions": call.questions,
+            "external_parties": len(call.externals),
+            "internal_parties": call.internals,
+            "duration_seconds": duration,
+        },
+        "enriched_at": enriched_at,
+        "rules_version": RULES_VERSION,
+    }
+
+
+# -- entry points ------------------------------------------------------------------------
+def _timestamp(now: datetime | None) -> str:
+    """ISO-8601 UTC with milliseconds and a Z; a naive ``now`` is taken as UTC."""
+    now = now or datetime.now(timezone.utc)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    return now.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _enrich(call: Mapping[str, Any], cfg: ResolvedConfig, enriched_at: str) -> dict[str, Any]:
+    if not isinstance(call, Mapping):
+        raise TypeError(f"a Gong call must be a mapping, got {type(call).__name__}")
+    masked = cfg.masker.mask_document(call)
+    masked.pop("enrichment", None)  # a re-run replaces, never merges with, an old enrichment
+    masked["enrichment"] = compute_enrichment(masked, cfg, enriched_at)
+    return masked
+
+
+def enrich_call(call: dict[str, Any], config: ResolvedConfig, now: datetime) -> dict[str, Any]:
+    """One enriched document: a masked deep copy of ``call`` plus its ``enrichment``."""
+    return _enrich(call, resolve_config(config), _timestamp(now))
+
+
+def derive(documents: list[dict[str, Any]], config: Mapping[str, Any] | None = None,
+           now: datetime | None = None) -> list[dict[str, Any]]:
+    """Batch entry point: returns one enriched document per input document, same order."""
+    cfg = resolve_config(config)
+    enriched_at = _timestamp(now)
+    return [_enrich(doc, cfg, enriched_at) for doc in documents]

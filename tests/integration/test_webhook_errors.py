@@ -1,0 +1,82 @@
+"""Every bad request of the contract gets its status code, never a 5xx."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sophia_tasks.settings import load_settings
+from sophia_tasks.stack import free_port
+from tests.integration.conftest import Harness, gong_call
+
+
+def test_missing_credentials_401(harness: Harness) -> None:
+    r = harness.post({"type": "call_completed", "data": gong_call()}, token=None)
+    assert r.status_code == 401
+    assert "error" in r.json()
+
+
+def test_wrong_token_403(harness: Harness) -> None:
+    r = harness.post({"type": "call_completed", "data": gong_call()}, token="not-the-token")
+    assert r.status_code == 403
+    assert "not-the-token" not in r.text
+
+
+def test_bad_json_400(harness: Harness) -> None:
+    r = harness.post(None, raw=b'{"type": "call_completed", "data": {')
+    assert r.status_code == 400
+    assert r.json()["error"]
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"type": "call_completed"}, "data"),
+    ({"type": "call_completed", "data": {"metaData": {}}}, "id"),
+    ({"type": "call_completed", "data": {"metaData": {"id": "12ab"}}}, "id"),
+    ({"type": "call_completed", "data": {"metaData": {"id": 123}}}, "id"),
+    ([], ""),
+    ("just a string", ""),
+])
+def test_bad_envelope_400(harness: Harness, body: object, fragment: str) -> None:
+    r = harness.post(body)
+    assert r.status_code == 400, r.text
+    assert fragment in json.dumps(r.json())
+
+
+def test_non_json_content_type_415(harness: Harness) -> None:
+    r = harness.post(None, raw=b"<call/>", headers={"Content-Type": "application/xml"})
+    assert r.status_code == 415
+    assert r.json()["error"]
+
+
+def test_oversized_body_413(harness: Harness) -> None:
+    big = gong_call()
+    big["content"]["brief"] = "x" * (300 * 1024)
+    r = harness.post({"type": "call_completed", "data": big})
+    assert r.status_code == 413
+    assert r.json()["error"]
+
+
+def test_unknown_document_404(harness: Harness) -> None:
+    r = harness.http.get(f"{harness.url}/v1/collections/gong_calls_enriched/documents/999999999999")
+    assert r.status_code == 404
+    r = harness.http.get(f"{harness.url}/v1/collections/nope/documents/1")
+    assert r.status_code == 404
+
+
+def test_broker_down_answers_503_with_retry_after(harness: Harness) -> None:
+    """A web app whose broker is unreachable must refuse, not accept and lose."""
+    from web import create_app
+
+    dead_port = free_port()
+    settings = load_settings().with_overrides(broker_url=f"redis://127.0.0.1:{dead_port}/0")
+    app = create_app(settings)
+    client = app.test_client()
+    call = gong_call()
+    resp = client.post("/estuary/webhook", data=json.dumps({"type": "call_completed", "data": call}),
+                       headers={"Authorization": f"Bearer {settings.webhook_tokens[0]}",
+                                "Content-Type": "application/json"})
+    assert resp.status_code == 503
+    assert resp.headers["Retry-After"]
+    # The refused event was not remembered as seen: the sender's retry is accepted by a healthy app.
+    ok = harness.post({"type": "call_completed", "data": call})
+    assert ok.status_code == 202, ok.text
