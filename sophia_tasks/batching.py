@@ -20,6 +20,8 @@ from typing import Any
 from celery import bootsteps
 from kombu import Consumer, Queue
 
+from sophia_tasks.celery_app import stage_queue
+
 log = logging.getLogger(__name__)
 
 
@@ -97,7 +99,7 @@ class IngestBatcher(bootsteps.ConsumerStep):
         events, messages = self.buffer, self.messages
         self.buffer, self.messages = [], []
         try:
-            self.app.send_task("sophia.validate", args=[events], queue=self.settings.queue("sophia.validate"))
+            self.app.send_task("sophia.validate", args=[events], queue=stage_queue(self.settings, "validate"))
         except Exception as exc:
             log.error("could not hand %d events to validate, returning them to the queue: %s", len(events), exc)
             for message in messages:

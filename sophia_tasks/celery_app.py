@@ -11,14 +11,27 @@ STAGE_QUEUES = ("sophia.validate", "sophia.derive", "sophia.ops", "sophia.backfi
 INGEST_QUEUE = "sophia.ingest"
 
 
-def materialize_queue(settings: Settings, target: str) -> str:
+LANES = ("live", "bulk")
+
+
+def materialize_queue(settings: Settings, target: str, lane: str = "live") -> str:
+    """Each target has its own queue per lane, so a slow target or a backfill never delays live writes."""
+    if lane == "bulk":
+        return settings.queue(f"sophia.backfill.materialize.{target}")
     return settings.queue(f"sophia.materialize.{target}")
+
+
+def stage_queue(settings: Settings, stage: str, lane: str = "live") -> str:
+    """validate and derive of the bulk lane (backfill, rebuild) share the lower-priority backfill queue."""
+    if lane == "bulk":
+        return settings.queue("sophia.backfill")
+    return settings.queue(f"sophia.{stage}")
 
 
 def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
     queues = [Queue(settings.queue(q), routing_key=settings.queue(q)) for q in STAGE_QUEUES]
-    queues += [Queue(materialize_queue(settings, name), routing_key=materialize_queue(settings, name))
-               for name in spec.materializations]
+    queues += [Queue(materialize_queue(settings, name, lane), routing_key=materialize_queue(settings, name, lane))
+               for lane in LANES for name in spec.materializations]
     transport_options: dict[str, object] = {}
     if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
         transport_options = {
@@ -81,4 +94,6 @@ def create_celery(settings: Settings | None = None, spec: FlowSpec | None = None
 
 app = create_celery()
 
-from sophia_tasks import tasks  # noqa: E402,F401  (registers the tasks on ``app``)
+# Task modules register themselves on ``app`` when imported.
+from sophia_tasks import tasks  # noqa: E402,F401
+# -- other task modules: one import line each below --

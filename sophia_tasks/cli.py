@@ -280,5 +280,8 @@ def migrate() -> None:
                 click.echo(f"{mat.name}: keys {binding.key_prefix}* (ttl {binding.ttl_seconds}s)")
 
 
+# -- commands defined in other modules: one add_command line each below --
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

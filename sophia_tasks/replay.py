@@ -26,7 +26,7 @@ def replay_letters(ctx: Context, letter_ids: list[int] | None, status: str = "pe
     for (stage, tgt, collection), batch in groups.items():
         payloads = [l.payload for l in batch]
         if stage == "validate":
-            tasks.validate.apply_async(args=[payloads], queue=ctx.settings.queue("sophia.validate"))
+            tasks.send_validate(payloads)
         elif stage == "derive":
             tasks.send_derive(collection, payloads)
         elif stage == "materialize" and tgt:

@@ -15,7 +15,7 @@ from celery import Task
 from celery.exceptions import Retry
 
 from sophia_tasks import pipeline
-from sophia_tasks.celery_app import app, materialize_queue
+from sophia_tasks.celery_app import app, materialize_queue, stage_queue
 from sophia_tasks.deadletter import Letter
 from sophia_tasks.documents import meta
 from sophia_tasks.materializers import TransientTargetError
@@ -48,27 +48,49 @@ class StageTask(Task):
     reject_on_worker_lost = True
 
 
-def send_derive(collection: str, documents: list[dict[str, Any]]) -> None:
+def send_validate(events: list[dict[str, Any]], lane: str = "live", targets: list[str] | None = None) -> None:
+    """Hand events to the chain. ``lane="bulk"`` (backfill, rebuild) uses the lower-priority queues;
+    ``targets`` limits materialization to those targets (a rebuild of one target)."""
     settings = context().settings
-    derive.apply_async(args=[collection, documents], queue=settings.queue("sophia.derive"))
+    kwargs: dict[str, Any] = {}
+    if lane != "live":
+        kwargs["lane"] = lane
+    if targets is not None:
+        kwargs["targets"] = list(targets)
+    validate.apply_async(args=[events], kwargs=kwargs, queue=stage_queue(settings, "validate", lane))
+
+
+def send_derive(collection: str, documents: list[dict[str, Any]], lane: str = "live",
+                targets: list[str] | None = None) -> None:
+    settings = context().settings
+    kwargs: dict[str, Any] = {}
+    if lane != "live":
+        kwargs["lane"] = lane
+    if targets is not None:
+        kwargs["targets"] = list(targets)
+    derive.apply_async(args=[collection, documents], kwargs=kwargs, queue=stage_queue(settings, "derive", lane))
 
 
 def send_materialize(target: str, collection: str, documents: list[dict[str, Any]], attempt: int = 1,
-                     countdown: float | None = None) -> None:
+                     countdown: float | None = None, lane: str = "live") -> None:
     settings = context().settings
-    materialize.apply_async(args=[target, collection, documents], kwargs={"attempt": attempt},
-                            queue=materialize_queue(settings, target), countdown=countdown)
+    kwargs: dict[str, Any] = {"attempt": attempt}
+    if lane != "live":
+        kwargs["lane"] = lane
+    materialize.apply_async(args=[target, collection, documents], kwargs=kwargs,
+                            queue=materialize_queue(settings, target, lane), countdown=countdown)
 
 
 @app.task(name="sophia.ingest", base=StageTask)
 def ingest(events: list[dict[str, Any]]) -> None:
     """Fallback for ingest messages consumed one at a time (the batcher normally takes them)."""
-    validate.apply_async(args=[events], queue=context().settings.queue("sophia.validate"))
+    send_validate(events)
 
 
 @app.task(name="sophia.validate", base=StageTask)
-def validate(events: list[dict[str, Any]]) -> None:
+def validate(events: list[dict[str, Any]], lane: str = "live", targets: list[str] | None = None) -> None:
     ctx = context()
+    journal_hook(ctx, events, lane)
     result = pipeline.validate_events(ctx.spec, events)
     if result.letters:
         ctx.dlq.record(result.letters)
@@ -76,7 +98,7 @@ def validate(events: list[dict[str, Any]]) -> None:
     if result.tests:
         record_test_deliveries(ctx, result.tests)
     for collection, documents in result.documents.items():
-        send_derive(collection, documents)
+        send_derive(collection, documents, lane=lane, targets=targets)
     ctx.stats.incr([("documents_validated", {"collection": c}, len(d)) for c, d in result.documents.items()])
     ctx.stats.tick({"validate": len(events)})
 
@@ -89,8 +111,18 @@ def record_test_deliveries(ctx: pipeline.Context, documents: list[dict[str, Any]
                  (d.get("metaData") or {}).get("id"))
 
 
+def journal_hook(ctx: pipeline.Context, events: list[dict[str, Any]], lane: str) -> None:
+    """Every accepted event is journaled before it moves on (rebuilds replay the journal)."""
+    try:
+        from sophia_tasks.journal import append_events
+    except ImportError:
+        return
+    append_events(ctx, events, lane)
+
+
 @app.task(name="sophia.derive", base=StageTask)
-def derive(collection: str, documents: list[dict[str, Any]]) -> None:
+def derive(collection: str, documents: list[dict[str, Any]], lane: str = "live",
+           targets: list[str] | None = None) -> None:
     ctx = context()
     result = pipeline.derive_documents(ctx.spec, collection, documents)
     if result.letters:
@@ -100,13 +132,15 @@ def derive(collection: str, documents: list[dict[str, Any]]) -> None:
         if not docs:
             continue
         for mat in ctx.spec.materializations_of(name):
-            send_materialize(mat.name, name, docs)
+            if targets is None or mat.name in targets:
+                send_materialize(mat.name, name, docs, lane=lane)
     ctx.stats.incr([("documents_derived", {"collection": c}, len(d)) for c, d in result.documents.items()])
     ctx.stats.tick({"derive": len(documents)})
 
 
 @app.task(name="sophia.materialize", bind=True, base=StageTask, soft_time_limit=240, time_limit=300)
-def materialize(self: Task, target: str, collection: str, documents: list[dict[str, Any]], attempt: int = 1) -> None:
+def materialize(self: Task, target: str, collection: str, documents: list[dict[str, Any]], attempt: int = 1,
+                lane: str = "live") -> None:
     """Write one batch to one target; retried alone, so other targets never wait for it."""
     ctx = context()
     try:
@@ -129,7 +163,8 @@ def materialize(self: Task, target: str, collection: str, documents: list[dict[s
         countdown = pipeline.backoff_seconds(ctx.settings, attempt)
         log.warning("%s: %d document(s) of %s failed (attempt %d of %d), retrying in %.1fs: %s", target,
                     len(retryable), collection, attempt, ctx.settings.retry_max, countdown, retryable[0][1][:300])
-        send_materialize(target, collection, [d for d, _ in retryable], attempt=attempt + 1, countdown=countdown)
+        send_materialize(target, collection, [d for d, _ in retryable], attempt=attempt + 1, countdown=countdown,
+                         lane=lane)
     else:
         letters += [Letter(stage="materialize", target=target, collection=collection, payload=d, error=e,
                            event_id=meta(d).get("event_id"), attempts=attempt,

@@ -164,6 +164,8 @@ _ACTIONS: dict[str, tuple[int, str]] = {
 }
 _CODE_ORDER: dict[str, int] = {c: i for i, c in enumerate(RISK_CODES + OPPORTUNITY_CODES)}
 
+_SIGNALS: tuple[str, ...] = ("pricing_objection", "next_step", "expansion", "budget", "timeline", "champion")
+_MATCH_CACHE_MAX = 20_000
 _EVIDENCE_MAX = 240
 _SNIPPET_WIDTH = 60
 _SEGMENT_SEP = "\x00"  # joins text segments; matches no keyword pattern, so no match spans two segments
@@ -189,6 +191,9 @@ class ResolvedConfig:
     """The merged, validated config with regexes compiled once (it is cached per distinct config)."""
 
     values: Mapping[str, Any]
+    scan_pattern: re.Pattern[str] | None  # every text keyword of every signal, as one trie, lower-case
+    scan_pattern_ci: re.Pattern[str] | None  # the same, case-insensitive, for text whose lower() changes length
+    match_cache: dict[str, tuple[tuple[str, ...], str | None]]  # matched text -> (signals, competitor)
     rep_dominated_talk_ratio: float
     long_monologue_seconds: float
     short_call_seconds: float
@@ -234,6 +239,57 @@ def _compile_keywords(keywords: Iterable[str]) -> re.Pattern[str] | None:
     if not parts:
         return None
     return re.compile("|".join(f"(?:{p})" for p in parts), re.IGNORECASE)
+
+
+def _is_word_char(ch: str) -> bool:
+    return (ch.isalnum() or ch == "_") and not _CJK.match(ch)
+
+
+def _trie_regex(keywords: Iterable[str]) -> str:
+    """Keywords as one regex shaped like a trie (shared prefixes factored out).
+
+    Why: Python's ``re`` tries alternatives one by one, so 130 flat alternatives cost
+    130 attempts per text position; a trie costs one attempt per distinct next character.
+    """
+    trie: dict[str, Any] = {}
+    for keyword in keywords:
+        kw = keyword.strip().lower()
+        wildcard = kw.endswith("*")
+        if wildcard:
+            kw = kw[:-1].rstrip()
+        kw = " ".join(kw.split())
+        if not kw:
+            continue
+        node = trie
+        for ch in kw:
+            node = node.setdefault(ch, {})
+        node["\x00end"] = "*" if wildcard else ("b" if _is_word_char(kw[-1]) else "")
+
+    def build(node: dict[str, Any]) -> str:
+        alts = []
+        for ch in sorted(k for k in node if k != "\x00end"):
+            atom = r"\s+" if ch == " " else "['\u2019]" if ch == "'" else re.escape(ch)
+            alts.append(atom + build(node[ch]))
+        end = node.get("\x00end")
+        if end is not None:
+            alts.append({"*": r"\w*", "b": r"(?!\w)", "": ""}[end])
+        if len(alts) == 1:
+            return alts[0]
+        return "(?:" + "|".join(alts) + ")"
+
+    return build(trie) if trie else ""
+
+
+def _scan_regex(keywords: Iterable[str], flags: int = 0) -> re.Pattern[str] | None:
+    """The one-pass scanner: word-start keywords behind a (?<!\\w), the rest (CJK, symbols) without."""
+    words = [k for k in keywords if _is_word_char(k.strip()[:1])]
+    others = [k for k in keywords if not _is_word_char(k.strip()[:1])]
+    parts = []
+    if words:
+        parts.append(r"(?<!\w)" + _trie_regex(words))
+    if others:
+        parts.append(_trie_regex(others))
+    return re.compile("|".join(parts), flags) if parts else None
 
 
 def _merge(config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -303,14 +359,20 @@ def _build(merged: dict[str, Any]) -> ResolvedConfig:
             raise ConfigError(f"risk_severities.{code}: must be one of {', '.join(SEVERITIES)}, got {sev!r}")
 
     competitors = merged["competitors"]
+    scan_keywords = list(competitors)
+    for name in _SIGNALS:
+        scan_keywords += merged[f"{name}_keywords"]
     signals = {
         name: Signal(name, _compile_keywords(merged[f"{name}_keywords"]),
                      tuple(k.lower() for k in merged[f"{name}_tracker_keywords"]))
-        for name in ("pricing_objection", "next_step", "expansion", "budget", "timeline", "champion")
+        for name in _SIGNALS
     }
     keep = _number(merged, "pii_phone_keep_last_digits", 0, 2, integer=True)
     return ResolvedConfig(
         values=merged,
+        scan_pattern=_scan_regex(scan_keywords),
+        scan_pattern_ci=_scan_regex(scan_keywords, re.IGNORECASE),
+        match_cache={},
         rep_dominated_talk_ratio=_number(merged, "rep_dominated_talk_ratio", 0.0, 1.0),
         long_monologue_seconds=_number(merged, "long_monologue_seconds", 0, 86400),
         short_call_seconds=_number(merged, "short_call_seconds", 0, 86400),
