@@ -16,10 +16,10 @@ import json
 import math
 import re
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 from sophia_tasks.derivations.pii import PiiMasker
 
@@ -263,14 +263,14 @@ def _trie_regex(keywords: Iterable[str]) -> str:
         node = trie
         for ch in kw:
             node = node.setdefault(ch, {})
-        node["\x00end"] = "*" if wildcard else ("b" if _is_word_char(kw[-1]) else "")
+        node[""] = "*" if wildcard else ("b" if _is_word_char(kw[-1]) else "")
 
     def build(node: dict[str, Any]) -> str:
         alts = []
-        for ch in sorted(k for k in node if k != "\x00end"):
+        for ch in sorted(k for k in node if k != ""):
             atom = r"\s+" if ch == " " else "['\u2019]" if ch == "'" else re.escape(ch)
             alts.append(atom + build(node[ch]))
-        end = node.get("\x00end")
+        end = node.get("")
         if end is not None:
             alts.append({"*": r"\w*", "b": r"(?!\w)", "": ""}[end])
         if len(alts) == 1:
@@ -477,18 +477,22 @@ def truncate(text: str, limit: int) -> str:
     return cut + "\u2026"
 
 
-def _strings_in(value: Any, depth: int = 0) -> Iterator[str]:
-    """Every non-empty string inside a JSON value (highlights and outline vary in shape)."""
+def _add_strings(value: Any, label: str, out: list[tuple[str, str]], depth: int = 0) -> None:
+    """Append every non-empty string inside a JSON value (highlights and outline vary in shape)."""
     if isinstance(value, str):
         if value:
-            yield value
+            out.append((label, value))
     elif depth < 8:
         if isinstance(value, dict):
-            for v in value.values():
-                yield from _strings_in(v, depth + 1)
-        elif isinstance(value, list):
-            for v in value:
-                yield from _strings_in(v, depth + 1)
+            value = value.values()
+        elif not isinstance(value, list):
+            return
+        for v in value:
+            if isinstance(v, str):
+                if v:
+                    out.append((label, v))
+            elif isinstance(v, (dict, list)):
+                _add_strings(v, label, out, depth + 1)
 
 
 # -- the call, read once -----------------------------------------------------------------
@@ -523,8 +527,60 @@ class _Text:
             snippet += "\u2026"
         return f'{self.labels[i]}: "{snippet}"'
 
-    def search(self, pattern: re.Pattern[str] | None) -> re.Match[str] | None:
-        return pattern.search(self.blob) if pattern is not None and self.blob else None
+    def scan(self, cfg: ResolvedConfig) -> _Hits:
+        """One regex pass over the text; each distinct matched string is classified once per config."""
+        hits = _Hits()
+        blob = self.blob
+        if not blob or cfg.scan_pattern is None:
+            return hits
+        low = blob.lower()
+        # lower() changes the length of a few characters (e.g. U+0130): then offsets would drift
+        matches = (cfg.scan_pattern.finditer(low) if len(low) == len(blob)
+                   else cfg.scan_pattern_ci.finditer(blob))  # type: ignore[union-attr]
+        cache = cfg.match_cache
+        first = hits.first
+        for m in matches:
+            text = m.group()
+            found = cache.get(text)
+            if found is None:
+                found = _classify(text, cfg)
+                if len(cache) >= _MATCH_CACHE_MAX:
+                    cache.clear()
+                cache[text] = found
+            signals, competitor = found
+            for name in signals:
+                if name not in first:
+                    first[name] = (m.start(), m.end())
+            if competitor is not None:
+                if hits.competitor_span is None:
+                    hits.competitor_span = (m.start(), m.end())
+                if competitor not in hits.competitors:
+                    hits.competitors.append(competitor)
+        return hits
+
+
+@dataclass
+class _Hits:
+    """Where each keyword signal first matched, and which competitors were named."""
+
+    first: dict[str, tuple[int, int]] = field(default_factory=dict)
+    competitors: list[str] = field(default_factory=list)
+    competitor_span: tuple[int, int] | None = None
+
+
+def _classify(matched: str, cfg: ResolvedConfig) -> tuple[tuple[str, ...], str | None]:
+    """Which signals a matched string belongs to. A phrase can feed several signals
+    ("over budget" is a pricing objection *and* budget talk), so each list's own
+    pattern is searched inside the match."""
+    text = _clean(matched).replace("\u2019", "'")
+    signals = tuple(name for name in _SIGNALS
+                    if (p := cfg.signals[name].pattern) is not None and p.search(text) is not None)
+    competitor = None
+    if cfg.competitor_pattern is not None:
+        m = cfg.competitor_pattern.search(text)
+        if m is not None:
+            competitor = cfg.competitor_names.get(m.group().lower(), m.group())
+    return signals, competitor
 
 
 def _tracker_active(tracker: dict[str, Any]) -> bool:
@@ -560,13 +616,14 @@ class _Call:
     trackers: list[tuple[dict[str, Any], str]]  # active trackers with "name type" lower-cased
     action_items: list[str]
     text: _Text
+    hits: _Hits
     talk_ratio: float | None
     talk_ratio_source: str
     stats: dict[str, Any]
     questions: dict[str, int | None]
 
 
-def _read_call(call: Mapping[str, Any]) -> _Call:
+def _read_call(call: Mapping[str, Any], cfg: ResolvedConfig) -> _Call:
     metadata = _d(call.get("metaData"))
     content_raw = call.get("content")
     content = content_raw if isinstance(content_raw, dict) else None
@@ -607,8 +664,7 @@ def _read_call(call: Mapping[str, Any]) -> _Call:
         if text:
             segments.append(("keyPoints", text))
     for label in ("highlights", "outline"):
-        for text in _strings_in(c.get(label)):
-            segments.append((label, text))
+        _add_strings(c.get(label), label, segments)
     action_items: list[str] = []
     for item in _l(_d(c.get("pointsOfInterest")).get("actionItems")):
         snippet = _s(item.get("snippet")) if isinstance(item, dict) else _s(item)
@@ -676,8 +732,9 @@ def _read_call(call: Mapping[str, Any]) -> _Call:
         v = _num(q.get(in_key))
         questions[out_key] = int(v) if v is not None and v >= 0 else None
 
+    text = _Text(segments)
     return _Call(metadata=metadata, content=content, parties=parties, externals=externals, internals=internals,
-                 trackers=trackers, action_items=action_items, text=_Text(segments), talk_ratio=talk_ratio,
+                 trackers=trackers, action_items=action_items, text=text, hits=text.scan(cfg), talk_ratio=talk_ratio,
                  talk_ratio_source=source, stats=stats, questions=questions)
 
 
@@ -697,25 +754,18 @@ def _tracker_evidence(call: _Call, keywords: tuple[str, ...]) -> str | None:
 
 def _signal(call: _Call, signal: Signal) -> str | None:
     """Evidence for a keyword signal (text first, then trackers), or None."""
-    found = call.text.search(signal.pattern)
-    if found is not None:
-        return call.text.evidence(found.start(), found.end())
+    span = call.hits.first.get(signal.name)
+    if span is not None:
+        return call.text.evidence(*span)
     return _tracker_evidence(call, signal.tracker_keywords)
 
 
 def _competitor(call: _Call, cfg: ResolvedConfig) -> str | None:
     parts: list[str] = []
+    hits = call.hits
+    if hits.competitor_span is not None:
+        parts.append(f"{', '.join(hits.competitors)} mentioned; " + call.text.evidence(*hits.competitor_span))
     tracker = _tracker_evidence(call, cfg.competitor_tracker_keywords)
-    if cfg.competitor_pattern is not None and call.text.blob:
-        names: list[str] = []
-        first: re.Match[str] | None = None
-        for m in cfg.competitor_pattern.finditer(call.text.blob):
-            name = cfg.competitor_names.get(_clean(m.group(0)).lower(), m.group(0))
-            if name not in names:
-                names.append(name)
-            first = first or m
-        if first is not None:
-            parts.append(f"{', '.join(names)} mentioned; " + call.text.evidence(first.start(), first.end()))
     if tracker:
         parts.append(tracker)
     return _cap("; ".join(parts)) if parts else None
@@ -863,7 +913,7 @@ def _next_best_actions(risks: list[dict[str, str]], opportunities: list[dict[str
 
 def compute_enrichment(masked_call: Mapping[str, Any], cfg: ResolvedConfig, enriched_at: str) -> dict[str, Any]:
     """The ``enrichment`` object of one call. Give it the *masked* call: evidence quotes it."""
-    call = _read_call(masked_call)
+    call = _read_call(masked_call, cfg)
     risks = [{"code": code, "severity": cfg.severity[code], "evidence": evidence}
              for code, evidence in _risks(call, cfg)]
     opportunities = [{"code": code, "evidence": evidence} for code, evidence in _opportunities(call, masked_call, cfg)]
