@@ -221,7 +221,7 @@ class PiiMasker:
                 if k in contact_fields and cls is not dict_ and cls is not list_:
                     out[k] = mask_phone(v) if k in phone_fields else mask_email(v)
                 elif cls is str_:
-                    out[k] = mask_text(v) if len(v) > 5 and ("@" in v or hint(v) is not None) else v
+                    out[k] = mask_text(v) if len(v) > 5 and ("@" in v or (hint(v) is not None and not v.isdigit())) else v
                 elif cls is dict_:
                     out[k] = walk_dict(v)
                 elif cls is list_:
@@ -242,7 +242,7 @@ class PiiMasker:
             for v in value:
                 cls = type(v)
                 if cls is str_:
-                    append(mask_text(v) if len(v) > 5 and ("@" in v or hint(v) is not None) else v)
+                    append(mask_text(v) if len(v) > 5 and ("@" in v or (hint(v) is not None and not v.isdigit())) else v)
                 elif cls is dict_:
                     append(walk_dict(v))
                 elif cls is list_:

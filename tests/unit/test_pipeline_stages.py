@@ -1,0 +1,112 @@
+"""The stages as plain functions: validate, derive, the poison bisection, backoff."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sophia_tasks.flowspec import load_spec, parse_spec
+from sophia_tasks.materializers import TransientTargetError, WriteResult
+from sophia_tasks.pipeline import backoff_seconds, derive_documents, make_event, validate_events, write_isolating
+from sophia_tasks.settings import DEFAULT_FLOW, Settings
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec(DEFAULT_FLOW)
+
+
+def event(call, **kw):
+    return make_event("gong_calls", call, kw.pop("event_id", "e1"), "2026-11-25T10:00:00.000000Z",
+                      kw.pop("published_at", None), "webhook", **kw)
+
+
+def test_validate_splits_valid_invalid_and_test(spec) -> None:
+    good = {"metaData": {"id": "1", "title": "ok"}}
+    bad = {"metaData": {"id": "2", "duration": "long"}, "parties": "x"}
+    res = validate_events(spec, [event(good), event(bad, event_id="e2"),
+                                 event({"metaData": {"id": "3"}}, event_id="e3", is_test=True)])
+    assert [d["metaData"]["id"] for d in res.documents["gong_calls"]] == ["1"]
+    doc = res.documents["gong_calls"][0]
+    assert list(doc)[0] == "_meta" and doc["_meta"]["published_at"] == "2026-11-25T10:00:00.000000Z"
+    (letter,) = res.letters
+    assert letter.stage == "validate" and letter.document_key == "2"
+    assert "metaData.duration" in letter.error and "parties" in letter.error
+    assert [d["metaData"]["id"] for d in res.tests] == ["3"]
+
+
+def test_unknown_collection_is_a_letter(spec) -> None:
+    ev = event({"metaData": {"id": "1"}})
+    ev["collection"] = "nope"
+    res = validate_events(spec, [ev, "not even a dict"])
+    assert len(res.letters) == 2 and "unknown collection" in res.letters[0].error
+
+
+def test_derive_isolates_a_failing_document(tmp_path) -> None:
+    import sys
+    import textwrap
+
+    mod = tmp_path / "flaky_transform.py"
+    mod.write_text(textwrap.dedent("""
+        def derive(documents, config):
+            out = []
+            for d in documents:
+                if d.get("poison"):
+                    raise ValueError("boom")
+                out.append(dict(d, derived=True))
+            return out
+    """))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        data = __import__("yaml").safe_load(DEFAULT_FLOW.read_text())
+        data["derivations"]["gong_calls_enriched"]["transform"] = "flaky_transform:derive"
+        spec = parse_spec(data, "t.yaml")
+        docs = [{"_meta": {"published_at": "v", "event_id": f"e{i}"}, "metaData": {"id": str(i)},
+                 "poison": i == 2} for i in range(4)]
+        res = derive_documents(spec, "gong_calls", docs)
+    finally:
+        sys.path.remove(str(tmp_path))
+    out = res.documents["gong_calls_enriched"]
+    assert [d["metaData"]["id"] for d in out] == ["0", "1", "3"]
+    assert all(d["derived"] and d["_meta"]["collection"] == "gong_calls_enriched" for d in out)
+    (letter,) = res.letters
+    assert letter.stage == "derive" and letter.document_key == "2" and "boom" in letter.error
+
+
+def test_write_isolating_bisects_to_the_poison() -> None:
+    calls = []
+
+    def write(docs):
+        calls.append(len(docs))
+        if any(d.get("poison") for d in docs):
+            raise ValueError("bad row")
+        return WriteResult(written=len(docs))
+
+    docs = [{"n": i, "poison": i == 5} for i in range(16)]
+    res = write_isolating(write, docs)
+    assert res.written == 15
+    assert [d["n"] for d, _ in res.failed] == [5]
+    assert "bad row" in res.failed[0][1]
+    assert len(calls) <= 1 + 2 * 4  # log2(16) levels, two halves each
+
+
+def test_write_isolating_does_not_split_when_target_is_down() -> None:
+    calls = []
+
+    def write(docs):
+        calls.append(len(docs))
+        raise TransientTargetError("down")
+
+    with pytest.raises(TransientTargetError):
+        write_isolating(write, [{"n": i} for i in range(8)])
+    assert calls == [8]
+
+
+def test_backoff_grows_with_jitter_and_stays_capped() -> None:
+    s = Settings(retry_backoff_base=2.0, retry_backoff_max=60)
+    rng = random.Random(1)
+    values = [backoff_seconds(s, a, rng) for a in range(1, 12)]
+    assert 1.0 <= values[0] <= 2.0
+    assert 4.0 <= values[2] <= 8.0
+    assert all(v <= 60 for v in values) and max(values) >= 30
+    assert len({backoff_seconds(s, 3, random.Random(i)) for i in range(10)}) > 1
