@@ -129,6 +129,8 @@ class FlowSpec:
     collections: Mapping[str, Collection]
     derivations: Mapping[str, Derivation]
     materializations: Mapping[str, Materialization]
+    # Days the event journal keeps (top-level ``journal: {retention_days: N}``); rebuilds reach this far back.
+    journal_retention_days: int = 30
 
     def collection(self, name: str) -> Collection | Derivation:
         if name in self.collections:
@@ -355,9 +357,24 @@ def parse_spec(data: Any, path: str = "<flow spec>", check_imports: bool = True)
         materializations[name] = Materialization(name=name, endpoint=str(endpoint), bindings=tuple(bindings),
                                                  description=str(conf.get("description", "")))
 
+    journal_retention_days = 30
+    raw_journal = data.get("journal")
+    if raw_journal is not None:
+        if not isinstance(raw_journal, Mapping):
+            problems.append("journal: must be a mapping such as {retention_days: 30}")
+        else:
+            for key in sorted(map(str, set(raw_journal) - {"retention_days"})):
+                problems.append(f"journal.{key}: unknown setting (known: retention_days)")
+            rd = raw_journal.get("retention_days", 30)
+            if not isinstance(rd, int) or isinstance(rd, bool) or rd < 1:
+                problems.append(f"journal.retention_days: must be a positive integer, got {rd!r}")
+            else:
+                journal_retention_days = rd
+
     if problems:
         raise FlowSpecError(path, problems)
-    return FlowSpec(path=path, collections=collections, derivations=derivations, materializations=materializations)
+    return FlowSpec(path=path, collections=collections, derivations=derivations, materializations=materializations,
+                    journal_retention_days=journal_retention_days)
 
 
 def load_spec(path: str | Path, check_imports: bool = True) -> FlowSpec:

@@ -20,13 +20,32 @@ from sophia_tasks.stack import Stack, ensure_services, free_port
 TOKEN = "test-token-" + uuid.uuid4().hex[:12]
 TOKEN2 = "rotated-token-" + uuid.uuid4().hex[:12]
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+# Redis database pairs (broker, cache) a test session may use; 0/1 are the demo's, 14/15 the benchmark's.
+SLOTS = ((10, 11), (8, 9), (6, 7), (4, 5), (2, 3))
 TEST_DB = "sophia_test"
 
 
-def _test_env(tmp: Path) -> dict[str, str]:
+def _claim_slot() -> tuple[int, tuple[int, int], Any]:
+    """Hold a lock on one slot for the session, so two suites on one machine never share queues."""
+    import fcntl
+
+    for i, pair in enumerate(SLOTS):
+        handle = open(f"/tmp/sophia-tests-slot-{i}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        return i, pair, handle
+    raise RuntimeError("every test slot is in use by another test session")
+
+
+def _test_env(tmp: Path, slot: int, pair: tuple[int, int]) -> dict[str, str]:
+    global TEST_DB
+    TEST_DB = "sophia_test" if slot == 0 else f"sophia_test_{slot}"
     return {
-        "SOPHIA_BROKER_URL": "redis://127.0.0.1:6379/10",
-        "SOPHIA_REDIS_URL": "redis://127.0.0.1:6379/11",
+        "SOPHIA_BROKER_URL": f"redis://127.0.0.1:6379/{pair[0]}",
+        "SOPHIA_REDIS_URL": f"redis://127.0.0.1:6379/{pair[1]}",
         "SOPHIA_POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:5432/{TEST_DB}",
         "SOPHIA_SNOWFLAKE_PORT": str(free_port()),
         "SOPHIA_SNOWFLAKE_DATA_DIR": str(tmp / "snowflake"),
@@ -168,7 +187,8 @@ class Harness:
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     ensure_services()
     tmp = tmp_path_factory.mktemp("stack")
-    env = {k: v for k, v in _test_env(tmp).items() if v != ""}
+    slot, pair, lock = _claim_slot()
+    env = {k: v for k, v in _test_env(tmp, slot, pair).items() if v != ""}
     _reset_state(env)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -180,6 +200,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
         yield Harness(stack)
     finally:
         stack.stop()
+        lock.close()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
