@@ -29,9 +29,15 @@ test-unit: install
 test-integration: install services
 	$(BIN)/python -m pytest -q tests/integration
 
+# Development defaults so the whole Procfile starts; set your own in production.
 up: install services
 	@mkdir -p var/snowflake
-	$(BIN)/honcho start
+	@export PATH="$(abspath $(BIN)):$$PATH" \
+	  SOPHIA_WEBHOOK_TOKENS="$${SOPHIA_WEBHOOK_TOKENS:-dev-token}" \
+	  FLOWER_BASIC_AUTH="$${FLOWER_BASIC_AUTH:-admin:dev-password}"; \
+	echo "webhook: http://127.0.0.1:$${PORT:-9009}/estuary/webhook (bearer token from SOPHIA_WEBHOOK_TOKENS, dev default dev-token)"; \
+	echo "flower:  http://127.0.0.1:$${FLOWER_PORT:-5555} (FLOWER_BASIC_AUTH, dev default admin:dev-password)"; \
+	exec $(BIN)/honcho start --port $${PORT:-9009}
 
 bench: install services
 	$(BIN)/python -m bench

@@ -137,15 +137,25 @@ def derive(doc: dict[str, Any] | None) -> None:
     if doc is None:
         return
     from sophia_tasks.documents import make_document
-    from sophia_tasks.flowspec import load_spec
     from sophia_tasks.pipeline import _transform
 
-    derivation = load_spec(settings.flow_path).derivations["gong_calls_enriched"]  # cached per process below
+    derivation = _spec().derivations["gong_calls_enriched"]
     meta = dict(doc["_meta"], collection=derivation.name)
     derived = make_document(_transform(derivation.transform)([doc], derivation.config)[0], meta)
     write_redis.delay(derived)
     write_postgres.delay(derived)
     write_snowflake.delay(derived)
+
+
+_spec_cache: list[Any] = []
+
+
+def _spec() -> Any:
+    if not _spec_cache:
+        from sophia_tasks.flowspec import load_spec
+
+        _spec_cache.append(load_spec(settings.flow_path))
+    return _spec_cache[0]
 
 
 def _key(doc: dict[str, Any]) -> str:

@@ -280,6 +280,34 @@ def migrate() -> None:
                 click.echo(f"{mat.name}: keys {binding.key_prefix}* (ttl {binding.ttl_seconds}s)")
 
 
+@main.command("emulator")
+@click.option("--data-dir", default=None, help="Where the emulator keeps its databases (SOPHIA_SNOWFLAKE_DATA_DIR).")
+def emulator(data_dir: str | None) -> None:
+    """Run the local Snowflake emulator (fakesnow) on SOPHIA_SNOWFLAKE_PORT; dev only.
+
+    If one already answers on that port, say so and stay up without starting a second,
+    so `make up` does not fail because a demo or test left one running.
+    """
+    import os
+    import signal
+    import time
+
+    from sophia_tasks.stack import BIN, port_open
+
+    settings = _settings()
+    port = settings.snowflake.port
+    directory = data_dir or settings.snowflake_data_dir
+    if port_open("127.0.0.1", port):
+        click.echo(f"a Snowflake emulator already answers on 127.0.0.1:{port}; using it")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while port_open("127.0.0.1", port):
+            time.sleep(5)
+        _fail(f"the emulator on port {port} went away")
+    os.makedirs(directory, exist_ok=True)
+    click.echo(f"Snowflake emulator on 127.0.0.1:{port}, data in {directory}")
+    os.execv(str(BIN / "fakesnow"), [str(BIN / "fakesnow"), "-s", "-p", str(port), "-d", directory])
+
+
 # -- commands defined in other modules: one add_command line each below --
 
 

@@ -70,6 +70,19 @@ class Stats:
     def mark(self, name: str, labels: Mapping[str, Any] | None = None) -> None:
         self.set_gauges({field(name, labels): time.time()})
 
+    def gauges(self) -> dict[str, float]:
+        """Every gauge (``last_written|target=<t>`` and friends): last value wins across processes."""
+        raw = self.client.hgetall(GAUGES)
+        return {k.decode(): float(v) for k, v in raw.items()}
+
+    def last_written(self) -> dict[str, float]:
+        """Target -> epoch seconds of its last successful write (the staleness clock)."""
+        out: dict[str, float] = {}
+        for raw, value in self.gauges().items():
+            name, labels = parse_field(raw)
+            if name == "last_written" and labels.get("target"):
+                out[labels["target"]] = value
+        return out
 
     def tick(self, counts: Mapping[str, float]) -> None:
         """Per-second buckets (kept two minutes) behind the sliding-window throughput gauge."""

@@ -21,19 +21,16 @@ What it does (documented for data engineers in ``docs/enrichment.md``):
 * The top-level ``_meta`` (pipeline metadata) is copied unchanged and never masked.
 * The ``media`` block is dropped entirely.
 
-Two implementations with one meaning: a JSON-text path (serialize once with orjson,
-find emails, phones and contact fields with C-speed scans over the whole text, splice
-the replacements, parse back) and a recursive walk over the values, used when a
-document cannot be serialized and, in the tests, as the reference the fast path
-must equal. Either way the result is a new document: the input is never mutated.
-(The JSON path turns NaN/Infinity floats into null, as every JSON writer must.)
+The walk builds a new document (it is the deep copy), so the input is never mutated.
+It is the hot loop of the derivation: strings are screened with cheap ``str`` methods
+(all letters, all digits) before any regex runs, and inside a string only positions in
+phone-ish runs are tried (see ``_phone_edits``; ``mask_text_reference`` is the plain
+regex definition the fast code is tested against).
 """
 from __future__ import annotations
 
 import re
 from typing import Any, Callable, Iterable, Mapping
-
-import orjson
 
 __all__ = [
     "DEFAULT_EMAIL_FIELDS",
@@ -85,10 +82,6 @@ _RUN = re.compile(r"[\d(+][\d()+ \u00a0.\-/\u2010-\u2015]{7,}")
 _RESTART_AFTER = frozenset(" \u00a0(\u2010\u2011\u2012\u2013\u2014\u2015")
 _DIGITS = re.compile(r"\d+")
 _LOCAL_EXTRA = frozenset(".!#$%&'*+/=?^`{|}~-_")
-# A JSON escape: blanked to same-length \x01 runs for scanning (a control character is
-# neither a word character nor a separator, exactly like the character it encodes).
-_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|.)")
-_SCALAR_END = re.compile(r"[^,}\]]*")
 _YEAR = re.compile(r"(?:19|20)\d\d")
 
 
@@ -116,7 +109,7 @@ def _is_phone(candidate: str) -> bool:
 class PiiMasker:
     """Masks emails and phone numbers; build once per config (it pre-computes field sets)."""
 
-    __slots__ = ("email_fields", "phone_fields", "keep_last_digits", "_walk_dict", "_field_re", "_pair_re")
+    __slots__ = ("email_fields", "phone_fields", "keep_last_digits", "_walk_dict")
 
     def __init__(self, email_fields: Iterable[str] = DEFAULT_EMAIL_FIELDS,
                  phone_fields: Iterable[str] = DEFAULT_PHONE_FIELDS, keep_last_digits: int = 2) -> None:
@@ -126,10 +119,6 @@ class PiiMasker:
         self.phone_fields = frozenset(_variants(phone_fields))
         self.keep_last_digits = keep_last_digits
         self._walk_dict = self._build_walker()
-        names = _trie(self.email_fields | self.phone_fields)
-        # "phoneNumber":<value>  and  "name":"Phone","value":<value>  in compact JSON
-        self._field_re = re.compile(f'"({names})":') if names else None
-        self._pair_re = re.compile(f'"name":"({names})"(,"value":)?') if names else None
 
     # -- strings -------------------------------------------------------------------------
     def phone_token(self, value: str) -> str:
@@ -145,7 +134,7 @@ class PiiMasker:
             return text
         return self.phone_token(text)
 
-    def _phone_edits(self, text: str, in_json: bool = False) -> list[tuple[int, int, str]]:
+    def _phone_edits(self, text: str, run: re.Match[str] | None) -> list[tuple[int, int, str]]:
         """Where ``PHONE_OR_DATE_RE.sub(self._phone_sub, text)`` would change ``text``, found by
         trying only positions inside phone-ish runs (same result, a test holds both to it)
         instead of running the lookbehind-led pattern over every character."""
@@ -154,7 +143,6 @@ class PiiMasker:
         search_run = _RUN.search
         restart = _RESTART_AFTER
         done = 0  # the equivalent sub() has consumed the text up to here
-        run = search_run(text)
         while run is not None:
             start, end = run.span()
             if text[start] == "+" or not run.group().isdigit():  # a bare digit run (an id) is neither
@@ -164,7 +152,7 @@ class PiiMasker:
                         m = match_at(text, p)
                         if m is not None:
                             replacement = self._phone_sub(m)
-                            if replacement != m.group() and not (in_json and _in_key(text, m.end())):
+                            if replacement != m.group():
                                 edits.append((p, m.end(), replacement))
                             done = p = m.end()
                             continue
@@ -176,9 +164,10 @@ class PiiMasker:
         """Mask every email and phone number inside free text."""
         if "@" in text:
             text = _apply(text, _email_edits(text))
-        if _RUN.search(text) is None:
+        run = _RUN.search(text)
+        if run is None:
             return text
-        return _apply(text, self._phone_edits(text))
+        return _apply(text, self._phone_edits(text, run))
 
     def mask_text_reference(self, text: str) -> str:
         """The plain-regex definition of :meth:`mask_text`, kept for equivalence tests."""
@@ -212,14 +201,23 @@ class PiiMasker:
     def _build_walker(self) -> Callable[[dict[Any, Any]], dict[Any, Any]]:
         """A closure over locals: the walk visits every value of every call, so it is hot.
 
-        Strings are tested inline ('@' for emails, a compiled pre-check for phones) and
-        only the few that may hold PII pay for a substitution; containers recurse.
+        A string of letters only or digits only (enums, names, ids) cannot hold an
+        email or a phone, and ``str.isalpha``/``isdigit`` cost far less than a regex
+        call; the rest are screened for '@' and a phone-ish run before any masking.
         """
         contact_fields = self.email_fields | self.phone_fields
         mask_text = self.mask_text
         mask_field = self._mask_field
-        hint = _RUN.search
+        search_run = _RUN.search
+        phone_edits = self._phone_edits
         str_, dict_, list_ = str, dict, list
+
+        def mask_str(v: str) -> str:
+            """``mask_text`` for a string that is neither all letters nor all digits."""
+            if "@" in v:
+                return mask_text(v)
+            run = search_run(v)
+            return v if run is None else _apply(v, phone_edits(v, run))
 
         def walk_dict(value: dict[Any, Any]) -> dict[Any, Any]:
             out = {}
@@ -228,7 +226,7 @@ class PiiMasker:
                 if k in contact_fields and cls is not dict_ and cls is not list_:
                     out[k] = mask_field(k, v)
                 elif cls is str_:
-                    out[k] = mask_text(v) if len(v) > 4 and ("@" in v or (hint(v) is not None and not v.isdigit())) else v
+                    out[k] = v if len(v) < 5 or v.isalpha() or v.isdigit() else mask_str(v)
                 elif cls is dict_:
                     out[k] = walk_dict(v)
                 elif cls is list_:
@@ -251,7 +249,7 @@ class PiiMasker:
             for v in value:
                 cls = type(v)
                 if cls is str_:
-                    append(mask_text(v) if len(v) > 4 and ("@" in v or (hint(v) is not None and not v.isdigit())) else v)
+                    append(v if len(v) < 5 or v.isalpha() or v.isdigit() else mask_str(v))
                 elif cls is dict_:
                     append(walk_dict(v))
                 elif cls is list_:
@@ -278,67 +276,6 @@ class PiiMasker:
         """Masked deep copy of a mapping by walking its values (the reference implementation)."""
         return self._walk_dict(body if type(body) is dict else dict(body))
 
-    # -- documents: the JSON-text path -----------------------------------------------------
-    def mask_body_json(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Masked deep copy through one orjson round trip; None when the walk must do it
-        (not JSON-serializable, or a contact name/value pair in an unusual key order)."""
-        try:
-            text = orjson.dumps(body).decode()
-        except (TypeError, ValueError):
-            return None
-        scan = _ESCAPE.sub(_blank, text) if "\\" in text else text
-
-        edits = self._field_edits(text, scan)
-        if edits is None:
-            return None
-        if edits:
-            text, scan = _apply(text, edits), _apply(scan, edits)
-        if "@" in scan:
-            edits = [e for e in _email_edits(scan) if not _in_key(scan, e[1])]
-            if edits:
-                text, scan = _apply(text, edits), _apply(scan, edits)
-        edits = self._phone_edits(scan, in_json=True)
-        if edits:
-            text = _apply(text, edits)
-        try:
-            out = orjson.loads(text)
-        except ValueError:  # cannot happen with the edits above; the walk is the safe answer
-            return None
-        return out if isinstance(out, dict) else None
-
-    def _field_edits(self, text: str, scan: str) -> list[tuple[int, int, str]] | None:
-        """Replacements for values of contact fields (by key, and CRM name/value pairs)."""
-        if self._field_re is None or self._pair_re is None:
-            return []
-        edits: list[tuple[int, int, str]] = []
-        for m in self._field_re.finditer(scan):
-            edit = self._value_edit(text, scan, m.group(1), m.end())
-            if edit is not None:
-                edits.append(edit)
-        if '"name":"' in scan:
-            for m in self._pair_re.finditer(scan):
-                if m.group(2) is None:
-                    return None  # "value" is not right after "name": let the walk decide
-                edit = self._value_edit(text, scan, m.group(1), m.end())
-                if edit is not None:
-                    edits.append(edit)
-            edits.sort()
-            for (_, end, _), (start, _, _) in zip(edits, edits[1:]):
-                if start < end:
-                    return None
-        return edits
-
-    def _value_edit(self, text: str, scan: str, name: str, start: int) -> tuple[int, int, str] | None:
-        first = scan[start:start + 1]
-        if first == "{" or first == "[" or not first:
-            return None  # containers are walked like any other value
-        end = scan.find('"', start + 1) + 1 if first == '"' else _SCALAR_END.match(scan, start).end()  # type: ignore[union-attr]
-        value = orjson.loads(text[start:end])
-        masked = self._mask_field(name, value)
-        if masked is value or masked == value and type(masked) is type(value):
-            return None
-        return start, end, orjson.dumps(masked).decode()
-
     # -- documents -----------------------------------------------------------------------
     def mask_value(self, value: Any) -> Any:
         """Masked deep copy of any JSON value."""
@@ -347,9 +284,7 @@ class PiiMasker:
     def mask_document(self, document: Mapping[str, Any]) -> dict[str, Any]:
         """Masked deep copy of one call: ``_meta`` copied verbatim, ``media`` dropped."""
         body = {k: v for k, v in document.items() if k != "_meta" and k != "media"}
-        masked = self.mask_body_json(body)
-        if masked is None:
-            masked = self.mask_body_walk(body)
+        masked = self._walk_dict(body)
         if "_meta" not in document:
             return masked
         out: dict[str, Any] = {}
@@ -359,16 +294,6 @@ class PiiMasker:
             elif key in masked:
                 out[key] = masked[key]
         return out
-
-
-def _blank(match: re.Match[str]) -> str:
-    return "\x01" * len(match.group())
-
-
-def _in_key(scan: str, end: int) -> bool:
-    """In compact JSON whose inner quotes are blanked, a key's closing quote is followed by ':'."""
-    q = scan.find('"', end)
-    return q != -1 and scan[q + 1:q + 2] == ":"
 
 
 def _is_local(ch: str) -> bool:
@@ -411,26 +336,6 @@ def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
         last = end
     pieces.append(text[last:])
     return "".join(pieces)
-
-
-def _trie(words: Iterable[str]) -> str:
-    """Literal words as one trie-shaped regex alternation (fast to try at every quote)."""
-    root: dict[str, Any] = {}
-    for word in words:
-        node = root
-        for ch in word:
-            node = node.setdefault(ch, {})
-        node[""] = {}
-
-    def build(node: dict[str, Any]) -> str:
-        alts = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
-        if "" in node:
-            alts.append("")
-        if len(alts) == 1:
-            return alts[0]
-        return "(?:" + "|".join(alts) + ")"
-
-    return build(root) if root else ""
 
 
 def _variants(names: Iterable[str]) -> set[str]:

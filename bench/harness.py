@@ -1,0 +1,368 @@
+"""The benchmark's own stack: real processes on benchmark-only databases and ports.
+
+Redis db 14 is the broker and db 15 the cache (override with ``--broker-db``/``--cache-db``),
+PostgreSQL database ``sophia_bench``, the Snowflake emulator on a free port with a fresh
+data directory, the web app and the floor app under gunicorn on free ports. Nothing here
+touches the demo's or the test suites' data (tests use Redis dbs 2-11 and ``sophia_test*``).
+
+Processes are started through ``sophia_tasks.stack.Stack``, the same code the demo and the
+integration tests use, so the benchmark measures the processes the Procfile runs.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import psycopg2
+import redis
+
+from sophia_tasks.stack import BIN, ROOT, Process, Stack, free_port
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+BENCH_DB = "sophia_bench"
+OUR_PREFIX = "sophia:gong_calls_enriched:"
+OUR_PG_TABLE = "gong_calls_enriched"
+OUR_SF_TABLE = "GONG_CALLS_ENRICHED"
+SF_DATABASE = "SOPHIA_BENCH"
+
+
+def bench_env(workdir: Path, broker_db: int, cache_db: int, token: str) -> dict[str, str]:
+    return {
+        "SOPHIA_BROKER_URL": f"redis://127.0.0.1:6379/{broker_db}",
+        "SOPHIA_REDIS_URL": f"redis://127.0.0.1:6379/{cache_db}",
+        "SOPHIA_POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:5432/{BENCH_DB}",
+        "SOPHIA_SNOWFLAKE_PORT": str(free_port()),
+        "SOPHIA_SNOWFLAKE_DATA_DIR": str(workdir / "snowflake"),
+        "SOPHIA_SNOWFLAKE_DATABASE": SF_DATABASE,
+        "PORT": str(free_port()),
+        "SOPHIA_WEBHOOK_TOKENS": token,
+        # Everything else (batch size, flush interval, body limit, retries) keeps the production defaults.
+    }
+
+
+class BenchLock:
+    """One benchmark at a time on a machine: they would share db 14/15 and the database."""
+
+    def __init__(self, path: str = "/tmp/sophia-bench.lock") -> None:
+        self.handle = open(path, "w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise SystemExit("another benchmark run holds /tmp/sophia-bench.lock") from None
+
+
+# -- memory ------------------------------------------------------------------------------
+@dataclass
+class Peak:
+    tree_mb: float = 0.0        # the process and all its children, summed
+    max_process_mb: float = 0.0  # the largest single process in the tree
+    processes: int = 0
+
+
+class RssSampler(threading.Thread):
+    """Samples the RSS of named process trees every ``interval`` seconds; keeps peaks per window."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.interval = interval
+        self.roots: dict[str, int] = {}
+        self.peaks: dict[str, Peak] = {}
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+
+    def watch(self, name: str, pid: int) -> None:
+        with self.lock:
+            self.roots[name] = pid
+
+    def unwatch(self, name: str) -> None:
+        with self.lock:
+            self.roots.pop(name, None)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.peaks = {}
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        self.sample()
+        with self.lock:
+            return {k: {"peak_tree_rss_mb": round(p.tree_mb, 1), "peak_process_rss_mb": round(p.max_process_mb, 1),
+                        "processes": p.processes} for k, p in self.peaks.items()}
+
+    def sample(self) -> None:
+        import psutil
+
+        with self.lock:
+            roots = dict(self.roots)
+        for name, pid in roots.items():
+            try:
+                root = psutil.Process(pid)
+                procs = [root] + root.children(recursive=True)
+            except psutil.Error:
+                continue
+            sizes = []
+            for p in procs:
+                try:
+                    sizes.append(p.memory_info().rss / 1e6)
+                except psutil.Error:
+                    pass
+            if not sizes:
+                continue
+            with self.lock:
+                peak = self.peaks.setdefault(name, Peak())
+                peak.tree_mb = max(peak.tree_mb, sum(sizes))
+                peak.max_process_mb = max(peak.max_process_mb, max(sizes))
+                peak.processes = max(peak.processes, len(sizes))
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                self.sample()
+            except Exception:
+                pass
+
+
+# -- the stack ---------------------------------------------------------------------------
+@dataclass
+class Bench:
+    workdir: Path
+    broker_db: int = 14
+    cache_db: int = 15
+    web_workers: int = 2
+    web_threads: int = 4
+    worker_concurrency: int = 4
+    token: str = field(default_factory=lambda: "bench-" + uuid.uuid4().hex[:16])
+
+    def __post_init__(self) -> None:
+        self.env = bench_env(self.workdir, self.broker_db, self.cache_db, self.token)
+        self.stack = Stack.from_env(self.env, self.workdir / "logs")
+        self.cache = redis.Redis.from_url(self.env["SOPHIA_REDIS_URL"])
+        self.broker = redis.Redis.from_url(self.env["SOPHIA_BROKER_URL"])
+        self.rss = RssSampler()
+        self.floor_port = free_port()
+        self._sf: Any = None
+        self._starts = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def reset_state(self) -> None:
+        """Empty the benchmark's own Redis dbs, database and emulator data; nothing else."""
+        self.broker.flushdb()
+        self.cache.flushdb()
+        conn = psycopg2.connect(PG_ADMIN)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (BENCH_DB,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}"')
+            cur.execute(f'CREATE DATABASE "{BENCH_DB}"')
+        conn.close()
+        shutil.rmtree(self.env["SOPHIA_SNOWFLAKE_DATA_DIR"], ignore_errors=True)
+
+    def start(self) -> None:
+        os.environ.update(self.env)  # the harness's own clients (settings, naive app) read the same values
+        self.rss.start()
+        proc = self.stack.start_snowflake(Path(self.env["SOPHIA_SNOWFLAKE_DATA_DIR"]))
+        if proc is not None:
+            self.rss.watch("snowflake", proc.popen.pid)
+
+    def close(self) -> None:
+        self.rss.stopped.set()
+        if self._sf is not None:
+            try:
+                self._sf.close()
+            except Exception:
+                pass
+        self.stack.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.env['PORT']}"
+
+    @property
+    def floor_url(self) -> str:
+        return f"http://127.0.0.1:{self.floor_port}"
+
+    def start_web(self) -> Process:
+        if "web" not in self.stack.processes:
+            proc = self.stack.start_web(workers=self.web_workers, threads=self.web_threads)
+            self.rss.watch("web", proc.popen.pid)
+        return self.stack.processes["web"]
+
+    def start_floor(self) -> Process:
+        """The floor app under exactly the web's gunicorn settings, on its own port."""
+        if "floor" in self.stack.processes:
+            return self.stack.processes["floor"]
+        argv = [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
+                "--workers", str(self.web_workers), "--threads", str(self.web_threads),
+                "bench.floor_app:create_app()"]
+        proc = self.stack.spawn("floor", argv, extra_env={"PORT": str(self.floor_port),
+                                                          "BENCH_FLOOR_REDIS_URL": self.env["SOPHIA_REDIS_URL"]})
+        from sophia_tasks.stack import port_open, wait_for
+
+        wait_for(lambda: port_open("127.0.0.1", self.floor_port), 60, "floor app", proc.popen, proc.log_path)
+        self.rss.watch("floor", proc.popen.pid)
+        return proc
+
+    def stop(self, name: str) -> None:
+        self.rss.unwatch(name)
+        self.stack.stop(name)
+
+    def start_worker(self, on_ready: Callable[[float], None] | None = None) -> tuple[Process, float, float]:
+        """Start the pipeline worker; (process, spawn time, ready time) on ``time.monotonic``.
+
+        ``Stack.start_worker`` polls its log every 100 ms; the ready time here is read every
+        5 ms from the same log, so a drain is timed from when the worker could first consume.
+        """
+        return self._start_timed("worker", lambda name: self.stack.start_worker(
+            name=name, concurrency=self.worker_concurrency))
+
+    def start_naive_worker(self) -> tuple[Process, float, float]:
+        def spawn(name: str) -> Process:
+            from sophia_tasks.stack import wait_for
+
+            argv = [str(BIN / "celery"), "-A", "bench.naive", "worker", "--loglevel", "INFO", "--concurrency",
+                    str(self.worker_concurrency), "-n", f"{name}@%h", "-Q", "naive", "--without-mingle",
+                    "--without-gossip"]
+            proc = self.stack.spawn(name, argv)
+            wait_for(lambda: b"ready." in proc.log_path.read_bytes(), 60, f"celery {name}", proc.popen,
+                     proc.log_path)
+            return proc
+
+        return self._start_timed("naive", spawn)
+
+    def _start_timed(self, role: str, spawn: Callable[[str], Process]) -> tuple[Process, float, float]:
+        self._starts += 1
+        name = f"{role}-{self._starts}"  # a fresh log file, so "ready." is this start's
+        log = self.stack.workdir / f"{name}.log"
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["proc"] = spawn(name)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                box["error"] = exc
+
+        t_spawn = time.monotonic()
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        t_ready = None
+        while thread.is_alive() or t_ready is None:
+            try:
+                if b"ready." in log.read_bytes():
+                    t_ready = time.monotonic()
+                    break
+            except FileNotFoundError:
+                pass
+            if not thread.is_alive() and "error" in box:
+                break
+            time.sleep(0.005)
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        proc = box["proc"]
+        self.rss.watch(role, proc.popen.pid)
+        return proc, t_spawn, t_ready if t_ready is not None else time.monotonic()
+
+    def stop_role(self, role: str) -> None:
+        """Stop every started process of a role (``worker``, ``naive``): warm shutdown, then the group."""
+        for name in [n for n in self.stack.processes if n.startswith(role + "-")]:
+            self.stack.stop(name)
+        self.rss.unwatch(role)
+
+    def pid_of(self, role: str) -> int | None:
+        names = [n for n in self.stack.processes if n.startswith(role + "-")]
+        return self.stack.processes[names[-1]].popen.pid if names else None
+
+    # -- targets ---------------------------------------------------------------------------
+    def redis_count(self, prefix: str = OUR_PREFIX, ids: str = "") -> int:
+        n = 0
+        for _ in self.cache.scan_iter(match=f"{prefix}{ids}*", count=5000):
+            n += 1
+        return n
+
+    def pg(self) -> Any:
+        if getattr(self, "_pg", None) is None or self._pg.closed:
+            self._pg = psycopg2.connect(self.env["SOPHIA_POSTGRES_DSN"])
+            self._pg.autocommit = True
+        return self._pg
+
+    def pg_count(self, table: str = OUR_PG_TABLE, ids: str = "") -> int:
+        with self.pg().cursor() as cur:
+            cur.execute("SELECT to_regclass(%s)", (table,))
+            if cur.fetchone()[0] is None:
+                return 0
+            if ids:
+                cur.execute(f"SELECT count(*) FROM {table} WHERE call_id LIKE %s", (ids + "%",))
+            else:
+                cur.execute(f"SELECT count(*) FROM {table}")
+            return int(cur.fetchone()[0])
+
+    def sf(self) -> Any:
+        if self._sf is None or self._sf.is_closed():
+            import snowflake.connector
+
+            from sophia_tasks.settings import load_settings
+
+            sf = load_settings(self.env).snowflake
+            conn = snowflake.connector.connect(**sf.connect_kwargs())
+            cur = conn.cursor()
+            cur.execute(f'CREATE DATABASE IF NOT EXISTS "{sf.database}"')
+            cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{sf.database}"."{sf.schema}"')
+            cur.execute(f'USE SCHEMA "{sf.database}"."{sf.schema}"')
+            self._sf = conn
+        return self._sf
+
+    def sf_count(self, table: str = OUR_SF_TABLE, ids: str = "") -> int:
+        cur = self.sf().cursor()
+        try:
+            if ids:
+                cur.execute(f'SELECT COUNT(*) FROM "{table}" WHERE "CALL_ID" LIKE ?', [ids + "%"])
+            else:
+                cur.execute(f'SELECT COUNT(*) FROM "{table}"')
+        except Exception as exc:
+            if "does not exist" in str(exc):
+                return 0
+            raise
+        return int(cur.fetchone()[0])
+
+    def clear_targets(self) -> None:
+        """Empty every target (ours and the naive baseline's) and the dedupe store between scenarios."""
+        self.cache.flushdb()
+        with self.pg().cursor() as cur:
+            for table in (OUR_PG_TABLE, "naive_gong_calls_enriched", "sophia_dead_letters"):
+                cur.execute("SELECT to_regclass(%s)", (table,))
+                if cur.fetchone()[0] is not None:
+                    cur.execute(f"TRUNCATE {table}")
+        for table in (OUR_SF_TABLE, "NAIVE_GONG_CALLS_ENRICHED", "RAW_INSERT_BENCH"):
+            try:
+                self.sf().cursor().execute(f'DELETE FROM "{table}"')
+            except Exception as exc:
+                if "does not exist" not in str(exc):
+                    raise
+
+    def queue_length(self, queue: str) -> int:
+        return int(self.broker.llen(queue))
+
+    def dead_letters(self) -> int:
+        with self.pg().cursor() as cur:
+            cur.execute("SELECT to_regclass('sophia_dead_letters')")
+            if cur.fetchone()[0] is None:
+                return 0
+            cur.execute("SELECT count(*) FROM sophia_dead_letters")
+            return int(cur.fetchone()[0])
+
+
+def kill_tree_on_exit(bench: Bench) -> None:
+    """Ctrl-C stops what the benchmark started (and nothing else)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        bench.close()
+        raise SystemExit(130)
+
+    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,348 @@
+"""The event journal: every event that entered the chain, kept in PostgreSQL.
+
+Why: a target can be lost (a dropped table, a flushed Redis, a new Snowflake
+account); ``sophia-tasks rebuild --target X`` then re-materializes it from here
+instead of asking Gong again (Gong allows 10,000 requests a day). The validate task
+calls :func:`append_events` for every batch before it moves on.
+
+Layout: ``sophia_journal`` is range-partitioned by day on ``received_at``
+(``sophia_journal_pYYYYMMDD``), partitions created on demand; the retention purge
+drops whole partitions older than the flow spec's ``journal.retention_days``, so
+pruning costs a ``DROP TABLE``, never a big ``DELETE``.
+
+Idempotence: the key is ``(event_id, received_at)`` (a partitioned table's unique
+key must hold the partition key). A redelivered batch, a rebuild (which republishes
+the journaled event unchanged) or a dead-letter replay all hit the conflict rule and
+change nothing; when the replayed event's document *differs* (``dlq replay
+--payload`` fixed it) the journal takes the fixed document, so the next rebuild
+replays the fix, not the poison.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+
+import orjson
+import psycopg2
+import psycopg2.errors
+import psycopg2.extras
+from psycopg2 import sql
+
+from sophia_tasks.db import connect, connections
+from sophia_tasks.documents import format_version, parse_time, utcnow
+from sophia_tasks.materializers.postgres import jsonb_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sophia_tasks.flowspec import FlowSpec
+    from sophia_tasks.pipeline import Context
+    from sophia_tasks.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TABLE = "sophia_journal"
+PARTITION_PREFIX = f"{TABLE}_p"
+_LOCK_KEY = 72177302  # pg_advisory_xact_lock key serialising journal DDL across workers
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    event_id     text NOT NULL,
+    received_at  timestamptz NOT NULL,
+    collection   text NOT NULL,
+    published_at text,
+    source       text,
+    lane         text NOT NULL DEFAULT 'live',
+    is_test      boolean NOT NULL DEFAULT false,
+    event        jsonb NOT NULL,
+    journaled_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (event_id, received_at)
+) PARTITION BY RANGE (received_at);
+CREATE INDEX IF NOT EXISTS {TABLE}_received_idx ON {TABLE} (received_at);
+"""
+
+_INSERT = f"""
+INSERT INTO {TABLE} AS j (event_id, received_at, collection, published_at, source, lane, is_test, event)
+VALUES %s
+ON CONFLICT (event_id, received_at) DO UPDATE
+   SET event = EXCLUDED.event, published_at = EXCLUDED.published_at, journaled_at = now()
+ WHERE j.event IS DISTINCT FROM EXCLUDED.event
+"""
+
+# Per process (Celery children fork): which DSNs have the parent table, which days a partition.
+_ready: set[tuple[int, str]] = set()
+_partitions: set[tuple[int, str, date]] = set()
+_ready_lock = threading.Lock()
+
+
+def partition_name(day: date) -> str:
+    return f"{PARTITION_PREFIX}{day:%Y%m%d}"
+
+
+def _day_bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    return start, start + timedelta(days=1)
+
+
+def ensure_journal(cur: Any, dsn: str) -> None:
+    """Create the partitioned parent table once per process (idempotent DDL under a lock)."""
+    key = (os.getpid(), dsn)
+    if key in _ready:
+        return
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+    cur.execute(_SCHEMA)
+    _ready.add(key)
+
+
+def ensure_partitions(cur: Any, dsn: str, days: set[date]) -> None:
+    """Create the day partitions these rows need; concurrent workers serialise on one advisory lock."""
+    missing = sorted(d for d in days if (os.getpid(), dsn, d) not in _partitions)
+    if not missing:
+        return
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+    for day in missing:
+        start, end = _day_bounds(day)
+        cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM (%s) TO (%s)").format(
+            sql.Identifier(partition_name(day)), sql.Identifier(TABLE)), (start, end))
+    _partitions.update((os.getpid(), dsn, d) for d in missing)
+
+
+def _forget(dsn: str) -> None:
+    """Drop this process's DDL caches (a partition was purged or the table dropped under us)."""
+    pid = os.getpid()
+    _ready.discard((pid, dsn))
+    for item in [p for p in _partitions if p[0] == pid and p[1] == dsn]:
+        _partitions.discard(item)
+
+
+def _event_id(event: Mapping[str, Any]) -> str:
+    value = event.get("event_id")
+    if isinstance(value, str) and value:
+        return value
+    return hashlib.sha256(orjson.dumps(event, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
+
+
+def journal_rows(events: list[Any], lane: str, now: datetime | None = None) -> list[tuple[Any, ...]]:
+    """Rows for one multi-row insert: one per (event_id, received_at), the last one winning.
+
+    Non-objects are left out (they cannot be replayed; the validate stage dead-letters
+    them with their payload). An event without ``received_at`` is journaled at ``now``.
+    """
+    now = now or utcnow()
+    rows: dict[tuple[str, datetime], tuple[Any, ...]] = {}
+    for event in events:
+        if not isinstance(event, Mapping):
+            continue
+        received = parse_time(event.get("received_at")) or now
+        event_id = _event_id(event)
+        rows[(event_id, received)] = (
+            event_id, received, str(event.get("collection") or ""), event.get("published_at"),
+            event.get("source"), lane, bool(event.get("is_test")), jsonb_text(dict(event)))
+    return list(rows.values())
+
+
+def append_events(ctx: "Context", events: list[dict[str, Any]], lane: str) -> None:
+    """Journal a batch durably: one multi-row insert, committed before the chain moves on."""
+    write_rows(ctx.settings.postgres_dsn, journal_rows(events, lane))
+
+
+def write_rows(dsn: str, rows: list[tuple[Any, ...]]) -> int:
+    if not rows:
+        return 0
+    days = {r[1].astimezone(timezone.utc).date() for r in rows}
+    for attempt in (1, 2):
+        try:
+            with connections.transaction(dsn) as cur:
+                ensure_journal(cur, dsn)
+                ensure_partitions(cur, dsn, days)
+                psycopg2.extras.execute_values(
+                    cur, _INSERT, rows, template="(%s, %s, %s, %s, %s, %s, %s, %s::jsonb)", page_size=len(rows))
+                return len(rows)
+        except (psycopg2.errors.CheckViolation, psycopg2.errors.UndefinedTable):
+            # "no partition of relation found for row" (purged day) or the table was dropped:
+            # forget what this process thought existed and create it again, once.
+            _forget(dsn)
+            if attempt == 2:
+                raise
+        except BaseException:
+            _forget(dsn)  # the DDL of a rolled-back transaction never happened
+            raise
+    return 0  # pragma: no cover - the loop returns or raises
+
+
+# -- retention ----------------------------------------------------------------------------
+def list_partitions(cur: Any) -> list[tuple[str, date]]:
+    cur.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = %s ORDER BY c.relname", (TABLE,))
+    out = []
+    for (name,) in cur.fetchall():
+        suffix = name[len(PARTITION_PREFIX):] if name.startswith(PARTITION_PREFIX) else ""
+        try:
+            out.append((name, datetime.strptime(suffix, "%Y%m%d").date()))
+        except ValueError:
+            continue
+    return out
+
+
+def purge_expired(dsn: str, retention_days: int, now: datetime | None = None) -> list[str]:
+    """Drop the day partitions that end before ``now - retention_days``; answer their names."""
+    cutoff = (now or utcnow()) - timedelta(days=retention_days)
+    dropped: list[str] = []
+    with connections.transaction(dsn) as cur:
+        ensure_journal(cur, dsn)
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        for name, day in list_partitions(cur):
+            if _day_bounds(day)[1] <= cutoff:
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+                dropped.append(name)
+    if dropped:
+        _forget(dsn)
+        log.info("journal: dropped %d partition(s) older than %d day(s): %s", len(dropped), retention_days,
+                 ", ".join(dropped))
+    return dropped
+
+
+# -- reading it back ------------------------------------------------------------------------
+def _where(since: datetime | None, until: datetime | None, collections: list[str] | None,
+           include_tests: bool) -> tuple[sql.Composable, list[Any]]:
+    clauses: list[sql.Composable] = []
+    params: list[Any] = []
+    if since is not None:
+        clauses.append(sql.SQL("received_at >= %s"))
+        params.append(since)
+    if until is not None:
+        clauses.append(sql.SQL("received_at < %s"))
+        params.append(until)
+    if collections is not None:
+        clauses.append(sql.SQL("collection = ANY(%s)"))
+        params.append(list(collections))
+    if not include_tests:
+        clauses.append(sql.SQL("NOT is_test"))
+    where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("")
+    return where, params
+
+
+def count_events(dsn: str, since: datetime | None = None, until: datetime | None = None,
+                 collections: list[str] | None = None, include_tests: bool = False) -> int:
+    where, params = _where(since, until, collections, include_tests)
+    with connections.transaction(dsn) as cur:
+        ensure_journal(cur, dsn)
+        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(TABLE)) + where, params)
+        return int(cur.fetchone()[0])
+
+
+def iter_batches(dsn: str, batch_size: int = 500, since: datetime | None = None, until: datetime | None = None,
+                 collections: list[str] | None = None, include_tests: bool = False) -> Iterator[list[dict[str, Any]]]:
+    """The journaled events in received order, ``batch_size`` at a time, through a server-side cursor.
+
+    Its own connection: a named cursor lives in a transaction that must not hold the
+    shared one (and the snapshot keeps a rebuild consistent while new events arrive).
+    """
+    where, params = _where(since, until, collections, include_tests)
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            ensure_journal(cur, dsn)
+        conn.commit()
+        with conn.cursor(name="sophia_journal_rebuild") as cur:
+            cur.itersize = batch_size
+            cur.execute(sql.SQL("SELECT event FROM {}").format(sql.Identifier(TABLE)) + where
+                        + sql.SQL(" ORDER BY received_at, event_id"), params)
+            while True:
+                rows = cur.fetchmany(batch_size)
+                if not rows:
+                    break
+                yield [r[0] for r in rows]
+        conn.commit()
+    finally:
+        conn.close()
+
+
+# -- rebuild --------------------------------------------------------------------------------
+@dataclass
+class RebuildSummary:
+    target: str
+    since: str | None
+    total: int = 0
+    published: int = 0
+    skipped_invalid: int = 0
+    batches: int = 0
+    tables: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "since": self.since, "journaled": self.total, "published": self.published,
+                "skipped_invalid": self.skipped_invalid, "batches": self.batches, "tables_ready": self.tables}
+
+
+def collections_feeding(spec: "FlowSpec", target: str) -> list[str]:
+    """The source collections whose events end up in ``target`` (directly or through a derivation)."""
+    mat = spec.materializations[target]
+    bound = {b.source for b in mat.bindings}
+    out = []
+    for name in spec.collections:
+        if name in bound or any(d.name in bound for d in spec.derivations_of(name)):
+            out.append(name)
+    return out
+
+
+def prepare_target(settings: "Settings", spec: "FlowSpec", target: str) -> list[str]:
+    """Create the target's tables in this process before anything is published.
+
+    A worker caches "table ready" per connection; after a ``DROP TABLE`` its cache is
+    wrong, so the rebuild recreates the table itself (CREATE IF NOT EXISTS) first.
+    """
+    from sophia_tasks.materializers import get_materializer
+
+    mat = spec.materializations[target]
+    writer = get_materializer(mat.endpoint, settings, spec)
+    ready = []
+    for binding in mat.bindings:
+        ensure = getattr(writer, "ensure_table", None)
+        if ensure is not None:
+            ensure(binding)
+            ready.append(str(binding.table))
+    return ready
+
+
+def rebuild(settings: "Settings", spec: "FlowSpec", target: str, since: datetime | None = None,
+            until: datetime | None = None, batch_size: int = 500,
+            publish: Callable[[list[dict[str, Any]]], None] | None = None,
+            progress: Callable[[int, int], None] | None = None) -> RebuildSummary:
+    """Republish the journal to one target, on the bulk lane, keeping every event's original version.
+
+    Events the schema refuses are skipped here (they were dead-lettered when they first
+    came), so a rebuild never files the same dead letter twice.
+    """
+    from sophia_tasks.pipeline import validate_events
+
+    if target not in spec.materializations:
+        raise KeyError(f"unknown target {target!r}; the flow spec has {', '.join(sorted(spec.materializations))}")
+    if publish is None:
+        from sophia_tasks.tasks import send_validate
+
+        def publish(events: list[dict[str, Any]]) -> None:
+            send_validate(events, lane="bulk", targets=[target])
+
+    summary = RebuildSummary(target=target, since=format_version(since) if since else None)
+    summary.tables = prepare_target(settings, spec, target)
+    collections = collections_feeding(spec, target)
+    summary.total = count_events(settings.postgres_dsn, since, until, collections)
+    done = 0
+    if progress:
+        progress(0, summary.total)
+    for batch in iter_batches(settings.postgres_dsn, batch_size, since, until, collections):
+        checked = validate_events(spec, batch)
+        bad = {letter.event_id for letter in checked.letters}
+        good = [e for e in batch if e.get("event_id") not in bad]
+        summary.skipped_invalid += len(batch) - len(good)
+        if good:
+            publish(good)
+            summary.published += len(good)
+            summary.batches += 1
+        done += len(batch)
+        if progress:
+            progress(done, summary.total)
+    return summary
