@@ -79,9 +79,14 @@ class Calls:
                        for c in self.base]
         self.mean_call_bytes = sum(len(orjson.dumps(c)) for c in self.base) / max(1, len(self.base))
 
-    def next_ids(self) -> tuple[str, str]:
+    def next_ids(self, ns: str = "1") -> tuple[str, str]:
+        """(event id, call id); ``ns`` is one digit after the run id, so a scenario can count its
+        own calls by prefix (the backfill's calls vs. the live load running beside it)."""
         n = next(self._seq)
-        return f"bench-{self.run}-{n}", f"{self.run}{n:09d}"
+        return f"bench-{self.run}-{n}", f"{self.run}{ns}{n:09d}"
+
+    def prefix(self, ns: str = "1") -> str:
+        return f"{self.run}{ns}"
 
     def single_body(self) -> tuple[bytes, str, str]:
         """One envelope ``{"type", "id", "data"}``: (body, event id, call id)."""
@@ -98,10 +103,10 @@ class Calls:
             cids.append(cid)
         return b"[" + b",".join(items) + b"]", cids
 
-    def calls(self, n: int) -> Iterator[dict[str, Any]]:
+    def calls(self, n: int, ns: str = "1") -> Iterator[dict[str, Any]]:
         """Plain call objects with fresh ids (backfill files, the naive baseline)."""
         for _ in range(n):
-            _, cid = self.next_ids()
+            _, cid = self.next_ids(ns)
             yield with_id(self.base[int(cid) % len(self.base)], cid)
 
     def events(self, n: int) -> list[dict[str, Any]]:

@@ -1,6 +1,8 @@
 """The Celery application: configuration only; the tasks live in ``sophia_tasks.tasks``."""
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 from kombu import Queue
 
@@ -75,15 +77,24 @@ def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
         enable_utc=True,
         beat_schedule={
             "purge-retention": {"task": "sophia.purge_retention", "schedule": 3600.0},
+            "purge-journal": {"task": "sophia.purge_journal", "schedule": 3600.0},
         },
     )
     app.conf.sophia_settings = settings
     app.conf.sophia_spec = spec
 
 
+def _quiet_connector_logs() -> None:
+    """The Snowflake connector logs every internal retry with a traceback at WARNING; our
+    materializer reports the outcome once per attempt instead."""
+    for name in ("snowflake.connector", "snowflake.connector.vendored.urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def create_celery(settings: Settings | None = None, spec: FlowSpec | None = None) -> Celery:
     settings = settings or load_settings()
     spec = spec or load_spec(settings.flow_path)
+    _quiet_connector_logs()
     app = Celery("sophia_tasks", set_as_current=True)
     configure(app, settings, spec)
     from sophia_tasks.batching import IngestBatcher
@@ -97,3 +108,4 @@ app = create_celery()
 # Task modules register themselves on ``app`` when imported.
 from sophia_tasks import tasks  # noqa: E402,F401
 # -- other task modules: one import line each below --
+from sophia_tasks import backfill  # noqa: E402,F401  (sophia.backfill, sophia.purge_journal)

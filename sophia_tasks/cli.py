@@ -309,6 +309,10 @@ def emulator(data_dir: str | None) -> None:
 
 
 # -- commands defined in other modules: one add_command line each below --
+from sophia_tasks.ops_cli import backfill_command, check_command, rebuild_command  # noqa: E402
+main.add_command(backfill_command)
+main.add_command(rebuild_command)
+main.add_command(check_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

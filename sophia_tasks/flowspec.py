@@ -54,22 +54,26 @@ class Projection:
     type: str
 
 
-@dataclass(frozen=True)
-class Collection:
-    name: str
+class _Keyed:
     key: str
-    schema: str | None = None
-    description: str = ""
 
     def key_of(self, document: Mapping[str, Any]) -> str | None:
         value = resolve_pointer(document, self.key)
-        if value is None or isinstance(value, (dict, list)):
+        if value is None or isinstance(value, (dict, list, bool)):
             return None
         return str(value)
 
 
 @dataclass(frozen=True)
-class Derivation:
+class Collection(_Keyed):
+    name: str
+    key: str
+    schema: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Derivation(_Keyed):
     name: str
     source: str
     key: str

@@ -113,7 +113,11 @@ class Settings:
     public_url: str | None = None
     flow_path: Path = DEFAULT_FLOW
     sentry_dsn: str | None = None
+    sentry_environment: str | None = None
+    sentry_traces_sample_rate: float = 0.0
     slack_webhook_url: str | None = None
+    # How often beat runs sophia.alerts (thresholds live in the flow spec's alerts: section).
+    alerts_interval_seconds: float = 60.0
     max_body_bytes: int = 1024 * 1024
     dedupe_window_seconds: int = 24 * 3600
     rate_limit_per_minute: int = 0
@@ -170,7 +174,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         public_url=(env.get("SOPHIA_PUBLIC_URL") or None),
         flow_path=Path(flow) if flow else DEFAULT_FLOW,
         sentry_dsn=env.get("SENTRY_DSN") or None,
+        sentry_environment=env.get("SENTRY_ENVIRONMENT") or None,
+        sentry_traces_sample_rate=_float(env, "SENTRY_TRACES_SAMPLE_RATE", 0.0),
         slack_webhook_url=env.get("SOPHIA_SLACK_WEBHOOK_URL") or None,
+        alerts_interval_seconds=_float(env, "SOPHIA_ALERTS_INTERVAL_SECONDS", Settings.alerts_interval_seconds),
         max_body_bytes=_int(env, "SOPHIA_MAX_BODY_BYTES", Settings.max_body_bytes),
         dedupe_window_seconds=_int(env, "SOPHIA_DEDUPE_WINDOW_SECONDS", Settings.dedupe_window_seconds),
         rate_limit_per_minute=_int(env, "SOPHIA_RATE_LIMIT_PER_MINUTE", 0),

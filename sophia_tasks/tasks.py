@@ -36,16 +36,49 @@ def context() -> pipeline.Context:
 
 
 class StageTask(Task):
-    """Infrastructure failures (broker, dead-letter store) retry with backoff, then stay on the broker."""
+    """Unexpected failures (broker, dead-letter store, a bug) retry with backoff; when the budget
+    is spent, the batch's documents go to the dead-letter store rather than being dropped."""
 
     autoretry_for = (Exception,)
     dont_autoretry_for = (Retry,)
-    max_retries = None
+    max_retries = 10
     retry_backoff = 2
     retry_backoff_max = 120
     retry_jitter = True
     acks_late = True
     reject_on_worker_lost = True
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        letters = letters_for_failed_task(self.name, args, kwargs, exc)
+        if not letters:
+            log.error("%s[%s] failed for good: %r", self.name, task_id, exc)
+            return
+        try:
+            ctx = context()
+            ctx.dlq.record(letters)
+            pipeline.record_error(ctx, letters[0].stage, letters[0].target, "exception", len(letters))
+            log.error("%s[%s] failed for good, %d document(s) dead-lettered: %r", self.name, task_id,
+                      len(letters), exc)
+        except Exception as store_exc:  # both the task and the store failed: say so loudly, with the payload
+            log.critical("%s[%s] failed (%r) and the dead-letter store is unavailable (%r); payload: %s",
+                         self.name, task_id, exc, store_exc, str(args)[:20000])
+
+
+def letters_for_failed_task(name: str, args: tuple, kwargs: dict, exc: BaseException) -> list[Letter]:
+    """The documents a failed stage task was carrying, as letters that replay at that stage."""
+    error = f"{type(exc).__name__}: {exc}"[:2000]
+    attempts = StageTask.max_retries + 1
+    if name in ("sophia.validate", "sophia.ingest") and args:
+        return [Letter(stage="validate", collection=str(e.get("collection") if isinstance(e, dict) else "?"),
+                       payload=e if isinstance(e, dict) else {"value": e}, error=error, attempts=attempts,
+                       event_id=e.get("event_id") if isinstance(e, dict) else None) for e in args[0]]
+    if name == "sophia.derive" and len(args) >= 2:
+        return [Letter(stage="derive", collection=args[0], payload=d, error=error, attempts=attempts,
+                       event_id=meta(d).get("event_id")) for d in args[1]]
+    if name == "sophia.materialize" and len(args) >= 3:
+        return [Letter(stage="materialize", target=args[0], collection=args[1], payload=d, error=error,
+                       attempts=attempts, event_id=meta(d).get("event_id")) for d in args[2]]
+    return []
 
 
 def send_validate(events: list[dict[str, Any]], lane: str = "live", targets: list[str] | None = None) -> None:

@@ -81,7 +81,7 @@ _RUN = re.compile(r"[\d(+][\d()+ \u00a0.\-/\u2010-\u2015]{7,}")
 # at the run start, or after one of these characters.
 _RESTART_AFTER = frozenset(" \u00a0(\u2010\u2011\u2012\u2013\u2014\u2015")
 _DIGITS = re.compile(r"\d+")
-_LOCAL_EXTRA = frozenset(".!#$%&'*+/=?^`{|}~-_")
+_LOCAL_RUN_BACK = re.compile(rf"{_LOCAL}+")
 _YEAR = re.compile(r"(?:19|20)\d\d")
 
 
@@ -216,6 +216,10 @@ class PiiMasker:
             """``mask_text`` for a string that is neither all letters nor all digits."""
             if "@" in v:
                 return mask_text(v)
+            if len(v) < 8:
+                return v  # the shortest phone, 555-0132, has 8 characters
+            if v.isascii() and len(v) - len(v.encode().translate(None, b"0123456789")) < 7:
+                return v  # fewer than 7 digits: no phone (bytes.translate counts them in C)
             run = search_run(v)
             return v if run is None else _apply(v, phone_edits(v, run))
 
@@ -296,10 +300,6 @@ class PiiMasker:
         return out
 
 
-def _is_local(ch: str) -> bool:
-    return ch.isalnum() or ch in _LOCAL_EXTRA
-
-
 def _email_edits(text: str) -> list[tuple[int, int, str]]:
     """Where ``EMAIL_RE.sub("***@\\1", text)`` would change ``text``: each '@' is tried from
     the start of the run of local-part characters before it, which is the only place
@@ -309,9 +309,9 @@ def _email_edits(text: str) -> list[tuple[int, int, str]]:
     find = text.find
     at = find("@")
     while at != -1:
-        j = at
-        while j > done and _is_local(text[j - 1]):
-            j -= 1
+        # the run of local-part characters ending at '@', found backwards with one regex match
+        back = _LOCAL_RUN_BACK.match(text[at - 1:done - 1 if done else None:-1]) if at > done else None
+        j = at - (back.end() if back is not None else 0)
         m = EMAIL_RE.match(text, j) if j < at else None
         if m is None:
             at = find("@", at + 1)

@@ -19,6 +19,20 @@ from sophia_tasks.stack import Stack, ensure_services, free_port
 
 TOKEN = "test-token-" + uuid.uuid4().hex[:12]
 TOKEN2 = "rotated-token-" + uuid.uuid4().hex[:12]
+WEBHOOK_SECRET = "whsec_" + __import__("base64").b64encode(uuid.uuid4().bytes * 2).decode()
+
+
+def _rsa_pair() -> tuple[Any, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return key, pem
+
+
+GONG_PRIVATE_KEY, GONG_PUBLIC_PEM = _rsa_pair()
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 # Redis database pairs (broker, cache) a test session may use; 0/1 are the demo's, 14/15 the benchmark's.
 SLOTS = ((10, 11), (8, 9), (6, 7), (4, 5), (2, 3))
@@ -55,6 +69,8 @@ def _test_env(tmp: Path, slot: int, pair: tuple[int, int]) -> dict[str, str]:
         "SOPHIA_SNOWFLAKE_NETWORK_TIMEOUT": "3",
         "PORT": str(free_port()),
         "SOPHIA_WEBHOOK_TOKENS": f"{TOKEN},{TOKEN2}",
+        "SOPHIA_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "SOPHIA_GONG_JWT_PUBLIC_KEY": GONG_PUBLIC_PEM,
         "SOPHIA_RETRY_MAX": "5",
         "SOPHIA_RETRY_BACKOFF_BASE": "0.5",
         "SOPHIA_RETRY_BACKOFF_MAX": "2",

@@ -86,3 +86,11 @@ def test_resolve_pointer() -> None:
     assert resolve_pointer(doc, "/a/m~0n") == 2
     assert resolve_pointer(doc, "/a/missing/x") is None
     assert resolve_pointer(doc, "/a/b~1c/9") is None
+
+
+def test_collections_and_derivations_both_give_keys() -> None:
+    spec = load_spec(DEFAULT_FLOW)
+    doc = {"metaData": {"id": "42"}}
+    assert spec.collection("gong_calls").key_of(doc) == "42"
+    assert spec.collection("gong_calls_enriched").key_of(doc) == "42"
+    assert spec.collection("gong_calls_enriched").key_of({"metaData": {"id": True}}) is None

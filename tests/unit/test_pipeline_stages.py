@@ -110,3 +110,18 @@ def test_backoff_grows_with_jitter_and_stays_capped() -> None:
     assert 4.0 <= values[2] <= 8.0
     assert all(v <= 60 for v in values) and max(values) >= 30
     assert len({backoff_seconds(s, 3, random.Random(i)) for i in range(10)}) > 1
+
+
+def test_failed_stage_tasks_become_letters_at_their_stage() -> None:
+    from sophia_tasks.tasks import letters_for_failed_task
+
+    doc = {"_meta": {"published_at": "v", "event_id": "e9"}, "metaData": {"id": "9"}}
+    (m,) = letters_for_failed_task("sophia.materialize", ("snowflake", "gong_calls_enriched", [doc]), {},
+                                   KeyError("x"))
+    assert (m.stage, m.target, m.collection, m.event_id) == ("materialize", "snowflake", "gong_calls_enriched", "e9")
+    (d,) = letters_for_failed_task("sophia.derive", ("gong_calls", [doc]), {}, ValueError("y"))
+    assert d.stage == "derive" and d.payload is doc and "ValueError: y" in d.error
+    ev = event({"metaData": {"id": "1"}})
+    (v,) = letters_for_failed_task("sophia.validate", ([ev],), {}, RuntimeError("z"))
+    assert v.stage == "validate" and v.payload["event_id"] == "e1"
+    assert letters_for_failed_task("sophia.purge_retention", (), {}, RuntimeError("z")) == []

@@ -1,0 +1,795 @@
+"""The benchmark scenarios. Each takes the running ``Bench`` and returns a JSON-able dict.
+
+ingest   webhook accept rate at increasing concurrency, beside the floor app (same gunicorn settings)
+drain    N accepted events sitting on the broker, then a worker starts: time until all are in each target;
+         plus the Snowflake emulator's own raw insert rate, measured in the same run
+naive    the one-chain-per-event / one-row-per-write baseline (bench/naive.py) on its own worker
+latency  steady open-loop webhook load; receipt-to-materialized quantiles per target
+backfill ``sophia-tasks backfill --file`` of N calls with a steady live webhook load beside it
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+
+from bench import loadgen
+from bench.calls import Calls
+from bench.harness import OUR_PG_TABLE, OUR_PREFIX, OUR_SF_TABLE, Bench
+from sophia_tasks.stack import BIN
+
+WEBHOOK = "/estuary/webhook"
+COUNTERS = "sophia:stats:counters"
+TARGETS = ("redis", "postgres", "snowflake")
+DERIVED = "gong_calls_enriched"
+
+
+@dataclass
+class Sizes:
+    ingest_concurrency: tuple[int, ...]
+    ingest_seconds: float
+    ingest_warmup: float
+    drain_events: int
+    naive_events: int
+    sf_raw_events: int
+    latency_rate: float
+    latency_seconds: float
+    backfill_events: int
+    backfill_rate: float
+    batch_body_events: int = 100
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> "Sizes":
+        if quick:
+            return cls(ingest_concurrency=(8, 32, 64), ingest_seconds=4, ingest_warmup=1, drain_events=2_000,
+                       naive_events=300, sf_raw_events=2_000, latency_rate=500, latency_seconds=10,
+                       backfill_events=5_000, backfill_rate=100)
+        return cls(ingest_concurrency=(8, 32, 64), ingest_seconds=15, ingest_warmup=3, drain_events=20_000,
+                   naive_events=2_000, sf_raw_events=5_000, latency_rate=500, latency_seconds=60,
+                   backfill_events=100_000, backfill_rate=100)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def headers(bench: Bench) -> dict[str, str]:
+    return {"Authorization": f"Bearer {bench.token}", "Content-Type": "application/json"}
+
+
+def purge_broker(bench: Bench) -> None:
+    """Drop queued messages (lists) and unacked bookkeeping; keep kombu's exchange bindings."""
+    for key in list(bench.broker.scan_iter(count=1000)):
+        k = key.decode(errors="replace")
+        if k.startswith("_kombu.binding"):
+            continue
+        if bench.broker.type(key) == b"list" or k.startswith("unacked"):
+            bench.broker.delete(key)
+
+
+def written_fields() -> dict[str, str]:
+    from sophia_tasks.stats import field
+
+    return {t: field("documents_written", {"target": t, "collection": DERIVED}) for t in TARGETS}
+
+
+def counters(bench: Bench) -> dict[str, float]:
+    return {k.decode(): float(v) for k, v in bench.cache.hgetall(COUNTERS).items()}
+
+
+# -- 1. ingest -------------------------------------------------------------------------------
+def ingest(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
+    """Closed-loop single-event POSTs at each concurrency, floor app then ours, same bodies.
+
+    The worker is stopped so the web tier is measured alone (on 2 cores a draining worker
+    would take CPU from gunicorn, and the floor has no such neighbour); what is accepted
+    stays on the broker and is purged afterwards.
+    """
+    bench.stop_role("worker")
+    bench.start_web()
+    bench.start_floor()
+    h = headers(bench)
+
+    def body() -> tuple[bytes, Any]:
+        raw, eid, cid = calls.single_body()
+        return raw, cid
+
+    steps = []
+    bench.rss.reset()
+    for c in sizes.ingest_concurrency:
+        log(f"ingest: concurrency {c}, floor app, {sizes.ingest_seconds:g}s")
+        floor = asyncio.run(loadgen.closed_loop(bench.floor_url + "/floor", h, body, c, sizes.ingest_seconds,
+                                                sizes.ingest_warmup)).summary()
+        log(f"ingest: concurrency {c}, webhook, {sizes.ingest_seconds:g}s")
+        ours = asyncio.run(loadgen.closed_loop(bench.url + WEBHOOK, h, body, c, sizes.ingest_seconds,
+                                               sizes.ingest_warmup)).summary()
+        ratio = (ours["accepted_per_s"] / floor["accepted_per_s"]) if floor["accepted_per_s"] else None
+        steps.append({"concurrency": c, "floor": floor, "ours": ours,
+                      "ratio_to_floor": round(ratio, 3) if ratio is not None else None})
+        log(f"ingest: c={c} floor {floor['accepted_per_s']}/s p99 {floor['p99_ms']} ms | ours "
+            f"{ours['accepted_per_s']}/s p99 {ours['p99_ms']} ms | ratio {steps[-1]['ratio_to_floor']}")
+    memory = bench.rss.snapshot()
+    bench.stop("floor")
+    on_broker = bench.queue_length("sophia.ingest")
+    purge_broker(bench)
+    bench.cache.flushdb()  # dedupe ids
+    best_floor = max(s["floor"]["accepted_per_s"] or 0 for s in steps)
+    best_ours = max(s["ours"]["accepted_per_s"] or 0 for s in steps)
+    return {
+        "method": "closed loop (aiohttp), one envelope per POST with a fresh event id and call id, "
+                  f"{sizes.ingest_seconds:g}s per step after {sizes.ingest_warmup:g}s warm-up; floor app and "
+                  "webhook alternate at each step under the same gunicorn config; worker stopped",
+        "gunicorn": {"workers": bench.web_workers, "threads": bench.web_threads},
+        "mean_call_bytes": round(calls.mean_call_bytes),
+        "steps": steps,
+        "peak_floor_per_s": best_floor,
+        "peak_ours_per_s": best_ours,
+        "peak_ratio": round(best_ours / best_floor, 3) if best_floor else None,
+        "ingest_messages_left_on_broker": on_broker,
+        "memory": memory,
+    }
+
+
+# -- 2. drain ----------------------------------------------------------------------------------
+def load_broker(bench: Bench, calls: Calls, n: int, per_body: int) -> dict[str, Any]:
+    bodies = []
+    left = n
+    while left > 0:
+        k = min(per_body, left)
+        bodies.append(calls.batch_body(k)[0])
+        left -= k
+    res = asyncio.run(loadgen.post_batches(bench.url + WEBHOOK, headers(bench), bodies, concurrency=4))
+    summary = res.summary()
+    if res.accepted != len(bodies):
+        raise RuntimeError(f"loading the broker: {res.accepted} of {len(bodies)} bodies accepted: {summary}")
+    return {"bodies": len(bodies), "events_per_body": per_body, "seconds": round(res.duration_s, 2),
+            "events_per_s": round(n / res.duration_s, 1) if res.duration_s else None}
+
+
+def wait_targets(bench: Bench, n: int, t0: float, timeout: float, targets: tuple[str, ...] = TARGETS,
+                 progress: Callable[[dict[str, int]], None] | None = None) -> dict[str, Any]:
+    """Times at which each target holds ``n`` documents of the pipeline.
+
+    Progress is read every 20 ms from the pipeline's own ``documents_written`` counters (one
+    HMGET; they are incremented right after each write), and confirmed by counting in the
+    targets themselves (Redis SCAN of the key prefix, SELECT count(*) in PostgreSQL,
+    SELECT COUNT(*) through the Snowflake connector) every 0.5 s / 1 s.
+    """
+    fields = written_fields()
+    base = {t: 0.0 for t in targets}
+    done: dict[str, float] = {}
+    counted: dict[str, int] = {t: 0 for t in targets}
+    last_real = {t: 0.0 for t in targets}
+    real_every = {"redis": 0.5, "postgres": 0.5, "snowflake": 1.0}
+    counter_hit: dict[str, float] = {}
+    deadline = t0 + timeout
+    last_print = time.monotonic()
+    while len(done) < len(targets) and time.monotonic() < deadline:
+        now = time.monotonic()
+        values = bench.cache.hmget(COUNTERS, [fields[t] for t in targets])
+        for t, v in zip(targets, values):
+            if t not in counter_hit and v is not None and float(v) - base[t] >= n:
+                counter_hit[t] = now
+        for t in targets:
+            if t in done:
+                continue
+            if now - last_real[t] >= real_every[t] or t in counter_hit:
+                counted[t] = count_target(bench, t)
+                last_real[t] = time.monotonic()
+                if counted[t] >= n:
+                    done[t] = min(counter_hit.get(t, last_real[t]), last_real[t])
+        if progress is not None and now - last_print > 5:
+            progress(dict(counted))
+            last_print = now
+        time.sleep(0.02)
+    for t in targets:
+        if t not in done:
+            counted[t] = count_target(bench, t)
+    return {"done_at": done, "counted": counted}
+
+
+def count_target(bench: Bench, target: str, ids: str = "") -> int:
+    try:
+        if target == "redis":
+            return bench.redis_count(OUR_PREFIX, ids)
+        if target == "postgres":
+            return bench.pg_count(OUR_PG_TABLE, ids)
+        return bench.sf_count(OUR_SF_TABLE, ids)
+    except Exception as exc:  # a table not created yet by the first batch
+        if "does not exist" in str(exc):
+            return 0
+        raise
+
+
+def enriched_rows(calls: Calls, n: int) -> tuple[list[dict[str, Any]], Any]:
+    """The documents the Snowflake binding would write, made by the project's own stage functions."""
+    from sophia_tasks import pipeline
+    from sophia_tasks.flowspec import load_spec
+    from sophia_tasks.settings import load_settings
+
+    spec = load_spec(load_settings().flow_path)
+    validated = pipeline.validate_events(spec, calls.events(n)).documents["gong_calls"]
+    derived = pipeline.derive_documents(spec, "gong_calls", validated).documents[DERIVED]
+    return derived, spec
+
+
+def sf_raw(bench: Bench, calls: Calls, n: int, batch: int) -> dict[str, Any]:
+    """The emulator's own insert rate for the same rows, with no pipeline around it.
+
+    * ``insert_json``: one ``INSERT ... SELECT FROM LATERAL FLATTEN(PARSE_JSON(?))`` per ``batch`` rows
+      (the bound-JSON-array technique the materializer uses, minus the MERGE);
+    * ``executemany``: single-row INSERTs through ``cursor.executemany`` (one batch, for scale);
+    * ``materializer_direct``: the project's ``SnowflakeMaterializer.write_batch`` (the MERGE) called
+      in this process on the same rows, no Celery: the ceiling of our Snowflake path.
+    The raw rate the target compares with is ``insert_json``.
+    """
+    from sophia_tasks.materializers.projection import keyed, project
+    from sophia_tasks.materializers.snowflake import SnowflakeMaterializer
+    from sophia_tasks.documents import version_of
+    from sophia_tasks.settings import load_settings
+
+    docs, spec = enriched_rows(calls, n)
+    binding = spec.materializations["snowflake"].bindings[0]
+    pairs, _ = keyed(spec, binding, docs)
+    rows = []
+    for key, doc in pairs:
+        row: dict[str, Any] = {"k": key, "d": doc, "p": version_of(doc)}
+        for i, v in enumerate(project(doc, binding.projections)):
+            row[f"x{i}"] = v
+        rows.append(orjson.dumps(row))
+    from sophia_tasks.materializers.snowflake import SF_TYPES, quote_ident
+
+    cur = bench.sf().cursor()
+    cols = [f"{quote_ident(binding.key_column)} VARCHAR NOT NULL PRIMARY KEY", '"FLOW_DOCUMENT" VARIANT',
+            '"FLOW_PUBLISHED_AT" TIMESTAMP_TZ'] + [f"{quote_ident(p.column)} {SF_TYPES[p.type]}"
+                                                    for p in binding.projections]
+    cur.execute(f'CREATE TABLE IF NOT EXISTS "RAW_INSERT_BENCH" ({", ".join(cols)})')
+    cur.execute('DELETE FROM "RAW_INSERT_BENCH"')
+    names = [quote_ident(binding.key_column), '"FLOW_DOCUMENT"', '"FLOW_PUBLISHED_AT"'] + [
+        quote_ident(p.column) for p in binding.projections]
+    select = ["f.value:k::VARCHAR", "f.value:d", "f.value:p::TIMESTAMP_TZ"] + [
+        f"f.value:x{i}" + ("" if p.type == "object" else f"::{SF_TYPES[p.type]}")
+        for i, p in enumerate(binding.projections)]
+    insert = (f'INSERT INTO "RAW_INSERT_BENCH" ({", ".join(names)}) SELECT {", ".join(select)} '
+              "FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) f")
+    t0 = time.monotonic()
+    for i in range(0, len(rows), batch):
+        cur.execute(insert, [(b"[" + b",".join(rows[i:i + batch]) + b"]").decode()])
+    insert_s = time.monotonic() - t0
+    cur.execute('SELECT COUNT(*) FROM "RAW_INSERT_BENCH"')
+    inserted = int(cur.fetchone()[0])
+
+    cur.execute('DELETE FROM "RAW_INSERT_BENCH"')
+    many = min(len(pairs), batch)
+    params = []
+    for key, doc in pairs[:many]:
+        params.append([key, orjson.dumps(doc).decode(), version_of(doc), *project(doc, binding.projections)])
+    stmt = (f'INSERT INTO "RAW_INSERT_BENCH" ({", ".join(names)}) VALUES (?, PARSE_JSON(?), ?, '
+            + ", ".join("?" for _ in binding.projections) + ")")
+    t0 = time.monotonic()
+    executemany: dict[str, Any]
+    try:
+        cur.executemany(stmt, params)
+        em_s = time.monotonic() - t0
+        executemany = {"rows": many, "seconds": round(em_s, 3), "rows_per_s": round(many / em_s, 1)}
+    except Exception as exc:
+        executemany = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    cur.execute('DELETE FROM "RAW_INSERT_BENCH"')
+
+    # The project's materializer in-process, on the real table (emptied again afterwards).
+    writer = SnowflakeMaterializer(load_settings(), spec)
+    t0 = time.monotonic()
+    written = 0
+    for i in range(0, len(docs), batch):
+        written += writer.write_batch(binding, docs[i:i + batch]).written
+    direct_s = time.monotonic() - t0
+    writer.close()
+    bench.sf().cursor().execute(f'DELETE FROM "{OUR_SF_TABLE}"')
+    return {
+        "rows": len(rows), "batch": batch,
+        "insert_json": {"rows": inserted, "seconds": round(insert_s, 3), "rows_per_s": round(len(rows) / insert_s, 1)},
+        "executemany": executemany,
+        "materializer_direct": {"rows": written, "seconds": round(direct_s, 3),
+                                "rows_per_s": round(len(docs) / direct_s, 1)},
+        "raw_rate_per_s": round(len(rows) / insert_s, 1),
+    }
+
+
+def drain(bench: Bench, calls: Calls, sizes: Sizes, profile: dict[str, Any] | None = None) -> dict[str, Any]:
+    n = sizes.drain_events
+    bench.stop_role("worker")
+    bench.start_web()
+    purge_broker(bench)
+    bench.clear_targets()
+    from sophia_tasks.settings import load_settings
+
+    batch = load_settings().ingest_batch_size
+    log(f"drain: measuring the emulator's raw insert rate on {sizes.sf_raw_events} rows")
+    try:
+        raw = sf_raw(bench, calls, sizes.sf_raw_events, batch)
+    except Exception as exc:
+        raw = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    log(f"drain: emulator raw {raw.get('raw_rate_per_s')} rows/s; loading {n} events through the webhook "
+        f"({sizes.batch_body_events} per body) with the worker stopped")
+    loading = load_broker(bench, calls, n, sizes.batch_body_events)
+    queued = bench.queue_length("sophia.ingest")
+    bench.rss.reset()
+    log(f"drain: {queued} ingest messages on the broker; starting the worker")
+    proc, t_spawn, t_ready = bench.start_worker()
+    log(f"drain: worker ready after {t_ready - t_spawn:.2f}s; waiting for every target")
+    timeout = max(120.0, n / 20)
+    waited = wait_targets(bench, n, t_ready, timeout,
+                          progress=lambda c: log(f"drain: progress {c}"))
+    memory = bench.rss.snapshot()
+    per_target: dict[str, Any] = {}
+    for t in TARGETS:
+        at = waited["done_at"].get(t)
+        elapsed = (at - t_ready) if at else (time.monotonic() - t_ready)
+        per_target[t] = {
+            "complete": at is not None,
+            "documents": waited["counted"][t],
+            "seconds_from_ready": round(elapsed, 3),
+            "events_per_s": round((n if at else waited["counted"][t]) / elapsed, 1) if elapsed > 0 else None,
+            "events_per_s_incl_worker_start": round(n / (at - t_spawn), 1) if at else None,
+        }
+    log("drain: " + ", ".join(f"{t} {v['events_per_s']} ev/s" for t, v in per_target.items()))
+    result = {
+        "method": f"{n} events POSTed as JSON arrays of {sizes.batch_body_events} with the worker stopped, so they "
+                  "sit on the broker as accepted ingest messages; then one worker starts "
+                  f"(--concurrency {bench.worker_concurrency}); each target's time runs from the worker's "
+                  "'ready.' log line to the moment the target holds all N documents (pipeline counters read every "
+                  "20 ms, confirmed by Redis SCAN / SELECT count(*) / Snowflake SELECT COUNT(*))",
+        "events": n,
+        "loading": loading,
+        "ingest_messages_queued": queued,
+        "worker_start_s": round(t_ready - t_spawn, 3),
+        "targets": per_target,
+        "dead_letters": bench.dead_letters(),
+        "snowflake_raw": raw,
+        "memory": memory,
+    }
+    if profile is not None:
+        result["profile"] = run_profile(bench, calls, sizes, per_target, profile)
+    return result
+
+
+# -- profile (py-spy) --------------------------------------------------------------------------
+def run_profile(bench: Bench, calls: Calls, sizes: Sizes, measured: dict[str, Any],
+                opts: dict[str, Any]) -> dict[str, Any]:
+    """A second, unmeasured drain with py-spy sampling the worker's process tree."""
+    import shutil
+
+    spy = str(BIN / "py-spy") if (BIN / "py-spy").exists() else shutil.which("py-spy")
+    if not spy:
+        return {"error": "py-spy is not installed (pip install py-spy)"}
+    seconds = float(opts.get("seconds", 20))
+    rates = [v["events_per_s"] or 0 for v in measured.values()]
+    slowest = min(r for r in rates if r) if any(rates) else 500.0
+    n = int(min(50_000, max(sizes.drain_events, slowest * seconds)))
+    bench.stop_role("worker")
+    purge_broker(bench)
+    bench.clear_targets()
+    log(f"profile: loading {n} events, then py-spy on the worker tree for {seconds:g}s")
+    load_broker(bench, calls, n, sizes.batch_body_events)
+    out_dir: Path = opts["dir"]
+    stem = opts["stem"]
+    svg, raw = out_dir / f"{stem}.svg", out_dir / f"{stem}.txt"
+    proc, t_spawn, t_ready = bench.start_worker()
+    pid = proc.popen.pid
+    common = ["--pid", str(pid), "--subprocesses", "--duration", str(int(seconds)), "--rate", "100",
+              "--nonblocking"]
+    logs = bench.stack.workdir
+    spies = [subprocess.Popen([spy, "record", "-o", str(svg), "--format", "flamegraph", *common],
+                              stdout=open(logs / "py-spy-svg.log", "wb"), stderr=subprocess.STDOUT),
+             subprocess.Popen([spy, "record", "-o", str(raw), "--format", "raw", *common],
+                              stdout=open(logs / "py-spy-raw.log", "wb"), stderr=subprocess.STDOUT)]
+    for s in spies:
+        try:
+            s.wait(seconds + 60)
+        except subprocess.TimeoutExpired:
+            s.terminate()
+    waited = wait_targets(bench, n, t_ready, max(60.0, n / 20))
+    out: dict[str, Any] = {"events": n, "seconds": seconds, "svg": str(svg), "raw": str(raw),
+                           "drained": {t: waited["counted"][t] for t in TARGETS}}
+    if raw.exists():
+        out["summary"] = summarize_raw(raw)
+    else:
+        out["error"] = (logs / "py-spy-raw.log").read_text(errors="replace")[-1000:]
+    return out
+
+
+def summarize_raw(path: Path, top: int = 25) -> dict[str, Any]:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks, per process."""
+    self_s: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    per_process: dict[str, int] = {}
+    total = 0
+    idle = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        k = int(count)
+        frames = stack.split(";")
+        total += k
+        proc = next((f for f in frames if f.startswith("process ")), "?")
+        role = "main process" if "MainProcess" in proc or proc.count(":") == 0 else proc
+        per_process[_proc_label(proc)] = per_process.get(_proc_label(proc), 0) + k
+        code = [f for f in frames if not f.startswith(("process ", "thread "))]
+        if not code:
+            idle += k
+            continue
+        leaf = code[-1]
+        self_s[leaf] = self_s.get(leaf, 0) + k
+        for f in set(code):
+            incl[f] = incl.get(f, 0) + k
+        del role
+
+    def pct(d: dict[str, int]) -> list[dict[str, Any]]:
+        return [{"function": f, "samples": c, "pct": round(100 * c / total, 1)}
+                for f, c in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {"samples": total, "by_process": pct(per_process), "self": pct(self_s), "inclusive": pct(incl)}
+
+
+def _proc_label(frame: str) -> str:
+    # "process 1234:\"/path/python /path/celery -A sophia_tasks worker ...\""
+    if not frame.startswith("process "):
+        return frame
+    pid, _, cmd = frame[len("process "):].partition(":")
+    return f"{pid} {cmd.strip(chr(34))[:80]}"
+
+
+# -- 3. naive ---------------------------------------------------------------------------------
+def naive(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
+    n = sizes.naive_events
+    bench.stop_role("worker")
+    bench.stop_role("naive")
+    purge_broker(bench)
+    bench.clear_targets()
+    from bench import naive as naive_app
+
+    events = calls.events(n)
+    t0 = time.monotonic()
+    for ev in events:
+        naive_app.send(ev)
+    publish_s = time.monotonic() - t0
+    log(f"naive: {n} chains published in {publish_s:.1f}s; starting the naive worker")
+    bench.rss.reset()
+    proc, t_spawn, t_ready = bench.start_naive_worker()
+    counters_ = {
+        "redis": lambda: bench.redis_count(naive_app.REDIS_PREFIX),
+        "postgres": lambda: bench.pg_count(naive_app.PG_TABLE),
+        "snowflake": lambda: bench.sf_count(naive_app.SF_TABLE),
+    }
+    done: dict[str, float] = {}
+    counted = {t: 0 for t in TARGETS}
+    deadline = t_ready + max(180.0, n / 5)
+    last_print = time.monotonic()
+    while len(done) < 3 and time.monotonic() < deadline:
+        for t in TARGETS:
+            if t in done:
+                continue
+            try:
+                counted[t] = counters_[t]()
+            except Exception as exc:
+                if "does not exist" not in str(exc):
+                    raise
+            if counted[t] >= n:
+                done[t] = time.monotonic()
+        if time.monotonic() - last_print > 5:
+            log(f"naive: progress {counted}")
+            last_print = time.monotonic()
+        time.sleep(0.2)
+    memory = bench.rss.snapshot()
+    bench.stop_role("naive")
+    per_target = {}
+    for t in TARGETS:
+        at = done.get(t)
+        elapsed = (at - t_ready) if at else (time.monotonic() - t_ready)
+        per_target[t] = {"complete": at is not None, "documents": counted[t], "seconds_from_ready": round(elapsed, 3),
+                         "events_per_s": round((n if at else counted[t]) / elapsed, 1) if elapsed > 0 else None}
+    log("naive: " + ", ".join(f"{t} {v['events_per_s']} ev/s" for t, v in per_target.items()))
+    return {
+        "method": f"{n} events, one Celery chain each (naive.validate -> naive.derive -> one write task per "
+                  "target, one row per write), published straight to the broker with the naive worker "
+                  f"stopped, then one worker (-A bench.naive, --concurrency {bench.worker_concurrency}) drains "
+                  "them; timed from its 'ready.' line until each target holds N rows (polled every 0.2 s). "
+                  "The rate is a steady-state per-event cost, so a smaller N than the pipeline drain's is "
+                  "compared as a rate (events/s), not extrapolated to a total time",
+        "events": n,
+        "publish_s": round(publish_s, 2),
+        "worker_start_s": round(t_ready - t_spawn, 3),
+        "targets": per_target,
+        "memory": memory,
+    }
+
+
+# -- 4. latency -------------------------------------------------------------------------------
+class LagSampler:
+    """Harness-side cross-check: every ``every``-th event is polled for in Redis and PostgreSQL
+    (every 50 ms) and the first-seen time minus the scheduled send time is its lag."""
+
+    def __init__(self, bench: Bench, every: int = 10) -> None:
+        self.bench = bench
+        self.every = every
+        self.i = 0
+        self.sent: dict[str, float] = {}
+        self.pending: dict[str, set[str]] = {"redis": set(), "postgres": set()}
+        self.lags: dict[str, list[float]] = {"redis": [], "postgres": []}
+        self.accepted: set[str] = set()
+
+    def on_sent(self, cid: str, scheduled: float) -> None:
+        self.i += 1
+        if self.i % self.every == 0:
+            self.sent[cid] = scheduled
+
+    def on_done(self, cid: str, status: int, _t: float) -> None:
+        if cid in self.sent and status == 202:
+            for t in self.pending:
+                self.pending[t].add(cid)
+
+    def poll_once(self) -> None:
+        now = time.monotonic()
+        ids = list(self.pending["redis"])
+        if ids:
+            pipe = self.bench.cache.pipeline(transaction=False)
+            for cid in ids:
+                pipe.exists(OUR_PREFIX + cid)
+            for cid, hit in zip(ids, pipe.execute()):
+                if hit:
+                    self.pending["redis"].discard(cid)
+                    self.lags["redis"].append(now - self.sent[cid])
+        ids = list(self.pending["postgres"])
+        if ids:
+            try:
+                with self.bench.pg().cursor() as cur:
+                    cur.execute(f"SELECT call_id FROM {OUR_PG_TABLE} WHERE call_id = ANY(%s)", (ids,))
+                    found = [r[0] for r in cur.fetchall()]
+            except Exception:
+                found = []
+            for cid in found:
+                self.pending["postgres"].discard(cid)
+                self.lags["postgres"].append(now - self.sent[cid])
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.to_thread(self.poll_once)
+            await asyncio.sleep(0.05)
+
+    def finish(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while any(self.pending.values()) and time.monotonic() < deadline:
+            self.poll_once()
+            time.sleep(0.05)
+
+    def summary(self) -> dict[str, Any]:
+        out = {}
+        for t, lags in self.lags.items():
+            out[t] = {"samples": len(lags), "missing": len(self.pending[t]),
+                      "p50_s": _r3(loadgen.percentile(lags, 0.5)), "p95_s": _r3(loadgen.percentile(lags, 0.95)),
+                      "p99_s": _r3(loadgen.percentile(lags, 0.99)), "max_s": _r3(max(lags) if lags else None)}
+        return out
+
+
+def _r3(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def lag_histogram(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Quantiles of receipt-to-materialized lag per target from the pipeline's own histogram
+    (``lag_seconds_bucket|le=..|target=..`` in the cache Redis), as after-minus-before deltas."""
+    from sophia_tasks.pipeline import LAG_BUCKETS
+    from sophia_tasks.stats import parse_field
+    from sophia_tasks.status import quantile
+
+    per: dict[str, dict[str, Any]] = {t: {"buckets": {}, "count": 0.0, "sum": 0.0} for t in TARGETS}
+    for key in set(before) | set(after):
+        name, labels = parse_field(key)
+        t = labels.get("target")
+        if t not in per:
+            continue
+        delta = after.get(key, 0.0) - before.get(key, 0.0)
+        if name == "lag_seconds_bucket":
+            per[t]["buckets"][float(labels["le"])] = delta
+        elif name == "lag_seconds_count":
+            per[t]["count"] = delta
+        elif name == "lag_seconds_sum":
+            per[t]["sum"] = delta
+    out = {}
+    for t, d in per.items():
+        count = d["count"]
+        buckets = [(le, d["buckets"].get(le, 0.0)) for le in LAG_BUCKETS]
+        within = {str(le): round(c / count, 4) for le, c in buckets if le <= 5.0} if count else {}
+        out[t] = {
+            "count": int(count),
+            "mean_s": round(d["sum"] / count, 3) if count else None,
+            "p50_s": quantile(buckets, count, 0.50),
+            "p95_s": quantile(buckets, count, 0.95),
+            "p99_s": quantile(buckets, count, 0.99),
+            "share_within_s": within,
+        }
+    return out
+
+
+def latency(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
+    bench.start_web()
+    if bench.pid_of("worker") is None:
+        bench.start_worker()
+    purge_broker(bench)
+    bench.clear_targets()
+    # Warm the worker's connections and the tables (first batch creates them) before measuring.
+    asyncio.run(loadgen.open_loop(bench.url + WEBHOOK, headers(bench), lambda: (calls.single_body()[0], None),
+                                  50, 2.0))
+    wait_targets(bench, 1, time.monotonic(), 30)
+    time.sleep(1.0)
+    before = counters(bench)
+    fields = written_fields()
+    sampler = LagSampler(bench)
+    bench.rss.reset()
+
+    def body() -> tuple[bytes, Any]:
+        raw, _eid, cid = calls.single_body()
+        return raw, cid
+
+    log(f"latency: {sizes.latency_rate:g} ev/s for {sizes.latency_seconds:g}s (open loop)")
+    res = asyncio.run(loadgen.open_loop(bench.url + WEBHOOK, headers(bench), body, sizes.latency_rate,
+                                        sizes.latency_seconds, on_sent=sampler.on_sent, on_done=sampler.on_done,
+                                        background=sampler.run))
+    accepted = res.accepted
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        now = counters(bench)
+        if all(now.get(fields[t], 0.0) - before.get(fields[t], 0.0) >= accepted for t in TARGETS):
+            break
+        time.sleep(0.2)
+    sampler.finish()
+    memory = bench.rss.snapshot()
+    after = counters(bench)
+    written = {t: int(after.get(fields[t], 0.0) - before.get(fields[t], 0.0)) for t in TARGETS}
+    hist = lag_histogram(before, after)
+    web = res.summary()
+    log(f"latency: offered {web['sent']} accepted {accepted}; web p99 {web['p99_ms']} ms; lag p99 "
+        + ", ".join(f"{t} {hist[t]['p99_s']}s" for t in TARGETS))
+    return {
+        "method": "open-loop webhook load (one event per POST, aiohttp, response time from the scheduled send "
+                  "time); receipt-to-materialized lag per target from the pipeline's own lag histogram "
+                  "(sophia:stats:counters lag_seconds_bucket deltas, received_at in _meta to the write, "
+                  "quantiles interpolated inside buckets 0.05/0.1/0.25/0.5/1/2/5 s as status.quantile does; "
+                  "share_within_s is exact at bucket bounds); cross-check: every 10th event polled for in "
+                  "Redis and PostgreSQL from the harness every 50 ms (send to first seen, includes HTTP)",
+        "rate": sizes.latency_rate,
+        "seconds": sizes.latency_seconds,
+        "webhook": web,
+        "achieved_rate": round(res.sent / res.duration_s, 1) if res.duration_s else None,
+        "materialized": written,
+        "lag_histogram": hist,
+        "lag_sampled": sampler.summary(),
+        "dead_letters": bench.dead_letters(),
+        "memory": memory,
+    }
+
+
+# -- 5. backfill ------------------------------------------------------------------------------
+def backfill_available(bench: Bench) -> tuple[bool, str]:
+    exe = BIN / "sophia-tasks"
+    if not exe.exists():
+        return False, f"{exe} not found"
+    r = subprocess.run([str(exe), "backfill", "--help"], env=bench.stack.env, capture_output=True, text=True,
+                       timeout=60)
+    if r.returncode != 0:
+        return False, ("`sophia-tasks backfill` is not available: "
+                       + (r.stderr or r.stdout).strip().splitlines()[-1:][0] if (r.stderr or r.stdout).strip()
+                       else f"exit {r.returncode}")
+    if "--file" not in r.stdout:
+        return False, "`sophia-tasks backfill --help` does not mention --file"
+    return True, ""
+
+
+def backfill(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
+    ok, why = backfill_available(bench)
+    if not ok:
+        log(f"backfill: unavailable ({why})")
+        return {"unavailable": why}
+    n = sizes.backfill_events
+    bench.start_web()
+    if bench.pid_of("worker") is None:
+        bench.start_worker()
+    purge_broker(bench)
+    bench.clear_targets()
+    path = bench.workdir / f"backfill-{calls.run}.ndjson"
+    with open(path, "wb") as f:
+        for call in calls.calls(n, ns="2"):
+            f.write(orjson.dumps(call) + b"\n")
+    prefix = calls.prefix("2")
+    sampler = LagSampler(bench)
+    state: dict[str, Any] = {"done": {}, "counted": {t: 0 for t in TARGETS}, "stop": False}
+    cmd_log = open(bench.stack.workdir / "backfill-cmd.log", "wb")
+    argv = [str(BIN / "sophia-tasks"), "backfill", "--file", str(path)]
+    bench.rss.reset()
+    t0 = time.monotonic()
+    cmd = subprocess.Popen(argv, env=bench.stack.env, stdout=cmd_log, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, cwd=str(bench.stack.workdir))
+    timeout = max(300.0, n / 20)
+
+    def monitor() -> None:
+        last = 0.0
+        while not state["stop"] and time.monotonic() - t0 < timeout:
+            if cmd.poll() is not None and "cmd_s" not in state:
+                state["cmd_s"] = time.monotonic() - t0
+                state["rc"] = cmd.returncode
+                if cmd.returncode != 0:
+                    break
+            for t in TARGETS:
+                if t in state["done"]:
+                    continue
+                try:
+                    state["counted"][t] = count_target(bench, t, prefix)
+                except Exception:
+                    pass
+                if state["counted"][t] >= n:
+                    state["done"][t] = time.monotonic()
+            if len(state["done"]) == 3:
+                break
+            if time.monotonic() - last > 10:
+                log(f"backfill: progress {state['counted']}")
+                last = time.monotonic()
+            time.sleep(1.0)
+        state["stop"] = True
+
+    mon = threading.Thread(target=monitor, daemon=True)
+    mon.start()
+
+    def body() -> tuple[bytes, Any]:
+        raw, _eid, cid = calls.single_body()
+        return raw, cid
+
+    log(f"backfill: {n} calls from {path.name}, with {sizes.backfill_rate:g} ev/s of live webhook load beside it")
+    live = asyncio.run(loadgen.open_loop(bench.url + WEBHOOK, headers(bench), body, sizes.backfill_rate, 0,
+                                         on_sent=sampler.on_sent, on_done=sampler.on_done,
+                                         stop=lambda: state["stop"], background=sampler.run))
+    mon.join()
+    if cmd.poll() is None:
+        try:
+            cmd.wait(30)
+        except subprocess.TimeoutExpired:
+            cmd.terminate()
+    state.setdefault("cmd_s", time.monotonic() - t0)
+    state.setdefault("rc", cmd.returncode)
+    cmd_log.close()
+    sampler.finish()
+    memory = bench.rss.snapshot()
+    per_target = {}
+    for t in TARGETS:
+        at = state["done"].get(t)
+        elapsed = (at - t0) if at else (time.monotonic() - t0)
+        per_target[t] = {"complete": at is not None, "documents": state["counted"][t],
+                         "seconds": round(elapsed, 2),
+                         "events_per_s": round((n if at else state["counted"][t]) / elapsed, 1) if elapsed else None}
+    tail = (bench.stack.workdir / "backfill-cmd.log").read_text(errors="replace")[-800:]
+    web = live.summary()
+    log("backfill: " + ", ".join(f"{t} {v['events_per_s']} ev/s" for t, v in per_target.items())
+        + f"; live webhook p99 {web['p99_ms']} ms")
+    return {
+        "method": f"`sophia-tasks backfill --file` of {n} calls (fresh ids, NDJSON of Gong calls) as a subprocess "
+                  "with the stack's environment; each target's time runs from the command's start until it "
+                  "holds all N backfilled calls (counted by call-id prefix every 1 s); live webhook load "
+                  f"of {sizes.backfill_rate:g} ev/s (open loop) runs until then",
+        "events": n,
+        "command": {"exit_code": state["rc"], "seconds": round(state["cmd_s"], 2), "output_tail": tail},
+        "targets": per_target,
+        "live_webhook": web,
+        "live_lag_sampled": sampler.summary(),
+        "dead_letters": bench.dead_letters(),
+        "memory": memory,
+    }
+
+
+SCENARIOS = ("ingest", "drain", "naive", "latency", "backfill")
