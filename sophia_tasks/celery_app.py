@@ -77,6 +77,9 @@ def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
         enable_utc=True,
         beat_schedule={
             "purge-retention": {"task": "sophia.purge_retention", "schedule": 3600.0},
+            # Slack alerts (thresholds in the flow spec's alerts: section); a late run is dropped, not queued.
+            "alerts": {"task": "sophia.alerts", "schedule": settings.alerts_interval_seconds,
+                       "options": {"expires": settings.alerts_interval_seconds}},
             "purge-journal": {"task": "sophia.purge_journal", "schedule": 3600.0},
         },
     )
@@ -108,4 +111,5 @@ app = create_celery()
 # Task modules register themselves on ``app`` when imported.
 from sophia_tasks import tasks  # noqa: E402,F401
 # -- other task modules: one import line each below --
+from sophia_tasks import alerts, observability  # noqa: E402,F401  (sophia.alerts; Sentry in workers and beat)
 from sophia_tasks import backfill  # noqa: E402,F401  (sophia.backfill, sophia.purge_journal)

@@ -375,6 +375,9 @@ def parse_spec(data: Any, path: str = "<flow spec>", check_imports: bool = True)
             else:
                 journal_retention_days = rd
 
+    if data.get("alerts") is not None:  # thresholds for sophia.alerts, checked here so `flows validate` sees them
+        from sophia_tasks.alerts import check_alerts_section
+        problems += check_alerts_section(data["alerts"], materializations)
     if problems:
         raise FlowSpecError(path, problems)
     return FlowSpec(path=path, collections=collections, derivations=derivations, materializations=materializations,

@@ -11,7 +11,7 @@ drops whole partitions older than the flow spec's ``journal.retention_days``, so
 pruning costs a ``DROP TABLE``, never a big ``DELETE``.
 
 Idempotence: the key is ``(event_id, received_at)`` (a partitioned table's unique
-key must hold the partition key). A redelivered batch, a rebuild (which republishes
+key must hold the partition key), and a rebuild replays each event id once. A redelivered batch, a rebuild (which republishes
 the journaled event unchanged) or a dead-letter replay all hit the conflict rule and
 change nothing; when the replayed event's document *differs* (``dlq replay
 --payload`` fixed it) the journal takes the fixed document, so the next rebuild
@@ -227,10 +227,12 @@ def _where(since: datetime | None, until: datetime | None, collections: list[str
 
 def count_events(dsn: str, since: datetime | None = None, until: datetime | None = None,
                  collections: list[str] | None = None, include_tests: bool = False) -> int:
+    """Distinct event ids in the range: what a rebuild replays."""
     where, params = _where(since, until, collections, include_tests)
     with connections.transaction(dsn) as cur:
         ensure_journal(cur, dsn)
-        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(TABLE)) + where, params)
+        cur.execute(sql.SQL("SELECT count(DISTINCT event_id) FROM {}").format(sql.Identifier(TABLE)) + where,
+                    params)
         return int(cur.fetchone()[0])
 
 
@@ -238,6 +240,9 @@ def iter_batches(dsn: str, batch_size: int = 500, since: datetime | None = None,
                  collections: list[str] | None = None, include_tests: bool = False) -> Iterator[list[dict[str, Any]]]:
     """The journaled events in received order, ``batch_size`` at a time, through a server-side cursor.
 
+    One event per event id: the journal can hold an id twice (the same item delivered
+    again after the dedupe window, or a backfill batch re-published after a crash,
+    each with its own ``received_at``); the latest journaled copy is replayed.
     Its own connection: a named cursor lives in a transaction that must not hold the
     shared one (and the snapshot keeps a rebuild consistent while new events arrive).
     """
@@ -249,8 +254,10 @@ def iter_batches(dsn: str, batch_size: int = 500, since: datetime | None = None,
         conn.commit()
         with conn.cursor(name="sophia_journal_rebuild") as cur:
             cur.itersize = batch_size
-            cur.execute(sql.SQL("SELECT event FROM {}").format(sql.Identifier(TABLE)) + where
-                        + sql.SQL(" ORDER BY received_at, event_id"), params)
+            cur.execute(sql.SQL("SELECT event FROM (SELECT DISTINCT ON (event_id) event_id, received_at, event "
+                                "FROM {}").format(sql.Identifier(TABLE)) + where
+                        + sql.SQL(" ORDER BY event_id, journaled_at DESC, received_at DESC) latest "
+                                  "ORDER BY received_at, event_id"), params)
             while True:
                 rows = cur.fetchmany(batch_size)
                 if not rows:

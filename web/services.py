@@ -89,6 +89,31 @@ class Services:
             log.warning("dedupe store unavailable, accepting without dedupe: %s", exc)
             return [True] * len(event_ids)
 
+    def rate_limited(self, subject: str) -> int | None:
+        """Fixed one-minute window per credential; answers seconds to wait, or None.
+
+        A dedupe-store outage lets traffic through: refusing everyone would lose events.
+        """
+        limit = self.settings.rate_limit_per_minute
+        if limit <= 0:
+            return None
+        import time
+
+        now = time.time()
+        window = int(now // 60)
+        key = f"sophia:ratelimit:{subject}:{window}"
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.incr(key)
+            pipe.expire(key, 120)
+            count = int(pipe.execute()[0])
+        except redis_lib.RedisError as exc:
+            log.warning("rate limiter unavailable, letting the request through: %s", exc)
+            return None
+        if count > limit:
+            return max(1, int((window + 1) * 60 - now) + 1)
+        return None
+
     def count_accepted(self, collection: str, n: int) -> None:
         from sophia_tasks.stats import Stats
 

@@ -55,6 +55,11 @@ def receive() -> Any:
             response.headers["WWW-Authenticate"] = 'Bearer realm="sophia-tasks"'
         return response
 
+    wait = svc.rate_limited(principal.subject)
+    if wait is not None:
+        return error(429, "rate limited", f"at most {settings.rate_limit_per_minute} requests a minute "
+                                          "per credential", retry_after=wait)
+
     webhook_id = request.headers.get("webhook-id")
     try:
         parsed = parse_body(raw, request.headers.get("Content-Type"), webhook_id)

@@ -56,10 +56,11 @@ EMAIL_RE = re.compile(rf"(?<!{_LOCAL}){_LOCAL}+@([\w-]+(?:\.[\w-]+)+)")
 _SEP = r"[ \u00a0.\-/\u2010-\u2015]"
 _GROUP = rf"(?:(?:{_SEP}{{1,3}}|(?<=\)))\(?\d+\)?)"
 # Things that look like digit groups but are dates: tried first at each position, kept verbatim.
+# ISO-8601 date, optionally with time, fraction and offset.
+_ISO = r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
+_ISO_DATETIME = re.compile(_ISO)
 _KEEP = (
-    r"(?P<keep>"
-    # ISO-8601 date, optionally with time, fraction and offset.
-    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
+    r"(?P<keep>" + _ISO +
     # 25/11/2026, 11-25-26, 25.11.2026
     r"|(?:0?[1-9]|[12]\d|3[01])[-/.](?:0?[1-9]|[12]\d|3[01])[-/.](?:\d{4}|\d{2})"
     # 2026/11/25, 2026.11.25
@@ -209,6 +210,7 @@ class PiiMasker:
         mask_text = self.mask_text
         mask_field = self._mask_field
         search_run = _RUN.search
+        iso_full = _ISO_DATETIME.fullmatch
         phone_edits = self._phone_edits
         str_, dict_, list_ = str, dict, list
 
@@ -218,8 +220,13 @@ class PiiMasker:
                 return mask_text(v)
             if len(v) < 8:
                 return v  # the shortest phone, 555-0132, has 8 characters
-            if v.isascii() and len(v) - len(v.encode().translate(None, b"0123456789")) < 7:
-                return v  # fewer than 7 digits: no phone (bytes.translate counts them in C)
+            encoded = v.encode()
+            # A phone has 7+ digits. ASCII digits are counted in C by bytes.translate; any
+            # other digit is a non-ASCII character, and those number at most the extra bytes.
+            if len(encoded) - len(encoded.translate(None, b"0123456789")) + len(encoded) - len(v) < 7:
+                return v
+            if iso_full(v) is not None:
+                return v  # a lone ISO timestamp: the date rule keeps it whole
             run = search_run(v)
             return v if run is None else _apply(v, phone_edits(v, run))
 

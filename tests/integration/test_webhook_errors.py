@@ -80,3 +80,26 @@ def test_broker_down_answers_503_with_retry_after(harness: Harness) -> None:
     # The refused event was not remembered as seen: the sender's retry is accepted by a healthy app.
     ok = harness.post({"type": "call_completed", "data": call})
     assert ok.status_code == 202, ok.text
+
+
+def test_rate_limit_per_credential_429_with_retry_after(harness: Harness) -> None:
+    from web import create_app
+
+    settings = load_settings().with_overrides(rate_limit_per_minute=3)
+    client = create_app(settings).test_client()
+    token_a, token_b = settings.webhook_tokens[0], settings.webhook_tokens[1]
+
+    def post(token: str) -> object:
+        body = json.dumps({"type": "call_completed", "data": gong_call()})
+        return client.post("/estuary/webhook", data=body, headers={"Authorization": f"Bearer {token}",
+                                                                    "Content-Type": "application/json"})
+
+    codes = [post(token_a).status_code for _ in range(5)]
+    # A minute boundary may reset the window once during the loop; at least one request is refused.
+    assert codes.count(202) >= 3 and 429 in codes, codes
+    limited = post(token_a)
+    if limited.status_code == 429:
+        assert 1 <= int(limited.headers["Retry-After"]) <= 61
+        assert limited.get_json()["error"] == "rate limited"
+    # Another credential has its own budget.
+    assert post(token_b).status_code == 202

@@ -1,0 +1,30 @@
+"""``python -m bench [--quick] [--scenario ingest,drain,naive,latency,backfill] [--profile]``.
+
+Installs the benchmark-only requirements (bench/requirements.txt) into the running venv
+when they are missing, then hands over to ``bench.runner``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+REQUIREMENTS = Path(__file__).with_name("requirements.txt")
+NEEDED = ("aiohttp", "psutil")
+
+
+def ensure_requirements() -> None:
+    missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
+    if not missing:
+        return
+    print(f"bench: installing {', '.join(missing)} from {REQUIREMENTS.name} into {sys.prefix}", flush=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS)], check=True)
+    importlib.invalidate_caches()
+
+
+if __name__ == "__main__":
+    ensure_requirements()
+    from bench.runner import main
+
+    sys.exit(main())
