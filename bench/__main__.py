@@ -25,6 +25,11 @@ def ensure_requirements() -> None:
 
 if __name__ == "__main__":
     ensure_requirements()
+    import os
+    import shlex
+
     from bench.runner import main
 
-    sys.exit(main())
+    # `make bench BENCH_ARGS="--quick --scenario drain"` (the Makefile runs plain `python -m bench`).
+    argv = sys.argv[1:] or shlex.split(os.environ.get("BENCH_ARGS", ""))
+    sys.exit(main(argv))

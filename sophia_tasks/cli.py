@@ -241,22 +241,18 @@ def dlq_purge(stage: str | None, target: str | None, older_than: str | None, sta
 
 # -- status ----------------------------------------------------------------------------
 @main.command("status")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @_guard
 def status(as_json: bool) -> None:
-    """Per target: documents written, lag, errors, dead letters, queue lengths."""
-    from sophia_tasks.status import collect_status
+    """Per flow and target: lag p50/p99, throughput, errors, dead letters, queue lengths, alerts firing."""
+    from sophia_tasks.status import collect_status, render_status
 
     settings = _settings()
     report = collect_status(settings, _spec(settings))
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
-    _table(report["targets"], ["target", "endpoint", "written", "batches", "errors", "lag_p50_s", "lag_p99_s",
-                               "queue", "waiting", "last_written"], title="targets")
-    _table([{"queue": q, "messages": n} for q, n in report["queues"].items()], ["queue", "messages"], title="queues")
-    click.echo(f"dead letters pending: {report['dead_letters']}   throughput (events/s, 60 s): "
-               + ", ".join(f"{k} {v}" for k, v in report["throughput"].items()))
+    render_status(report)
 
 
 # -- setup ------------------------------------------------------------------------------
@@ -313,6 +309,8 @@ from sophia_tasks.ops_cli import backfill_command, check_command, rebuild_comman
 main.add_command(backfill_command)
 main.add_command(rebuild_command)
 main.add_command(check_command)
+from sophia_tasks.observe_cli import alerts as alerts_command  # noqa: E402
+main.add_command(alerts_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from typing import Any
 
 from celery import Task
 from celery.exceptions import Retry
 
 from sophia_tasks import pipeline
+from sophia_tasks.bulkhead import Bulkhead
 from sophia_tasks.celery_app import app, materialize_queue, stage_queue
 from sophia_tasks.deadletter import Letter
 from sophia_tasks.documents import meta
@@ -23,6 +25,7 @@ from sophia_tasks.materializers import TransientTargetError
 log = logging.getLogger(__name__)
 
 _context: dict[int, pipeline.Context] = {}
+_bulkheads: dict[int, Bulkhead] = {}
 
 
 def context() -> pipeline.Context:
@@ -33,6 +36,15 @@ def context() -> pipeline.Context:
         _context.clear()
         _context[os.getpid()] = ctx
     return ctx
+
+
+def bulkhead(ctx: pipeline.Context) -> Bulkhead:
+    bh = _bulkheads.get(os.getpid())
+    if bh is None:
+        bh = Bulkhead(ctx.stats.client, ctx.settings.target_concurrency)
+        _bulkheads.clear()
+        _bulkheads[os.getpid()] = bh
+    return bh
 
 
 class StageTask(Task):
@@ -176,12 +188,22 @@ def materialize(self: Task, target: str, collection: str, documents: list[dict[s
                 lane: str = "live") -> None:
     """Write one batch to one target; retried alone, so other targets never wait for it."""
     ctx = context()
+    node = self.request.hostname or "local"
+    slot = bulkhead(ctx).acquire(node, target)
+    if slot is None:
+        # This target already has its share of the pool busy (likely slow): step aside.
+        send_materialize(target, collection, documents, attempt=attempt, lane=lane,
+                         countdown=0.2 + random.random() * 0.3)
+        return
     try:
-        result = pipeline.materialize_documents(ctx, target, collection, documents)
-        error_reason = "data"
-    except TransientTargetError as exc:
-        result = pipeline.WriteResult(failed=[(d, str(exc)[:2000]) for d in documents])
-        error_reason = "unreachable"
+        try:
+            result = pipeline.materialize_documents(ctx, target, collection, documents)
+            error_reason = "data"
+        except TransientTargetError as exc:
+            result = pipeline.WriteResult(failed=[(d, str(exc)[:2000]) for d in documents])
+            error_reason = "unreachable"
+    finally:
+        bulkhead(ctx).release(node, target, slot)
     if len(result.failed) < len(documents):
         pipeline.record_written(ctx, target, collection, documents, result)
         ctx.stats.tick({"materialize": len(documents) - len(result.failed)})

@@ -194,6 +194,7 @@ class ResolvedConfig:
     scan_pattern: re.Pattern[str] | None  # every text keyword of every signal, as one trie, lower-case
     scan_pattern_ci: re.Pattern[str] | None  # the same, case-insensitive, for text whose lower() changes length
     match_cache: dict[str, tuple[tuple[str, ...], str | None]]  # matched text -> (signals, competitor)
+    tracker_cache: dict[str, tuple[str, ...]]  # lower-cased "name type" of a tracker -> its signals
     rep_dominated_talk_ratio: float
     long_monologue_seconds: float
     short_call_seconds: float
@@ -380,6 +381,7 @@ def _build(merged: dict[str, Any]) -> ResolvedConfig:
         scan_pattern=_scan_regex(scan_keywords),
         scan_pattern_ci=_scan_regex(scan_keywords, re.IGNORECASE),
         match_cache={},
+        tracker_cache={},
         rep_dominated_talk_ratio=_number(merged, "rep_dominated_talk_ratio", 0.0, 1.0),
         long_monologue_seconds=_number(merged, "long_monologue_seconds", 0, 86400),
         short_call_seconds=_number(merged, "short_call_seconds", 0, 86400),
@@ -423,38 +425,45 @@ def resolve_config(config: Mapping[str, Any] | ResolvedConfig | None = None) -> 
 
 # -- small, total helpers (never raise on odd input) -------------------------------------
 def _d(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+    return value if type(value) is dict else {}
 
 
 def _l(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
+    return value if type(value) is list else []
 
 
 def _s(value: Any) -> str:
-    return value if isinstance(value, str) else ""
+    return value if type(value) is str else ""
 
 
-def _num(value: Any) -> float | None:
+def _num(value: Any) -> int | float | None:
     """A finite number from an int, float or numeric string; None otherwise (bools excluded)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        f = float(value)
-    elif isinstance(value, str):
+    cls = type(value)
+    if cls is int:
+        return value
+    if cls is float:
+        return value if math.isfinite(value) else None
+    if cls is str:
         try:
-            f = float(value.strip())
+            f = float(value)
         except ValueError:
             return None
-    else:
-        return None
-    return f if math.isfinite(f) else None
+        return f if math.isfinite(f) else None
+    return None
+
+
+def _plain(value: int | float | None) -> int | float | None:
+    """Whole numbers as ints in the output (246, not 246.0)."""
+    if type(value) is float and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
 
 
 def _key(value: Any) -> str | None:
     """Ids arrive as strings or numbers; compare them as strings."""
-    if value is None or isinstance(value, (dict, list, bool)):
+    if value is None or type(value) in (dict, list, bool):
         return None
-    text = str(value)
+    text = value if type(value) is str else str(value)
     return text or None
 
 
@@ -462,8 +471,10 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
-def _fmt(value: float) -> str:
-    return f"{value:g}" if value != int(value) or abs(value) >= 1e15 else str(int(value))
+def _fmt(value: int | float) -> str:
+    """Seconds for evidence: 150, 150.5."""
+    value = _plain(value)  # type: ignore[assignment]
+    return str(value) if type(value) is int else f"{value:g}"
 
 
 def truncate(text: str, limit: int) -> str:
@@ -480,54 +491,73 @@ def truncate(text: str, limit: int) -> str:
     space = cut.rfind(" ")
     if space >= (limit - 1) // 2 and not text[limit - 1].isspace():
         cut = cut[:space]
-    cut = cut.rstrip(" ,;:.-\u2013\u2014")
-    return cut + "\u2026"
+    return cut.rstrip(" ,;:.-\u2013\u2014") + "\u2026"
 
 
 def _add_strings(value: Any, label: str, out: list[tuple[str, str]], depth: int = 0) -> None:
     """Append every non-empty string inside a JSON value (highlights and outline vary in shape)."""
-    if isinstance(value, str):
+    if type(value) is str:
         if value:
             out.append((label, value))
-    elif depth < 8:
-        if isinstance(value, dict):
-            value = value.values()
-        elif not isinstance(value, list):
-            return
-        for v in value:
-            if isinstance(v, str):
-                if v:
-                    out.append((label, v))
-            elif isinstance(v, (dict, list)):
-                _add_strings(v, label, out, depth + 1)
+        return
+    if depth >= 8:
+        return
+    if type(value) is dict:
+        value = value.values()
+    elif type(value) is not list:
+        return
+    for v in value:
+        if type(v) is str:
+            if v:
+                out.append((label, v))
+        elif type(v) is dict or type(v) is list:
+            _add_strings(v, label, out, depth + 1)
 
 
-# -- the call, read once -----------------------------------------------------------------
+# -- the call's text, scanned once -------------------------------------------------------
+@dataclass
+class _Hits:
+    """Where each keyword signal first matched, and which competitors were named."""
+
+    first: dict[str, tuple[int, int]] = field(default_factory=dict)
+    competitors: list[str] = field(default_factory=list)
+    competitor_span: tuple[int, int] | None = None
+
+
 class _Text:
-    """All conversational text of a call joined once, so each keyword list is one regex scan."""
+    """All conversational text of a call joined once, so every keyword list costs one regex pass."""
 
     __slots__ = ("blob", "starts", "labels")
 
     def __init__(self, segments: list[tuple[str, str]]) -> None:
-        self.starts: list[int] = []
-        self.labels: list[str] = []
+        starts: list[int] = []
+        labels: list[str] = []
         parts: list[str] = []
         pos = 0
         for label, text in segments:
-            self.starts.append(pos)
-            self.labels.append(label)
+            starts.append(pos)
+            labels.append(label)
             parts.append(text)
             pos += len(text) + 1
+        self.starts = starts
+        self.labels = labels
         self.blob = _SEGMENT_SEP.join(parts)
 
     def evidence(self, start: int, end: int) -> str:
-        """``label: "…snippet…"`` around a match, within its own segment."""
+        """``label: "…snippet…"`` around a match, within its own segment, cut at spaces."""
         i = bisect_right(self.starts, start) - 1
         seg_start = self.starts[i]
         seg_end = self.starts[i + 1] - 1 if i + 1 < len(self.starts) else len(self.blob)
+        blob = self.blob
         a = max(seg_start, start - _SNIPPET_WIDTH)
         b = min(seg_end, end + _SNIPPET_WIDTH)
-        snippet = _clean(self.blob[a:b])
+        if a > seg_start:
+            space = blob.find(" ", a, start)
+            a = space + 1 if space != -1 else a
+        if b < seg_end:
+            space = blob.rfind(" ", end, b)
+            b = space if space != -1 else b
+        snippet = _clean(blob[a:b])
         if a > seg_start:
             snippet = "\u2026" + snippet
         if b < seg_end:
@@ -573,15 +603,6 @@ class _Text:
         return hits
 
 
-@dataclass
-class _Hits:
-    """Where each keyword signal first matched, and which competitors were named."""
-
-    first: dict[str, tuple[int, int]] = field(default_factory=dict)
-    competitors: list[str] = field(default_factory=list)
-    competitor_span: tuple[int, int] | None = None
-
-
 def _classify(matched: str, cfg: ResolvedConfig) -> tuple[tuple[str, ...], str | None]:
     """Which signals a matched string belongs to. A phrase can feed several signals
     ("over budget" is a pricing objection *and* budget talk), so each list's own
@@ -597,27 +618,22 @@ def _classify(matched: str, cfg: ResolvedConfig) -> tuple[tuple[str, ...], str |
     return signals, competitor
 
 
-def _tracker_active(tracker: dict[str, Any]) -> bool:
-    """Gong lists every configured tracker, hits or not: only count > 0 (or occurrences) is a hit."""
-    count = _num(tracker.get("count"))
-    if count is not None:
-        return count > 0
-    return bool(_l(tracker.get("occurrences")))
+def _tracker_signals(hay: str, cfg: ResolvedConfig) -> tuple[str, ...]:
+    """Signals whose tracker keywords occur in a tracker's lower-cased "name type" (cached:
+    the same few tracker names come back on every call of a workspace)."""
+    found = cfg.tracker_cache.get(hay)
+    if found is None:
+        names = [name for name, signal in cfg.signals.items() if any(k in hay for k in signal.tracker_keywords)]
+        if any(k in hay for k in cfg.competitor_tracker_keywords):
+            names.append("competitor")
+        found = tuple(names)
+        if len(cfg.tracker_cache) >= _MATCH_CACHE_MAX:
+            cfg.tracker_cache.clear()
+        cfg.tracker_cache[hay] = found
+    return found
 
 
-def _tracker_phrases(tracker: dict[str, Any], active: bool) -> Iterator[str]:
-    """Phrases of a tracker that was hit: plain strings, or {phrase, count} with count > 0."""
-    for item in _l(tracker.get("phrases")):
-        if isinstance(item, str):
-            if active and item:
-                yield item
-        elif isinstance(item, dict):
-            phrase = _s(item.get("phrase"))
-            count = _num(item.get("count"))
-            if phrase and ((count is None and active) or (count is not None and count > 0)):
-                yield phrase
-
-
+# -- the call, read once -----------------------------------------------------------------
 @dataclass
 class _Call:
     """The parts of a (masked) call the rules need, extracted once."""
@@ -627,96 +643,111 @@ class _Call:
     parties: list[dict[str, Any]]
     externals: list[dict[str, Any]]
     internals: int
-    trackers: list[tuple[dict[str, Any], str]]  # active trackers with "name type" lower-cased
-    action_items: list[str]
+    tracker_evidence: dict[str, str]  # signal -> evidence from the first hit tracker matching it
+    action_items: int
     text: _Text
     hits: _Hits
     talk_ratio: float | None
     talk_ratio_source: str
-    stats: dict[str, Any]
+    stats: dict[str, Any]  # interactionStats by lower-cased name
     questions: dict[str, int | None]
 
 
 def _read_call(call: Mapping[str, Any], cfg: ResolvedConfig) -> _Call:
+    """Extract, once, everything the rules read; every block may be missing or malformed."""
     metadata = _d(call.get("metaData"))
     content_raw = call.get("content")
-    content = content_raw if isinstance(content_raw, dict) else None
+    content = content_raw if type(content_raw) is dict else None
     c = content or {}
-    parties = [p for p in _l(call.get("parties")) if isinstance(p, dict)]
+    parties = [p for p in _l(call.get("parties")) if type(p) is dict]
 
-    # parties: dedupe (Gong sometimes lists one person per joining method)
-    seen: set[tuple[str, ...]] = set()
+    # parties: dedupe (Gong may list one person once per joining method)
+    seen: set[tuple[Any, ...]] = set()
     externals: list[dict[str, Any]] = []
     internals = 0
     affiliation_by_speaker: dict[str, str] = {}
     affiliation_by_user: dict[str, str] = {}
     for p in parties:
         aff = _s(p.get("affiliation")).lower()
-        identity = (_key(p.get("id")) or "", _s(p.get("emailAddress")), _s(p.get("name")),
-                    _key(p.get("speakerId")) or "")
-        new = identity == ("", "", "", "") or identity not in seen
-        seen.add(identity)
-        if new:
+        sid = _key(p.get("speakerId"))
+        identity = (_key(p.get("id")), _s(p.get("emailAddress")), _s(p.get("name")), sid)
+        if identity == (None, "", "", None) or identity not in seen:
+            seen.add(identity)
             if aff == "external":
                 externals.append(p)
             elif aff == "internal":
                 internals += 1
-        sid = _key(p.get("speakerId"))
-        if sid is not None:
-            affiliation_by_speaker.setdefault(sid, aff)
+        if sid is not None and sid not in affiliation_by_speaker:
+            affiliation_by_speaker[sid] = aff
         uid = _key(p.get("userId"))
-        if uid is not None:
-            affiliation_by_user.setdefault(uid, aff)
+        if uid is not None and uid not in affiliation_by_user:
+            affiliation_by_user[uid] = aff
 
     # text segments, in the order evidence is preferred
     segments: list[tuple[str, str]] = []
-    brief = _s(c.get("brief"))
-    if brief:
-        segments.append(("brief", brief))
+    append = segments.append
+    brief = c.get("brief")
+    if type(brief) is str and brief:
+        append(("brief", brief))
     for kp in _l(c.get("keyPoints")):
-        text = _s(kp.get("text")) if isinstance(kp, dict) else _s(kp)
-        if text:
-            segments.append(("keyPoints", text))
-    for label in ("highlights", "outline"):
-        _add_strings(c.get(label), label, segments)
-    action_items: list[str] = []
+        text = kp.get("text") if type(kp) is dict else kp
+        if type(text) is str and text:
+            append(("keyPoints", text))
+    _add_strings(c.get("highlights"), "highlights", segments)
+    _add_strings(c.get("outline"), "outline", segments)
+    action_items = 0
     for item in _l(_d(c.get("pointsOfInterest")).get("actionItems")):
-        snippet = _s(item.get("snippet")) if isinstance(item, dict) else _s(item)
         if item:
-            action_items.append(snippet)
-        if snippet:
-            segments.append(("actionItems", snippet))
-    trackers: list[tuple[dict[str, Any], str]] = []
+            action_items += 1
+        snippet = item.get("snippet") if type(item) is dict else item
+        if type(snippet) is str and snippet:
+            append(("actionItems", snippet))
+    tracker_evidence: dict[str, str] = {}
     for t in _l(c.get("trackers")):
-        if not isinstance(t, dict):
+        if type(t) is not dict:
             continue
-        active = _tracker_active(t)
-        for phrase in _tracker_phrases(t, active):
-            segments.append(("trackers", phrase))
+        count = _num(t.get("count"))
+        active = count > 0 if count is not None else bool(_l(t.get("occurrences")))
+        # Gong lists every configured tracker: only a hit (count > 0) is evidence
+        for item in _l(t.get("phrases")):
+            if type(item) is str:
+                if active and item:
+                    append(("trackers", item))
+            elif type(item) is dict:
+                phrase = item.get("phrase")
+                phrase_count = _num(item.get("count"))
+                if (type(phrase) is str and phrase
+                        and (phrase_count > 0 if phrase_count is not None else active)):
+                    append(("trackers", phrase))
         if active:
-            trackers.append((t, f"{_s(t.get('name'))} {_s(t.get('type'))}".lower()))
+            name, ttype = _s(t.get("name")), _s(t.get("type"))
+            for signal in _tracker_signals(f"{name} {ttype}".lower(), cfg):
+                if signal not in tracker_evidence:
+                    times = f" {_fmt(count)} time(s)" if count is not None else ""
+                    tracker_evidence[signal] = f'tracker "{name or ttype}" hit{times}'
     for topic in _l(c.get("topics")):
-        if isinstance(topic, dict):
-            name = _s(topic.get("name"))
+        if type(topic) is dict:
+            name = topic.get("name")
             duration = _num(topic.get("duration"))
-            if name and (duration is None or duration > 0):
-                segments.append(("topics", name))
+            if type(name) is str and name and (duration is None or duration > 0):
+                append(("topics", name))
     for comment in _l(_d(call.get("collaboration")).get("publicComments")):
-        text = _s(comment.get("comment")) if isinstance(comment, dict) else _s(comment)
-        if text:
-            segments.append(("comments", text))
+        text = comment.get("comment") if type(comment) is dict else comment
+        if type(text) is str and text:
+            append(("comments", text))
+    text_index = _Text(segments)
 
     # talk ratio: speakers' talk time by affiliation, else Gong's own "Talk Ratio" stat
     interaction = _d(call.get("interaction"))
     stats: dict[str, Any] = {}
     for stat in _l(interaction.get("interactionStats")):
-        if isinstance(stat, dict):
+        if type(stat) is dict:
             name = _s(stat.get("name")).strip().lower()
             if name and name not in stats:
                 stats[name] = stat.get("value")
     internal_time = total_time = 0.0
     for sp in _l(interaction.get("speakers")):
-        if not isinstance(sp, dict):
+        if type(sp) is not dict:
             continue
         talk = _num(sp.get("talkTime"))
         if talk is None or talk < 0:
@@ -738,7 +769,7 @@ def _read_call(call: Mapping[str, Any], cfg: ResolvedConfig) -> _Call:
         if value is not None and 1 < value <= 100:
             value /= 100  # some exports give a percentage
         if value is not None and 0 <= value <= 1:
-            talk_ratio, source = value, 'interactionStats "Talk Ratio"'
+            talk_ratio, source = float(value), 'interactionStats "Talk Ratio"'
 
     q = _d(interaction.get("questions"))
     questions: dict[str, int | None] = {}
@@ -746,10 +777,10 @@ def _read_call(call: Mapping[str, Any], cfg: ResolvedConfig) -> _Call:
         v = _num(q.get(in_key))
         questions[out_key] = int(v) if v is not None and v >= 0 else None
 
-    text = _Text(segments)
     return _Call(metadata=metadata, content=content, parties=parties, externals=externals, internals=internals,
-                 trackers=trackers, action_items=action_items, text=text, hits=text.scan(cfg), talk_ratio=talk_ratio,
-                 talk_ratio_source=source, stats=stats, questions=questions)
+                 tracker_evidence=tracker_evidence, action_items=action_items, text=text_index,
+                 hits=text_index.scan(cfg), talk_ratio=talk_ratio, talk_ratio_source=source, stats=stats,
+                 questions=questions)
 
 
 # -- rules -------------------------------------------------------------------------------
@@ -757,29 +788,20 @@ def _cap(text: str) -> str:
     return truncate(text, _EVIDENCE_MAX)
 
 
-def _tracker_evidence(call: _Call, keywords: tuple[str, ...]) -> str | None:
-    for tracker, hay in call.trackers:
-        if any(k in hay for k in keywords):
-            count = _num(tracker.get("count"))
-            times = f" {_fmt(count)} time(s)" if count is not None else ""
-            return f"tracker \"{_s(tracker.get('name')) or _s(tracker.get('type'))}\" hit{times}"
-    return None
-
-
-def _signal(call: _Call, signal: Signal) -> str | None:
-    """Evidence for a keyword signal (text first, then trackers), or None."""
-    span = call.hits.first.get(signal.name)
+def _signal(call: _Call, name: str) -> str | None:
+    """Evidence for a keyword signal: the first text match, else the first hit tracker."""
+    span = call.hits.first.get(name)
     if span is not None:
-        return call.text.evidence(*span)
-    return _tracker_evidence(call, signal.tracker_keywords)
+        return _cap(call.text.evidence(*span))
+    return call.tracker_evidence.get(name)
 
 
-def _competitor(call: _Call, cfg: ResolvedConfig) -> str | None:
+def _competitor(call: _Call) -> str | None:
     parts: list[str] = []
     hits = call.hits
     if hits.competitor_span is not None:
         parts.append(f"{', '.join(hits.competitors)} mentioned; " + call.text.evidence(*hits.competitor_span))
-    tracker = _tracker_evidence(call, cfg.competitor_tracker_keywords)
+    tracker = call.tracker_evidence.get("competitor")
     if tracker:
         parts.append(tracker)
     return _cap("; ".join(parts)) if parts else None
@@ -796,31 +818,32 @@ def _risks(call: _Call, cfg: ResolvedConfig) -> list[tuple[str, str]]:
         category = _s(outcome.get("category")).strip()
         if category and category.casefold() in cfg.negative_outcomes:
             name = _clean(_s(outcome.get("name")))
-            found["negative_outcome"] = f'call outcome "{category}"' + (f' ({name})' if name and name != category
-                                                                           else "")
-        has_next = bool(call.action_items) or _signal(call, cfg.signals["next_step"]) is not None
-        if not has_next:
+            detail = f" ({name})" if name and name != category else ""
+            found["negative_outcome"] = _cap(f'call outcome "{category}"{detail}')
+        if not call.action_items and _signal(call, "next_step") is None:
             found["no_next_steps"] = "no action items and no next-step language in the call content"
 
     if call.parties and _s(md.get("scope")).lower() != "internal":
         senior = cfg.senior_title_pattern
         exclude = cfg.senior_title_exclude_pattern
         has_senior = False
-        for p in call.externals:
-            title = _s(p.get("title"))
-            if senior is not None and title and senior.search(title) and not (exclude and exclude.search(title)):
-                has_senior = True
-                break
+        if senior is not None:
+            for p in call.externals:
+                title = p.get("title")
+                if (type(title) is str and title and senior.search(title) is not None
+                        and (exclude is None or exclude.search(title) is None)):
+                    has_senior = True
+                    break
         if not has_senior:
             n = len(call.externals)
             found["no_decision_maker"] = ("no External party on the call" if n == 0 else
                                           f"{n} External part{'y' if n == 1 else 'ies'}, none with a senior title")
 
-    pricing = _signal(call, cfg.signals["pricing_objection"])
+    pricing = _signal(call, "pricing_objection")
     if pricing:
-        found["pricing_objection"] = _cap(pricing)
+        found["pricing_objection"] = pricing
 
-    competitor = _competitor(call, cfg)
+    competitor = _competitor(call)
     if competitor:
         found["competitor_mentioned"] = competitor
 
@@ -844,36 +867,36 @@ def _context_timeline(call_doc: Mapping[str, Any], fields: frozenset[str]) -> st
     if not fields:
         return None
     for ctx in _l(call_doc.get("context")):
-        if not isinstance(ctx, dict):
+        if type(ctx) is not dict:
             continue
         for obj in _l(ctx.get("objects")):
-            if not isinstance(obj, dict):
+            if type(obj) is not dict:
                 continue
             for f in _l(obj.get("fields")):
-                if not isinstance(f, dict):
+                if type(f) is not dict:
                     continue
                 name = _s(f.get("name"))
                 value = f.get("value")
                 if name.casefold() in fields and value not in (None, "", [], {}):
-                    shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+                    shown = value if type(value) is str else json.dumps(value, ensure_ascii=False)
                     where = " ".join(x for x in (_s(ctx.get("system")), _s(obj.get("objectType"))) if x)
                     return _cap(f"{where + ' ' if where else ''}{name} = {_clean(shown)}")
     return None
 
 
 def _opportunities(call: _Call, call_doc: Mapping[str, Any], cfg: ResolvedConfig) -> list[tuple[str, str]]:
-    found: dict[str, str] = {}
+    out: list[tuple[str, str]] = []
     for code, signal in (("expansion_interest", "expansion"), ("budget_discussed", "budget"),
                          ("timeline_defined", "timeline"), ("champion_identified", "champion")):
-        evidence = _signal(call, cfg.signals[signal])
+        evidence = _signal(call, signal)
         if evidence is None and code == "timeline_defined":
             evidence = _context_timeline(call_doc, cfg.timeline_context_fields)
         if evidence is not None:
-            found[code] = _cap(evidence)
+            out.append((code, evidence))
     n = len(call.externals)
     if n >= cfg.multi_threaded_min_external_parties:
-        found["multi_threaded"] = f"{n} External parties on the call"
-    return [(code, found[code]) for code in OPPORTUNITY_CODES if code in found]
+        out.append(("multi_threaded", f"{n} External parties on the call"))
+    return out
 
 
 def _summary(call: _Call, risks: list[dict[str, str]], cfg: ResolvedConfig) -> str:
@@ -882,12 +905,13 @@ def _summary(call: _Call, risks: list[dict[str, str]], cfg: ResolvedConfig) -> s
     limit = cfg.summary_max_chars
     brief = _clean(_s(c.get("brief")))
     points = []
-    for kp in _l(c.get("keyPoints")):
-        text = _clean(_s(kp.get("text")) if isinstance(kp, dict) else _s(kp))
-        if text:
-            points.append(text.rstrip(".;"))
-        if len(points) >= cfg.summary_max_key_points:
-            break
+    if cfg.summary_max_key_points:
+        for kp in _l(c.get("keyPoints")):
+            text = _clean(_s(kp.get("text")) if type(kp) is dict else _s(kp)).rstrip(".;")
+            if text:
+                points.append(text)
+                if len(points) >= cfg.summary_max_key_points:
+                    break
     key_points = f"Key points: {'; '.join(points)}." if points else ""
     tail: list[str] = []
     outcome = _d(c.get("callOutcome"))
@@ -928,12 +952,11 @@ def _next_best_actions(risks: list[dict[str, str]], opportunities: list[dict[str
 def compute_enrichment(masked_call: Mapping[str, Any], cfg: ResolvedConfig, enriched_at: str) -> dict[str, Any]:
     """The ``enrichment`` object of one call. Give it the *masked* call: evidence quotes it."""
     call = _read_call(masked_call, cfg)
-    risks = [{"code": code, "severity": cfg.severity[code], "evidence": evidence}
-             for code, evidence in _risks(call, cfg)]
+    severity = cfg.severity
+    risks = [{"code": code, "severity": severity[code], "evidence": evidence} for code, evidence in _risks(call, cfg)]
     opportunities = [{"code": code, "evidence": evidence} for code, evidence in _opportunities(call, masked_call, cfg)]
-    score = min(100, sum(cfg.weight[r["code"]] for r in risks))
-    duration = _num(call.metadata.get("duration"))
-    monologue = _num(call.stats.get("longest monologue"))
+    weight = cfg.weight
+    score = min(100, sum(weight[r["code"]] for r in risks))
     return {
         "risk_score": score,
         "risk_indicators": risks,
@@ -942,11 +965,11 @@ def compute_enrichment(masked_call: Mapping[str, Any], cfg: ResolvedConfig, enri
         "next_best_actions": _next_best_actions(risks, opportunities),
         "metrics": {
             "talk_ratio": round(call.talk_ratio, 3) if call.talk_ratio is not None else None,
-            "longest_monologue_seconds": monologue,
+            "longest_monologue_seconds": _plain(_num(call.stats.get("longest monologue"))),
             "questions": call.questions,
             "external_parties": len(call.externals),
             "internal_parties": call.internals,
-            "duration_seconds": duration,
+            "duration_seconds": _plain(_num(call.metadata.get("duration"))),
         },
         "enriched_at": enriched_at,
         "rules_version": RULES_VERSION,
@@ -972,13 +995,21 @@ def _enrich(call: Mapping[str, Any], cfg: ResolvedConfig, enriched_at: str) -> d
 
 
 def enrich_call(call: dict[str, Any], config: ResolvedConfig, now: datetime) -> dict[str, Any]:
-    """One enriched document: a masked deep copy of ``call`` plus its ``enrichment``."""
+    """One enriched document: a masked deep copy of ``call`` plus its ``enrichment``.
+
+    ``config`` may also be a plain mapping (merged over DEFAULT_CONFIG like in ``derive``).
+    """
     return _enrich(call, resolve_config(config), _timestamp(now))
 
 
 def derive(documents: list[dict[str, Any]], config: Mapping[str, Any] | None = None,
            now: datetime | None = None) -> list[dict[str, Any]]:
-    """Batch entry point: returns one enriched document per input document, same order."""
+    """Batch entry point: returns one enriched document per input document, same order.
+
+    Each output is a masked deep copy of the input (``_meta`` kept verbatim, ``media``
+    dropped) plus ``enrichment``; inputs are never mutated. ``now`` (default: the
+    current UTC time) becomes ``enrichment.enriched_at`` for the whole batch.
+    """
     cfg = resolve_config(config)
     enriched_at = _timestamp(now)
     return [_enrich(doc, cfg, enriched_at) for doc in documents]

@@ -88,6 +88,11 @@ class FakeGong:
         assert self._server is not None, "start() the fake first"
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
+    def clear_faults(self) -> None:
+        """Forget the queued 429/5xx answers (the broken pages stay broken)."""
+        with self._lock:
+            self._faults.clear()
+
     # -- behaviour ----------------------------------------------------------------------------
     @staticmethod
     def cursor_of(page: int) -> str:

@@ -1,0 +1,162 @@
+"""Command line of the benchmark: start the stack, run the chosen scenarios, print and save."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from sophia_tasks.stack import ROOT, ensure_services, port_open
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from bench.scenarios import SCENARIOS
+
+    p = argparse.ArgumentParser(prog="python -m bench", description=(
+        "Benchmark sophia-tasks on the real stack (gunicorn web, Celery worker, Redis, PostgreSQL, "
+        "the Snowflake emulator) on benchmark-only databases and ports."))
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes (2,000-event drain, 10 s latency run, 5,000-call backfill, 4 s ingest steps)")
+    p.add_argument("--scenario", default=",".join(SCENARIOS),
+                   help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
+    p.add_argument("--profile", action="store_true",
+                   help="after the drain, drain again under py-spy (worker tree) and summarise what dominates CPU")
+    p.add_argument("--profile-seconds", type=float, default=20)
+    p.add_argument("--events", type=int, help="drain size (default 20,000; --quick 2,000)")
+    p.add_argument("--naive-events", type=int, help="naive baseline size (default 2,000; --quick 300)")
+    p.add_argument("--latency-rate", type=float, help="events/s of the latency run (default 500)")
+    p.add_argument("--latency-seconds", type=float, help="length of the latency run (default 60; --quick 10)")
+    p.add_argument("--backfill-events", type=int, help="calls in the backfill file (default 100,000; --quick 5,000)")
+    p.add_argument("--ingest-seconds", type=float, help="seconds per ingest step (default 15; --quick 4)")
+    p.add_argument("--concurrency", help="ingest concurrency steps, comma-separated (default 8,32,64)")
+    p.add_argument("--broker-db", type=int, default=14, help="Redis db of the broker (default 14)")
+    p.add_argument("--cache-db", type=int, default=15, help="Redis db of the cache target (default 15)")
+    p.add_argument("--web-workers", type=int, default=2)
+    p.add_argument("--web-threads", type=int, default=4)
+    p.add_argument("--worker-concurrency", type=int, default=4)
+    p.add_argument("--out", type=Path, help="results file (default bench/results/<date>.json, "
+                                            "<date>-quick.json with --quick)")
+    args = p.parse_args(argv)
+    args.scenarios = [s.strip() for s in args.scenario.split(",") if s.strip()]
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        p.error(f"unknown scenario(s): {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+    if args.broker_db == args.cache_db:
+        p.error("--broker-db and --cache-db must differ")
+    return args
+
+
+def sizes_from(args: argparse.Namespace) -> Any:
+    from bench.scenarios import Sizes
+
+    s = Sizes.for_mode(args.quick)
+    if args.events:
+        s.drain_events = args.events
+        s.sf_raw_events = min(s.sf_raw_events, args.events)
+    if args.naive_events:
+        s.naive_events = args.naive_events
+    if args.latency_rate:
+        s.latency_rate = args.latency_rate
+    if args.latency_seconds:
+        s.latency_seconds = args.latency_seconds
+    if args.backfill_events:
+        s.backfill_events = args.backfill_events
+    if args.ingest_seconds:
+        s.ingest_seconds = args.ingest_seconds
+    if args.concurrency:
+        s.ingest_concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    return s
+
+
+def ensure_py_spy() -> None:
+    from sophia_tasks.stack import BIN
+
+    if (BIN / "py-spy").exists() or shutil.which("py-spy"):
+        return
+    print("bench: installing py-spy into the venv for --profile", flush=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "py-spy>=0.3.14"], check=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from bench import scenarios as sc
+    from bench.calls import Calls
+    from bench.harness import Bench, BenchLock, kill_tree_on_exit
+    from bench.report import machine_info, print_table, target_rows, write_json
+
+    _lock = BenchLock()
+    ensure_services()
+    missing = [f"{n}:{p}" for n, p in (("redis", 6379), ("postgres", 5432)) if not port_open("127.0.0.1", p)]
+    if missing:
+        print(f"bench: services not reachable: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    if args.profile:
+        ensure_py_spy()
+    sizes = sizes_from(args)
+    date = time.strftime("%Y-%m-%d")
+    out = args.out or RESULTS / (f"{date}-quick.json" if args.quick else f"{date}.json")
+    workdir = ROOT / "var" / "bench" / time.strftime("%Y%m%d-%H%M%S")
+    bench = Bench(workdir=workdir, broker_db=args.broker_db, cache_db=args.cache_db, web_workers=args.web_workers,
+                  web_threads=args.web_threads, worker_concurrency=args.worker_concurrency)
+    kill_tree_on_exit(bench)
+    calls = Calls()
+    results: dict[str, Any] = {
+        "date": date,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "mode": "quick" if args.quick else "full",
+        "argv": sys.argv[1:] if argv is None else argv,
+        "sizes": dict(vars(sizes)),
+        "stack": {"broker": bench.env["SOPHIA_BROKER_URL"], "cache": bench.env["SOPHIA_REDIS_URL"],
+                  "postgres": bench.env["SOPHIA_POSTGRES_DSN"], "web": bench.url,
+                  "gunicorn": {"workers": args.web_workers, "threads": args.web_threads, "config":
+                               "deploy/gunicorn.conf.py"},
+                  "worker_concurrency": args.worker_concurrency, "logs": str(workdir / "logs")},
+        "calls_source": calls.source,
+        "scenarios": {},
+    }
+    sc.log(f"logs in {workdir / 'logs'}; results to {out}")
+    try:
+        bench.reset_state()
+        bench.start()
+        results["machine"] = machine_info(bench)
+        for name in sc.SCENARIOS:
+            if name not in args.scenarios:
+                continue
+            sc.log(f"=== {name} (load average {', '.join(f'{x:.2f}' for x in os.getloadavg())})")
+            started = time.monotonic()
+            load_before = os.getloadavg()[0]
+            try:
+                fn = getattr(sc, name)
+                if name == "drain":
+                    res = fn(bench, calls, sizes, profile={"dir": RESULTS, "stem": f"profile-{date}",
+                                                           "seconds": args.profile_seconds}
+                             if args.profile else None)
+                else:
+                    res = fn(bench, calls, sizes)
+            except Exception as exc:
+                traceback.print_exc()
+                res = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+            res["wall_s"] = round(time.monotonic() - started, 1)
+            res["loadavg_1m_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            results["scenarios"][name] = res
+            write_json(out, results)  # partial results survive a later failure
+    finally:
+        bench.close()
+    rows = target_rows(results["scenarios"])
+    results["targets"] = rows
+    results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json(out, results)
+    machine = results.get("machine", {})
+    title = (f"sophia-tasks benchmark ({results['mode']}) {date} - {machine.get('cores_logical')} cores, "
+             f"{machine.get('memory_gb')} GB, Python {machine.get('python')}, load avg at start "
+             f"{machine.get('loadavg_at_start')}")
+    print_table(rows, title)
+    print(f"results: {out}")
+    return 0

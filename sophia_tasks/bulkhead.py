@@ -1,0 +1,58 @@
+"""Per-target bulkheads: at most N pool processes of a worker node write to one target at once.
+
+Each target has its own queue, but one worker's pool serves every queue: without a
+cap, a target that hangs (a locked table, a stalled network) would end up holding
+every process and delay the healthy targets. A task that finds its target's slots
+full goes back on its queue after a short pause without spending its retry budget.
+Slots live in a Redis sorted set scored by time, so a killed process's slot expires.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import redis as redis_lib
+
+log = logging.getLogger(__name__)
+
+SLOT_TTL = 600.0  # longer than any task's hard time limit
+
+
+class Bulkhead:
+    def __init__(self, client: redis_lib.Redis, limit: int) -> None:
+        self.client = client
+        self.limit = limit
+
+    def _key(self, node: str, target: str) -> str:
+        return f"sophia:bulkhead:{node}:{target}"
+
+    def acquire(self, node: str, target: str) -> str | None:
+        """A slot token, or None when the target already has ``limit`` writers on this node.
+
+        If Redis cannot be asked, the write goes ahead: the cap is a safeguard, not a lock.
+        """
+        token = uuid.uuid4().hex
+        if self.limit <= 0:
+            return token
+        key = self._key(node, target)
+        now = time.time()
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.zremrangebyscore(key, "-inf", now - SLOT_TTL)
+            pipe.zadd(key, {token: now})
+            pipe.zcard(key)
+            pipe.expire(key, int(SLOT_TTL))
+            count = int(pipe.execute()[2])
+            if count > self.limit:
+                self.client.zrem(key, token)
+                return None
+        except redis_lib.RedisError as exc:
+            log.warning("bulkhead unavailable, writing anyway: %s", exc)
+        return token
+
+    def release(self, node: str, target: str, token: str) -> None:
+        try:
+            self.client.zrem(self._key(node, target), token)
+        except redis_lib.RedisError:
+            pass  # the slot expires on its own

@@ -1,0 +1,252 @@
+"""/metrics after real traffic: exact counts, lag per target, two worker processes adding up, backlog bytes.
+
+Every expected value is a difference from a baseline read first: the session's other
+tests share the stack and its counters.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
+
+from sophia_tasks.celery_app import configure
+from sophia_tasks.documents import format_version
+from sophia_tasks.flowspec import FlowSpec, load_spec
+from sophia_tasks.queues import broker_snapshot
+from sophia_tasks.settings import Settings, load_settings
+from sophia_tasks.stats import Stats
+from tests.integration.conftest import Harness, gong_call
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+NAMED = ("estuary_flow_lag_seconds", "estuary_flow_throughput_eps", "estuary_flow_errors_total",
+         "estuary_materialization_lag_bytes", "sophia_queue_length", "sophia_dead_letters",
+         "sophia_documents_written_total", "sophia_batches_written_total")
+
+
+# -- helpers shared by the observability tests ---------------------------------------------------
+def settings_of(h: Harness, **env: str) -> Settings:
+    return load_settings({**h.env, **env})
+
+
+def spec_of(settings: Settings) -> FlowSpec:
+    return load_spec(settings.flow_path)
+
+
+def celery_for(settings: Settings, spec: FlowSpec) -> Celery:
+    """A producer on the test broker, configured like the real app (never the import-time default)."""
+    app = Celery("sophia-observability-tests", set_as_current=False)
+    configure(app, settings, spec)
+    return app
+
+
+def scrape(h: Harness) -> Samples:
+    resp = h.http.get(h.url + "/metrics", timeout=15)
+    assert resp.status_code == 200, resp.text
+    out: Samples = {}
+    for family in text_string_to_metric_families(resp.text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def sample(samples: Samples, name: str, **labels: Any) -> float | None:
+    return samples.get((name, frozenset((k, str(v)) for k, v in labels.items())))
+
+
+def total(samples: Samples, name: str, **labels: Any) -> float:
+    """Sum of every series of ``name`` whose labels include ``labels``."""
+    want = {(k, str(v)) for k, v in labels.items()}
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+def quiesce(h: Harness, timeout: float = 60.0) -> None:
+    """Wait until no message waits or runs anywhere and the counters stopped moving."""
+    settings = settings_of(h)
+    spec = spec_of(settings)
+    stats = Stats(settings.redis_url)
+    deadline = time.monotonic() + timeout
+    last: dict[str, float] | None = None
+    while time.monotonic() < deadline:
+        snap = broker_snapshot(settings, spec)
+        busy = sum(q.ready + (q.reserved or 0) for q in snap.queues.values())
+        counters = stats.counters()
+        if busy == 0 and counters == last:
+            return
+        last = counters if busy == 0 else None
+        time.sleep(0.5)
+    raise AssertionError(f"the pipeline did not go quiet within {timeout}s: {broker_snapshot(settings, spec)}")
+
+
+def envelope(call: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "call_completed", "data": call}
+
+
+def materialize_successes(log: Path, offset: int) -> int:
+    return len(re.findall(rb"Task sophia\.materialize\[[^\]]+\] succeeded", log.read_bytes()[offset:]))
+
+
+# -- tests -------------------------------------------------------------------------------------
+def test_counts_from_two_worker_processes_add_up(harness: Harness) -> None:
+    """Traffic through two real worker processes (plus their pool children): /metrics is the exact sum."""
+    stack = harness.stack
+    settings = settings_of(harness)
+    targets = list(spec_of(settings).materializations)
+    quiesce(harness)
+    stack.start_worker(name="worker2", concurrency=2)
+    try:
+        logs = [stack.processes["worker"].log_path, stack.processes["worker2"].log_path]
+        offsets = [p.stat().st_size for p in logs]
+        before = scrape(harness)
+        sent = 0
+        for _round in range(4):
+            for _ in range(12):
+                batch = [envelope(gong_call()) for _ in range(3)]
+                assert harness.post(batch).status_code == 202
+                sent += 3
+            expected = sent
+            harness.wait(lambda: all(total(scrape(harness), "sophia_documents_written_total", target=t)
+                                     - total(before, "sophia_documents_written_total", target=t) >= expected
+                                     for t in targets), 60, f"{sent} documents written to every target")
+            if all(materialize_successes(p, o) > 0 for p, o in zip(logs, offsets)):
+                break
+        per_worker = [materialize_successes(p, o) for p, o in zip(logs, offsets)]
+        assert all(n > 0 for n in per_worker), f"one worker did no materialize work: {per_worker}"
+        quiesce(harness)
+        after = scrape(harness)
+        per_worker = [materialize_successes(p, o) for p, o in zip(logs, offsets)]
+    finally:
+        stack.stop("worker2")
+
+    def delta(name: str, **labels: Any) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    for t in targets:
+        assert delta("sophia_documents_written_total", target=t) == sent, t
+        assert delta("estuary_flow_lag_seconds_count", target=t) == sent, t
+        assert delta("estuary_flow_errors_total", target=t) == 0, t
+    assert delta("sophia_events_accepted_total", collection="gong_calls") == sent
+    assert delta("sophia_documents_validated_total", collection="gong_calls") == sent
+    assert delta("sophia_documents_derived_total", collection="gong_calls_enriched") == sent
+    # One batch per materialize task that ran, whichever process ran it.
+    batches = [delta("sophia_batches_written_total", target=t) for t in targets]
+    assert sum(batches) == sum(per_worker), (batches, per_worker)
+    assert len(set(batches)) == 1, batches  # every derive batch went to each target once
+
+
+def test_every_named_metric_after_traffic(harness: Harness) -> None:
+    settings = settings_of(harness)
+    spec = spec_of(settings)
+    targets = list(spec.materializations)
+    quiesce(harness)
+    before = scrape(harness)
+    calls = [gong_call() for _ in range(4)]
+    assert harness.post([envelope(c) for c in calls]).status_code == 202
+    harness.wait(lambda: all(total(scrape(harness), "estuary_flow_lag_seconds_count", target=t)
+                             - total(before, "estuary_flow_lag_seconds_count", target=t) >= 4 for t in targets),
+                 30, "four documents in every target")
+    quiesce(harness)
+    after = scrape(harness)
+
+    names = {n for n, _ in after}
+    for name in NAMED:
+        assert any(n == name or n.startswith(name + "_") for n in names), name
+    for t in targets:
+        count = sample(after, "estuary_flow_lag_seconds_count", target=t)
+        assert count is not None and count - (sample(before, "estuary_flow_lag_seconds_count", target=t) or 0) == 4
+        buckets = sorted(((float(dict(ls)["le"]), v) for (n, ls), v in after.items()
+                          if n == "estuary_flow_lag_seconds_bucket" and dict(ls).get("target") == t))
+        assert buckets[-1] == (math.inf, count)
+        assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:])), f"{t}: buckets must be cumulative"
+        assert sample(after, "estuary_flow_lag_seconds_sum", target=t) > 0
+        assert (total(after, "sophia_documents_written_total", target=t)
+                - total(before, "sophia_documents_written_total", target=t)) == 4
+        # Zero series exist before any error, so rate() works from the first scrape.
+        for reason in ("data", "unreachable"):
+            assert sample(after, "estuary_flow_errors_total", stage="materialize", target=t, reason=reason) is not None
+        assert sample(after, "estuary_materialization_lag_bytes", target=t) == 0
+        assert sample(after, "sophia_last_written_timestamp_seconds", target=t) > time.time() - 60
+        assert sample(after, "sophia_dead_letters_pending", stage="materialize", target=t) is not None
+    for stage in ("capture", "validate", "derive", "materialize"):
+        assert sample(after, "estuary_flow_throughput_eps", stage=stage) is not None
+    assert sample(after, "estuary_flow_throughput_eps", stage="materialize") > 0
+    queues = {dict(ls)["queue"] for (n, ls) in after if n == "sophia_queue_length"}
+    for t in targets:
+        assert {f"sophia.materialize.{t}", f"sophia.backfill.materialize.{t}"} <= queues
+    assert {"sophia.ingest", "sophia.validate", "sophia.derive", "sophia.backfill", "sophia.ops"} <= queues
+    assert sample(after, "sophia_dead_letters") is not None
+    for source in ("stats", "broker", "deadletters"):
+        assert sample(after, "sophia_metrics_source_up", source=source) == 1
+
+
+def test_backlog_bytes_of_the_bulk_lane_reach_metrics(harness: Harness) -> None:
+    """A bulk-lane batch nobody consumes shows as queue length and as bytes waiting for its target."""
+    settings = settings_of(harness)
+    spec = spec_of(settings)
+    app = celery_for(settings, spec)
+    queue = "sophia.backfill.materialize.redis"
+    call = gong_call()
+    assert harness.post(envelope(call)).status_code == 202
+    doc = harness.wait(lambda: harness.redis_doc(call["metaData"]["id"]), 30, "the call in redis")
+    doc["_meta"]["published_at"] = format_version(datetime.now(timezone.utc) + timedelta(seconds=1))
+    doc["metaData"]["title"] = "bulk lane"
+    quiesce(harness)
+    replies = app.control.cancel_consumer(queue, reply=True, timeout=5)
+    assert replies, "no worker answered cancel_consumer"
+    try:
+        time.sleep(1.5)  # a poll already in flight may still include the queue
+        before = scrape(harness)
+        app.send_task("sophia.materialize", args=["redis", "gong_calls_enriched", [doc]],
+                      kwargs={"attempt": 1, "lane": "bulk"}, queue=queue)
+        message_bytes = len(json.dumps(doc))
+        now = scrape(harness)
+        assert sample(now, "sophia_queue_length", queue=queue) == 1
+        waiting = sample(now, "estuary_materialization_lag_bytes", target="redis")
+        assert waiting is not None and waiting >= message_bytes, (waiting, message_bytes)
+        assert sample(now, "estuary_materialization_lag_bytes", target="postgres") == \
+            sample(before, "estuary_materialization_lag_bytes", target="postgres")
+    finally:
+        app.control.add_consumer(queue, reply=True, timeout=5)
+    harness.wait(lambda: (harness.redis_doc(call["metaData"]["id"]) or {}).get("metaData", {}).get("title")
+                 == "bulk lane", 30, "the bulk batch written once consumed again")
+    quiesce(harness)
+    assert sample(scrape(harness), "estuary_materialization_lag_bytes", target="redis") == 0
+
+
+def test_broker_snapshot_counts_ready_and_reserved_messages_of_both_lanes(harness: Harness) -> None:
+    """Reserved messages (a worker holds them: running, prefetched, or a retry's countdown) count as waiting."""
+    settings = settings_of(harness, SOPHIA_QUEUE_PREFIX=f"obs-{time.time_ns()}.")
+    spec = spec_of(settings)
+    app = celery_for(settings, spec)
+    doc = {"_meta": {"published_at": format_version(datetime.now(timezone.utc))}, "metaData": {"id": "1"},
+           "blob": "x" * 5000}
+    live, bulk = settings.queue("sophia.materialize.snowflake"), settings.queue("sophia.backfill.materialize.postgres")
+    import redis
+
+    broker = redis.Redis.from_url(settings.broker_url)
+    tag = f"obs-test-{time.time_ns()}"
+    try:
+        app.send_task("sophia.materialize", args=["snowflake", "gong_calls_enriched", [doc]], queue=live)
+        app.send_task("sophia.materialize", args=["postgres", "gong_calls_enriched", [doc, doc]],
+                      kwargs={"lane": "bulk"}, queue=bulk)
+        # What kombu stores for a message a worker reserved: [message, exchange, routing key].
+        raw = broker.lindex(live, 0)
+        entry = json.dumps([json.loads(raw), "sophia.ops", live])
+        broker.hset("unacked", tag, entry)
+        snap = broker_snapshot(settings, spec)
+        assert snap.queues[live].ready == 1 and snap.queues[bulk].ready == 1
+        assert snap.queues[live].reserved == 1 and snap.queues[live].reserved_bytes == len(entry)
+        sizes = snap.bytes_by_target()
+        assert sizes["snowflake"] >= len(raw) + len(entry)
+        assert sizes["postgres"] >= 2 * 5000
+        assert sizes["redis"] == 0
+        assert snap.waiting_by_target() == {"redis": 0, "postgres": 1, "snowflake": 2}
+    finally:
+        broker.hdel("unacked", tag)
+        broker.delete(live, bulk)
