@@ -67,9 +67,10 @@ SF_DDL = (f'CREATE TABLE IF NOT EXISTS "{SF_TABLE}" ("CALL_ID" VARCHAR NOT NULL 
 _SF_COLS = ['"CALL_ID"', '"FLOW_DOCUMENT"', '"FLOW_PUBLISHED_AT"', '"TITLE"', '"STARTED"', '"DURATION_SECONDS"',
             '"RISK_SCORE"']
 SF_MERGE = (
-    f'MERGE INTO "{SF_TABLE}" t USING (SELECT ?::VARCHAR AS "CALL_ID", PARSE_JSON(?) AS "FLOW_DOCUMENT", '
-    '?::TIMESTAMP_TZ AS "FLOW_PUBLISHED_AT", ?::VARCHAR AS "TITLE", ?::TIMESTAMP_TZ AS "STARTED", '
-    '?::FLOAT AS "DURATION_SECONDS", ?::NUMBER(38,0) AS "RISK_SCORE") s ON t."CALL_ID" = s."CALL_ID" '
+    f'MERGE INTO "{SF_TABLE}" t USING (SELECT CAST(? AS VARCHAR) AS "CALL_ID", PARSE_JSON(?) AS "FLOW_DOCUMENT", '
+    'CAST(? AS TIMESTAMP_TZ) AS "FLOW_PUBLISHED_AT", CAST(? AS VARCHAR) AS "TITLE", '
+    'CAST(? AS TIMESTAMP_TZ) AS "STARTED", CAST(? AS FLOAT) AS "DURATION_SECONDS", '
+    'CAST(? AS NUMBER(38,0)) AS "RISK_SCORE") s ON t."CALL_ID" = s."CALL_ID" '
     'WHEN MATCHED AND s."FLOW_PUBLISHED_AT" >= t."FLOW_PUBLISHED_AT" THEN UPDATE SET '
     + ", ".join(f"{c} = s.{c}" for c in _SF_COLS[1:])
     + f" WHEN NOT MATCHED THEN INSERT ({', '.join(_SF_COLS)}) VALUES ({', '.join('s.' + c for c in _SF_COLS)})"
@@ -92,8 +93,6 @@ def _client(name: str) -> Any:
 
         conn = connect(settings.postgres_dsn)
         conn.autocommit = True  # one row, one transaction
-        with conn.cursor() as cur:
-            cur.execute(PG_DDL)
     else:
         import snowflake.connector
 
@@ -103,9 +102,18 @@ def _client(name: str) -> Any:
         cur.execute(f'CREATE DATABASE IF NOT EXISTS "{db}"')
         cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{db}"."{schema}"')
         cur.execute(f'USE SCHEMA "{db}"."{schema}"')
-        cur.execute(SF_DDL)
     _clients[key] = conn
     return conn
+
+
+def ensure_tables() -> None:
+    """Create the baseline's tables once, before its worker starts (children would race on DDL)."""
+    with _client("postgres").cursor() as cur:
+        cur.execute(PG_DDL)
+    _client("snowflake").cursor().execute(SF_DDL)
+    for name in ("postgres", "snowflake"):
+        conn = _clients.pop(f"{name}:{os.getpid()}")
+        conn.close()
 
 
 def _projected(doc: dict[str, Any]) -> list[Any]:

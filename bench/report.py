@@ -101,11 +101,19 @@ def target_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
         status = "info" if target == "" else ("n/a" if ok is None else ("PASS" if ok else "FAIL"))
         rows.append({"figure": name, "value": value, "target": target, "status": status, "note": note})
 
+    def not_run(name: str, target: str, scenario: str) -> None:
+        res = s.get(scenario)
+        note = "not run" if res is None else f"error: {res.get('error', '')}"[:200]
+        rows.append({"figure": name, "value": "-", "target": target, "status": "n/a", "note": note})
+
     ing = s.get("ingest") or {}
     ratio = ing.get("peak_ratio")
-    row("ingest: webhook vs floor app (peak accepted req/s)",
-        f"{_fmt(ing.get('peak_ours_per_s'))} / {_fmt(ing.get('peak_floor_per_s'))} = {_fmt(ratio, digits=2)}x"
-        if ratio is not None else "-", ">= 0.8x floor", None if ratio is None else ratio >= 0.8)
+    if ratio is None:
+        not_run("ingest: webhook vs floor app (peak accepted req/s)", ">= 0.8x floor", "ingest")
+    else:
+        row("ingest: webhook vs floor app (peak accepted req/s)",
+            f"{_fmt(ing.get('peak_ours_per_s'))} / {_fmt(ing.get('peak_floor_per_s'))} = {_fmt(ratio, digits=2)}x",
+            ">= 0.8x floor", ratio >= 0.8)
     for step in ing.get("steps") or []:
         row(f"  ingest at concurrency {step['concurrency']}",
             f"{_fmt(step['ours']['accepted_per_s'])}/s p50 {_fmt(step['ours']['p50_ms'], ' ms', 1)} "
@@ -116,6 +124,9 @@ def target_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
     nv = s.get("naive") or {}
     for t, label in (("redis", "Redis"), ("postgres", "Postgres")):
         rate = _get(dr, "targets", t, "events_per_s")
+        if rate is None:
+            not_run(f"drain -> {label} (events/s)", ">= 5,000", "drain")
+            continue
         complete = _get(dr, "targets", t, "complete")
         row(f"drain -> {label} (events/s)", _fmt(rate), ">= 5,000",
             None if rate is None else (bool(complete) and rate >= 5000),
@@ -123,15 +134,21 @@ def target_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
     for t, label in (("redis", "Redis"), ("postgres", "Postgres")):
         ours, base = _get(dr, "targets", t, "events_per_s"), _get(nv, "targets", t, "events_per_s")
         r = ours / base if ours and base else None
+        if r is None:
+            not_run(f"drain -> {label} vs naive baseline", ">= 40x naive", "naive" if ours else "drain")
+            continue
         row(f"drain -> {label} vs naive baseline", f"{_fmt(ours)} / {_fmt(base, digits=1)} = {_fmt(r, 'x', 1)}"
             if r else "-", ">= 40x naive", None if r is None else r >= 40)
     sf = _get(dr, "targets", "snowflake", "events_per_s")
     raw = _get(dr, "snowflake_raw", "raw_rate_per_s")
     r = sf / raw if sf and raw else None
-    row("drain -> Snowflake vs emulator raw insert rate", f"{_fmt(sf)} / {_fmt(raw)} = {_fmt(r, 'x', 2)}"
-        if r else "-", ">= 0.8x raw", None if r is None else r >= 0.8,
-        f"materializer alone: {_fmt(_get(dr, 'snowflake_raw', 'materializer_direct', 'rows_per_s'))}/s; "
-        f"executemany: {_fmt(_get(dr, 'snowflake_raw', 'executemany', 'rows_per_s'))}/s" if raw else "")
+    if r is None:
+        not_run("drain -> Snowflake vs emulator raw insert rate", ">= 0.8x raw", "drain")
+    else:
+        row("drain -> Snowflake vs emulator raw insert rate", f"{_fmt(sf)} / {_fmt(raw)} = {_fmt(r, 'x', 2)}",
+            ">= 0.8x raw", r >= 0.8,
+            f"materializer alone: {_fmt(_get(dr, 'snowflake_raw', 'materializer_direct', 'rows_per_s'))}/s; "
+            f"executemany: {_fmt(_get(dr, 'snowflake_raw', 'executemany', 'rows_per_s'))}/s")
     if nv:
         row("naive baseline (events/s: Redis / Postgres / Snowflake)",
             " / ".join(_fmt(_get(nv, "targets", t, "events_per_s"), digits=1) for t in ("redis", "postgres",
@@ -143,15 +160,22 @@ def target_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
     errors = _get(lat, "webhook", "errors") or 0
     for t, label, limit in (("redis", "Redis", 1.0), ("postgres", "Postgres", 2.0)):
         p99 = _get(lat, "lag_histogram", t, "p99_s")
+        if p99 is None:
+            not_run(f"latency p99 receipt -> {label} at 500 ev/s", f"< {limit:g} s", "latency")
+            continue
         share = _get(lat, "lag_histogram", t, "share_within_s", str(limit))
         sampled = _get(lat, "lag_sampled", t, "p99_s")
         ok = None
+        materialized = _get(lat, "materialized", t) or 0
+        accepted = _get(lat, "webhook", "accepted") or 0
         if share is not None:
-            ok = share >= 0.99 and (achieved or 0) >= 0.95 * (lat.get("rate") or 0) and not errors
+            ok = (share >= 0.99 and (achieved or 0) >= 0.95 * (lat.get("rate") or 0) and not errors
+                  and materialized >= accepted)
         row(f"latency p99 receipt -> {label} at {_fmt(lat.get('rate'))} ev/s",
             f"{_fmt(p99, ' s', 3)} ({_fmt(100 * share if share is not None else None, '%', 2)} within {limit:g} s)"
             if p99 is not None else "-", f"< {limit:g} s", ok,
-            f"histogram; harness-sampled p99 {_fmt(sampled, ' s', 3)}; offered {_fmt(achieved, '/s', 1)}")
+            f"histogram; harness-sampled p99 {_fmt(sampled, ' s', 3)}; offered {_fmt(achieved, '/s', 1)}; "
+            f"materialized {materialized:,} of {accepted:,} accepted")
     if lat:
         row("latency p99 receipt -> Snowflake", _fmt(_get(lat, "lag_histogram", "snowflake", "p99_s"), " s", 3), "",
             None)
@@ -177,7 +201,9 @@ def target_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
                 worker_max, where = m["peak_process_rss_mb"], name
             if role == "web":
                 web_max = max(web_max, m["peak_tree_rss_mb"])
-    if worker_max:
+    if not worker_max:
+        not_run("worker RSS, largest single process (peak)", "< 300 MB", "drain")
+    else:
         row("worker RSS, largest single process (peak)", _fmt(worker_max, " MB", 1), "< 300 MB", worker_max < 300,
             f"in {where}")
         tree = max((_get(res, "memory", "worker", "peak_tree_rss_mb") or 0) for res in s.values()

@@ -259,6 +259,9 @@ def sf_raw(bench: Bench, calls: Calls, n: int, batch: int) -> dict[str, Any]:
         for i, p in enumerate(binding.projections)]
     insert = (f'INSERT INTO "RAW_INSERT_BENCH" ({", ".join(names)}) SELECT {", ".join(select)} '
               "FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) f")
+    # Warm the emulator (first statements compile and load) before timing, then empty the table.
+    cur.execute(insert, [(b"[" + b",".join(rows[:20]) + b"]").decode()])
+    cur.execute('DELETE FROM "RAW_INSERT_BENCH"')
     t0 = time.monotonic()
     for i in range(0, len(rows), batch):
         cur.execute(insert, [(b"[" + b",".join(rows[i:i + batch]) + b"]").decode()])
@@ -405,13 +408,39 @@ def run_profile(bench: Bench, calls: Calls, sizes: Sizes, measured: dict[str, An
     return out
 
 
+# What the worker spends CPU on: (label, process role or None for both, substrings that must all be in the stack).
+AREAS: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
+    ("main: Celery strategy decodes every task body (only to test for protocol 1)", "main",
+     ("task_message_handler", "Message.payload")),
+    ("main: ingest batcher (decode ingest messages, publish validate)", "main", ("IngestBatcher",)),
+    ("main: all of it (receive, route to the pool, ack, events)", "main", ("",)),
+    ("child: decode task body (kombu JSON)", "child", ("fast_trace_task", "SerializerRegistry.loads")),
+    ("child: receive job from main process (pickle)", "child", ("pickle_loads",)),
+    ("child: sophia.validate", "child", ("validate (sophia_tasks/tasks.py",)),
+    ("child:   marshmallow schema", "child", ("validate (sophia_tasks/tasks.py", "marshmallow/")),
+    ("child: sophia.derive", "child", ("derive (sophia_tasks/tasks.py",)),
+    ("child:   enrichment + PII transform", "child", ("derive (sophia_tasks/tasks.py", "sophia_tasks/derivations/")),
+    ("child: sophia.materialize", "child", ("materialize (sophia_tasks/tasks.py",)),
+    ("child:   redis write_batch", "child", ("RedisMaterializer.write_batch",)),
+    ("child:   postgres write_batch", "child", ("PostgresMaterializer.write_batch",)),
+    ("child:   snowflake write_batch", "child", ("SnowflakeMaterializer.write_batch",)),
+    ("child:   record_written (lag histogram, counters)", "child", ("record_written",)),
+    ("child: publish next stage (apply_async, JSON encode)", "child", ("Task.apply_async",)),
+    ("child:   of which JSON encode", "child", ("Task.apply_async", "SerializerRegistry.dumps")),
+    ("any: kombu/stdlib JSON (encode + decode)", None, ("SerializerRegistry.",)),
+    ("any: Message.decode outside the serializer registry", None, ("Message.decode",)),
+)
+
+
 def summarize_raw(path: Path, top: int = 25) -> dict[str, Any]:
-    """Self and inclusive sample shares per function from py-spy's collapsed stacks, per process."""
+    """Shares of py-spy samples (collapsed stacks, active threads only): per process role (the
+    worker's main process vs its pool children), per area of the pipeline (AREAS), and the
+    functions with the most self and inclusive samples."""
     self_s: dict[str, int] = {}
     incl: dict[str, int] = {}
-    per_process: dict[str, int] = {}
+    roles: dict[str, int] = {}
+    areas: dict[str, int] = {label: 0 for label, _, _ in AREAS}
     total = 0
-    idle = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -419,32 +448,30 @@ def summarize_raw(path: Path, top: int = 25) -> dict[str, Any]:
         k = int(count)
         frames = stack.split(";")
         total += k
-        proc = next((f for f in frames if f.startswith("process ")), "?")
-        role = "main process" if "MainProcess" in proc or proc.count(":") == 0 else proc
-        per_process[_proc_label(proc)] = per_process.get(_proc_label(proc), 0) + k
+        role = "child" if sum(1 for f in frames if f.startswith("process ")) > 1 else "main"
+        roles[role] = roles.get(role, 0) + k
+        for label, want_role, needles in AREAS:
+            if (want_role is None or want_role == role) and all(n in stack for n in needles):
+                areas[label] += k
         code = [f for f in frames if not f.startswith(("process ", "thread "))]
         if not code:
-            idle += k
             continue
-        leaf = code[-1]
-        self_s[leaf] = self_s.get(leaf, 0) + k
+        self_s[code[-1]] = self_s.get(code[-1], 0) + k
         for f in set(code):
             incl[f] = incl.get(f, 0) + k
-        del role
 
-    def pct(d: dict[str, int]) -> list[dict[str, Any]]:
-        return [{"function": f, "samples": c, "pct": round(100 * c / total, 1)}
-                for f, c in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+    def pct(d: dict[str, int], n: int | None = top) -> list[dict[str, Any]]:
+        items = sorted(d.items(), key=lambda kv: -kv[1])
+        return [{"function": f, "samples": c, "pct": round(100 * c / total, 1) if total else 0.0}
+                for f, c in (items[:n] if n else items)]
 
-    return {"samples": total, "by_process": pct(per_process), "self": pct(self_s), "inclusive": pct(incl)}
-
-
-def _proc_label(frame: str) -> str:
-    # "process 1234:\"/path/python /path/celery -A sophia_tasks worker ...\""
-    if not frame.startswith("process "):
-        return frame
-    pid, _, cmd = frame[len("process "):].partition(":")
-    return f"{pid} {cmd.strip(chr(34))[:80]}"
+    generic = ("celery/", "click/", "billiard/", "kombu/", "<module>", "threading.py")
+    return {"samples": total,
+            "by_role": pct({"worker main process": roles.get("main", 0), "pool children": roles.get("child", 0)}),
+            "areas": [{"area": label, "samples": c, "pct": round(100 * c / total, 1) if total else 0.0}
+                      for label, c in areas.items()],
+            "self": pct(self_s),
+            "inclusive": [r for r in pct(incl, None) if not any(g in r["function"] for g in generic)][:top]}
 
 
 # -- 3. naive ---------------------------------------------------------------------------------
@@ -456,6 +483,7 @@ def naive(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
     bench.clear_targets()
     from bench import naive as naive_app
 
+    naive_app.ensure_tables()
     events = calls.events(n)
     t0 = time.monotonic()
     for ev in events:
@@ -472,8 +500,14 @@ def naive(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
     done: dict[str, float] = {}
     counted = {t: 0 for t in TARGETS}
     deadline = t_ready + max(180.0, n / 5)
-    last_print = time.monotonic()
+    last_print = last_change = time.monotonic()
+    seen = dict(counted)
     while len(done) < 3 and time.monotonic() < deadline:
+        if counted != seen:
+            seen, last_change = dict(counted), time.monotonic()
+        elif time.monotonic() - last_change > 60:
+            log(f"naive: no progress for 60 s, giving up (see {bench.stack.workdir}/naive-*.log)")
+            break
         for t in TARGETS:
             if t in done:
                 continue

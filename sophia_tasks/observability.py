@@ -9,10 +9,11 @@ wherever they appear, masks emails and phones in every string with the same
 masker the enrichment uses, and drops variables that hold whole documents
 (the dead-letter store keeps the payload; a traceback does not need it).
 
-Why retries are reported: every stage task autoretries on any exception and
-never gives up (``StageTask.max_retries = None``), so Celery's integration,
-which ignores ``Retry``, would never report a poison message. The 1st, 2nd,
-4th, 8th... retry of a task is reported instead: visible at once, no storm.
+Why retries are reported: every stage task autoretries on any exception, with
+backoff, many times before it fails for good (``StageTask``), and Celery's
+integration ignores ``Retry``: a poison message would reach Sentry only a quarter
+of an hour later, when its retries are spent. The 1st, 2nd, 4th, 8th... retry of
+a task is reported too: visible at once, and no storm.
 
 Importing this module connects the Celery signals (``celery_app`` imports it);
 ``init_sentry`` is a no-op when ``SENTRY_DSN`` is unset.
@@ -129,10 +130,17 @@ class Scrubber:
                     if key in DOCUMENT_VARS:
                         extra[key] = FILTERED
             return self.value(event)
-        except Exception:  # a scrubber bug must not leak the raw event: send a bare one instead
-            log.exception("sentry scrubber failed; sending the event without details")
-            return {"level": event.get("level", "error"), "message": "event dropped by the scrubber (see logs)",
-                    "event_id": event.get("event_id"), "timestamp": event.get("timestamp")}
+        except Exception as exc:  # a scrubber bug must not leak the raw event: send a bare one instead
+            log.error("sentry scrubber failed (%s); sending the event without details", type(exc).__name__)
+            bare: dict[str, Any] = {"level": "error", "message": "event dropped by the scrubber (see logs)"}
+            for key in ("event_id", "timestamp", "level"):
+                try:
+                    value = dict.get(event, key)
+                except Exception:
+                    value = None
+                if isinstance(value, (str, int, float)):
+                    bare[key] = value
+            return bare
 
     def breadcrumb(self, crumb: dict[str, Any], hint: Any = None) -> dict[str, Any]:
         return self.value(crumb)
@@ -178,6 +186,9 @@ def init_sentry(settings: Settings, component: str) -> bool:
     from sentry_sdk.integrations.flask import FlaskIntegration
     from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
 
+    from sentry_sdk.integrations.logging import ignore_logger
+
+    ignore_logger(__name__)  # the scrubber's own complaints must not become events
     scrubber = Scrubber(secret_values(settings))
     denylist = DEFAULT_DENYLIST + ["webhook_secret", "webhook_tokens", "signature", "webhook-signature", "dsn",
                                    "postgres_dsn", "broker_url", "redis_url", "slack_webhook_url", "password"]

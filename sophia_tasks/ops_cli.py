@@ -312,8 +312,24 @@ def check_config() -> tuple[CheckResult, Any]:
     if not auth and not settings.insecure_no_auth:
         return CheckResult("config", "invalid", "no webhook authentication: set SOPHIA_WEBHOOK_TOKENS (or "
                                                 "SOPHIA_WEBHOOK_SECRET / SOPHIA_GONG_JWT_PUBLIC_KEY)"), settings
+    bad = _auth_problems(settings)
+    if bad:
+        return CheckResult("config", "invalid", "; ".join(bad)), settings
     detail = f"flow {spec.path}; auth: {', '.join(auth) if auth else 'NONE (SOPHIA_INSECURE_NO_AUTH=1)'}"
     return CheckResult("config", "ok", detail), settings
+
+
+def _auth_problems(settings: Any) -> list[str]:
+    """The web app's own checks of the secrets' format (a bad whsec_, a key that is not PEM, a relative URL)."""
+    try:
+        from web.auth import AuthConfig
+    except ImportError:  # the CLI installed without the web package
+        return []
+    config = AuthConfig(tokens=settings.webhook_tokens, webhook_secrets=settings.webhook_secrets,
+                        gong_public_key_pem=settings.gong_jwt_public_key, insecure_no_auth=settings.insecure_no_auth,
+                        public_url=settings.public_url)
+    # Tokens are optional when another method is configured (create_app's rule, checked above).
+    return [p for p in config.problems() if not p.startswith("SOPHIA_WEBHOOK_TOKENS")]
 
 
 def check_broker(settings: Any) -> CheckResult:

@@ -29,8 +29,10 @@ from sophia_tasks.stats import STAGES, Stats, parse_field
 log = logging.getLogger(__name__)
 
 # Error reasons each stage records (pipeline.record_error callers), exported at zero until seen.
-KNOWN_ERRORS: tuple[tuple[str, str], ...] = (("materialize", "data"), ("materialize", "unreachable"))
-STAGE_ERRORS: tuple[tuple[str, str], ...] = (("validate", "schema"), ("derive", "transform"))
+KNOWN_ERRORS: tuple[tuple[str, str], ...] = (("materialize", "data"), ("materialize", "unreachable"),
+                                             ("materialize", "exception"))
+STAGE_ERRORS: tuple[tuple[str, str], ...] = (("validate", "schema"), ("validate", "exception"),
+                                             ("derive", "transform"), ("derive", "exception"))
 # Counters per collection that the stages keep: stats name -> (metric name, help).
 COLLECTION_COUNTERS: dict[str, tuple[str, str]] = {
     "events_accepted": ("sophia_events_accepted", "Events accepted by the webhook or a backfill"),

@@ -43,7 +43,11 @@ def receive() -> Any:
     length = request.content_length
     if length is not None and length > settings.max_body_bytes:
         return error(413, "body too large", f"limit is {settings.max_body_bytes} bytes")
-    raw = request.get_data(cache=True)  # MAX_CONTENT_LENGTH stops a chunked body at the limit (413)
+    # A chunked body has no Content-Length. Werkzeug's max-length stream stops reading *at* its
+    # limit without an error, so with the limit itself a body over it would be silently cut to
+    # the limit and parsed; reading at most one byte more tells "exactly the limit" from "over".
+    request.max_content_length = settings.max_body_bytes + 1
+    raw = request.get_data(cache=True)
     if len(raw) > settings.max_body_bytes:
         return error(413, "body too large", f"limit is {settings.max_body_bytes} bytes")
 

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
-from sophia_tasks.derivations.pii import PiiMasker
+from sophia_tasks.derivations.pii import DEFAULT_EMAIL_FIELDS, DEFAULT_PHONE_FIELDS, PiiMasker
 
 __all__ = [
     "RULES_VERSION",
@@ -135,10 +135,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "Lost", "Closed Lost", "Not interested", "Disqualified", "Unqualified", "No decision",
     ],
     # -- PII -------------------------------------------------------------------------
-    "pii_email_fields": ["emailAddress", "email", "email_address"],
-    "pii_phone_fields": [
-        "phoneNumber", "phone", "phone_number", "mobile", "mobilePhone", "HomePhone", "OtherPhone", "Fax",
-    ],
+    "pii_email_fields": list(DEFAULT_EMAIL_FIELDS),
+    "pii_phone_fields": list(DEFAULT_PHONE_FIELDS),
     "pii_phone_keep_last_digits": 2,
 }
 
@@ -215,23 +213,48 @@ class ResolvedConfig:
     masker: PiiMasker
 
 
-def _keyword_regex(keyword: str) -> str:
-    """One keyword as a regex: spaces match any whitespace, a trailing * any word ending,
-    apostrophes either form, and word boundaries except next to CJK characters."""
+def _edge(ch: str) -> str:
+    """How a keyword that begins or ends with ``ch`` meets its neighbours.
+
+    "ascii": an ASCII letter, digit or _ must not touch another one. Deliberately not
+    ``\w``: Japanese or Chinese text runs words together, and "Clariを検討" must still
+    name Clari. "word": other letters (é, ж, ع) use Unicode ``\w`` boundaries.
+    "none": CJK characters and symbols need no boundary at all.
+    """
+    if ch.isascii() and (ch.isalnum() or ch == "_"):
+        return "ascii"
+    if (ch.isalnum() or ch == "_") and not _CJK.match(ch):
+        return "word"
+    return "none"
+
+
+_BEFORE = {"ascii": r"(?<![a-z0-9_])", "word": r"(?<!\w)", "none": ""}
+_AFTER = {"ascii": r"(?![a-z0-9_])", "word": r"(?!\w)", "none": ""}
+_WILDCARD = {"ascii": r"[a-z0-9_]*", "word": r"\w*", "none": r"\w*"}
+# what the scanner consumes just before a keyword (see _scan_regex)
+_LEAD = {"ascii": r"[^a-z0-9_]", "word": r"\W", "none": ""}
+
+
+def _split_keyword(keyword: str) -> tuple[str, bool]:
+    """(normalised keyword, has trailing * wildcard)."""
     kw = keyword.strip()
     wildcard = kw.endswith("*")
     if wildcard:
         kw = kw[:-1].rstrip()
+    return " ".join(kw.split()), wildcard
+
+
+def _keyword_regex(keyword: str) -> str:
+    """One keyword as a regex (compiled case-insensitive): spaces match any whitespace,
+    a trailing * any word ending, apostrophes either form, boundaries as ``_edge`` says."""
+    kw, wildcard = _split_keyword(keyword)
     if not kw:
         raise ConfigError(f"empty keyword {keyword!r}")
-    body = r"\s+".join(re.escape(part) for part in kw.split())
+    body = r"\s+".join(re.escape(part) for part in kw.split(" "))
     body = body.replace("'", "['\u2019]")
-    if wildcard:
-        body += r"\w*"
-    start = "" if (_CJK.match(kw[0]) or not (kw[0].isalnum() or kw[0] == "_")) else r"(?<!\w)"
-    end_char = kw[-1]
-    end = "" if (wildcard or _CJK.match(end_char) or not (end_char.isalnum() or end_char == "_")) else r"(?!\w)"
-    return f"{start}{body}{end}"
+    end_edge = _edge(kw[-1])
+    end = _WILDCARD[end_edge] if wildcard else _AFTER[end_edge]
+    return f"{_BEFORE[_edge(kw[0])]}{body}{end}"
 
 
 def _compile_keywords(keywords: Iterable[str]) -> re.Pattern[str] | None:
@@ -242,38 +265,30 @@ def _compile_keywords(keywords: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{p})" for p in parts), re.IGNORECASE)
 
 
-def _is_word_char(ch: str) -> bool:
-    return (ch.isalnum() or ch == "_") and not _CJK.match(ch)
-
-
 def _trie_regex(keywords: Iterable[str]) -> str:
-    """Keywords as one regex shaped like a trie (shared prefixes factored out).
+    """Lower-cased keywords as one regex shaped like a trie (shared prefixes factored out).
 
     Why: Python's ``re`` tries alternatives one by one, so 130 flat alternatives cost
     130 attempts per text position; a trie costs one attempt per distinct next character.
     """
     trie: dict[str, Any] = {}
     for keyword in keywords:
-        kw = keyword.strip().lower()
-        wildcard = kw.endswith("*")
-        if wildcard:
-            kw = kw[:-1].rstrip()
-        kw = " ".join(kw.split())
+        kw, wildcard = _split_keyword(keyword.lower())
         if not kw:
             continue
         node = trie
         for ch in kw:
             node = node.setdefault(ch, {})
-        node[""] = "*" if wildcard else ("b" if _is_word_char(kw[-1]) else "")
+        end_edge = _edge(kw[-1])
+        node[""] = _WILDCARD[end_edge] if wildcard else _AFTER[end_edge]
 
     def build(node: dict[str, Any]) -> str:
         alts = []
         for ch in sorted(k for k in node if k != ""):
             atom = r"\s+" if ch == " " else "['\u2019]" if ch == "'" else re.escape(ch)
             alts.append(atom + build(node[ch]))
-        end = node.get("")
-        if end is not None:
-            alts.append({"*": r"\w*", "b": r"(?!\w)", "": ""}[end])
+        if "" in node:
+            alts.append(node[""])
         if len(alts) == 1:
             return alts[0]
         return "(?:" + "|".join(alts) + ")"
@@ -282,21 +297,19 @@ def _trie_regex(keywords: Iterable[str]) -> str:
 
 
 def _scan_regex(keywords: Iterable[str], flags: int = 0) -> re.Pattern[str] | None:
-    """The one-pass scanner, run on the text with one leading space.
+    """The one-pass scanner, run on the lower-cased text with one leading space.
 
-    Keywords that start with a word character must start a word; the pattern
-    consumes the non-word character before them instead of a (?<!\\w) lookbehind,
-    because a pattern that starts with a character class lets ``re`` skip over the
-    letters inside words in C (about twice as fast). Group 1 is the keyword. Others
-    (CJK, symbols) may start anywhere and have no such prefix.
+    A keyword must not continue a word, so the pattern consumes the character before
+    it (a class such as ``[^a-z0-9_]``) instead of using a lookbehind: a pattern that
+    starts with a character class lets ``re`` skip the inside of words in C, about
+    twice as fast. The keyword itself is the pattern's only non-empty group.
     """
-    words = [k for k in keywords if _is_word_char(k.strip()[:1])]
-    others = [k for k in keywords if not _is_word_char(k.strip()[:1])]
-    parts = []
-    if words:
-        parts.append(r"\W(" + _trie_regex(words) + ")")
-    if others:
-        parts.append("(" + _trie_regex(others) + ")")
+    groups: dict[str, list[str]] = {"ascii": [], "word": [], "none": []}
+    for k in keywords:
+        kw, _ = _split_keyword(k)
+        if kw:
+            groups[_edge(kw[0])].append(k)
+    parts = [f"{_LEAD[edge]}({_trie_regex(kws)})" for edge, kws in groups.items() if kws]
     return re.compile("|".join(parts), flags) if parts else None
 
 
@@ -823,7 +836,7 @@ def _risks(call: _Call, cfg: ResolvedConfig) -> list[tuple[str, str]]:
         if not call.action_items and _signal(call, "next_step") is None:
             found["no_next_steps"] = "no action items and no next-step language in the call content"
 
-    if call.parties and _s(md.get("scope")).lower() != "internal":
+    if call.parties and _s(md.get("scope")).lower() != "internal":  # no buyer in an internal meeting
         senior = cfg.senior_title_pattern
         exclude = cfg.senior_title_exclude_pattern
         has_senior = False
@@ -847,7 +860,8 @@ def _risks(call: _Call, cfg: ResolvedConfig) -> list[tuple[str, str]]:
     if competitor:
         found["competitor_mentioned"] = competitor
 
-    if call.talk_ratio is not None and call.talk_ratio > cfg.rep_dominated_talk_ratio:
+    internal_meeting = _s(md.get("scope")).lower() == "internal"
+    if call.talk_ratio is not None and call.talk_ratio > cfg.rep_dominated_talk_ratio and not internal_meeting:
         found["rep_dominated"] = (f"internal talk ratio {call.talk_ratio:.2f} > "
                                   f"{cfg.rep_dominated_talk_ratio:.2f} (from {call.talk_ratio_source})")
 

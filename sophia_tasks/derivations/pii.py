@@ -41,10 +41,11 @@ __all__ = [
     "mask_text",
 ]
 
-DEFAULT_EMAIL_FIELDS: tuple[str, ...] = ("emailAddress", "email", "Email", "EmailAddress", "email_address")
+# Field names whose values are contact data, masked whole whatever their shape. Each name
+# also matches its lower-case, upper-case and first-letter-swapped variants (Email, EMAIL).
+DEFAULT_EMAIL_FIELDS: tuple[str, ...] = ("emailAddress", "email", "email_address")
 DEFAULT_PHONE_FIELDS: tuple[str, ...] = (
-    "phoneNumber", "phone", "Phone", "PhoneNumber", "phone_number", "mobile", "Mobile",
-    "MobilePhone", "mobilePhone", "HomePhone", "OtherPhone", "Fax",
+    "phoneNumber", "phone", "phone_number", "mobile", "mobilePhone", "HomePhone", "OtherPhone", "Fax",
 )
 
 # Characters allowed in an email local part (RFC 5322 atext plus dot, Unicode letters via \w).

@@ -39,9 +39,19 @@ def jsonb_text(value: Any) -> str:
     return raw.decode()
 
 
+# SQLSTATE classes that say "try again later": connection (08), insufficient resources (53),
+# operator intervention (57: shutdown, cancel), system error (58); plus serialization
+# failure, deadlock and lock timeout. psycopg2 also maps class 54 (a program limit, e.g. an
+# index row too large) to OperationalError, but that one is the document's fault.
+_TRANSIENT_CLASSES = ("08", "53", "57", "58")
+_TRANSIENT_CODES = {"40001", "40P01", "55P03"}
+
+
 def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)) or getattr(
-        exc, "pgcode", None) in {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03", "53300"}
+    code = getattr(exc, "pgcode", None)
+    if code:
+        return code[:2] in _TRANSIENT_CLASSES or code in _TRANSIENT_CODES
+    return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
 
 
 class PostgresMaterializer:
@@ -100,13 +110,21 @@ class PostgresMaterializer:
                 for p, v in zip(binding.projections, project(doc, binding.projections))]))
         template = "(" + ", ".join(["%s", "%s::jsonb", "%s::timestamptz"] + ["%s"] * len(binding.projections)) + ")"
         try:
-            self.ensure_table(binding)
-            with self.conns.transaction(self.dsn) as cur:
-                cur.execute("SET LOCAL lock_timeout = '10s'")
-                cur.execute("SET LOCAL statement_timeout = '120s'")
-                stmt = self._upsert_statement(binding).as_string(cur)
-                psycopg2.extras.execute_values(cur, stmt, rows, template=template, page_size=len(rows))
-                result.written = cur.rowcount if cur.rowcount >= 0 else len(rows)
+            for attempt in (1, 2):
+                self.ensure_table(binding)
+                try:
+                    with self.conns.transaction(self.dsn) as cur:
+                        cur.execute("SET LOCAL lock_timeout = '10s'")
+                        cur.execute("SET LOCAL statement_timeout = '120s'")
+                        stmt = self._upsert_statement(binding).as_string(cur)
+                        psycopg2.extras.execute_values(cur, stmt, rows, template=template, page_size=len(rows))
+                        result.written = cur.rowcount if cur.rowcount >= 0 else len(rows)
+                    break
+                except psycopg2.errors.UndefinedTable:
+                    # Dropped under the "ready" cache (an operator, before a rebuild): create it again, once.
+                    if attempt == 2:
+                        raise
+                    self._ready = {m for m in self._ready if m[1] != str(binding.table)}
         except psycopg2.Error as exc:
             if _transient(exc):
                 raise TransientTargetError(f"postgres: {str(exc).strip()}") from exc

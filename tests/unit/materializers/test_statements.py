@@ -77,3 +77,21 @@ def test_snowflake_chunks_by_bytes() -> None:
     chunks = _chunks(rows, 35)
     assert [len(c) for c in chunks] == [3, 3, 3, 1]
     assert sum(len(c) for c in chunks) == 10
+
+
+def test_postgres_errors_classified_by_sqlstate() -> None:
+    from sophia_tasks.materializers.postgres import _transient
+
+    class Err(psycopg2.OperationalError):
+        def __init__(self, code):
+            super().__init__("x")
+            self._code = code
+
+        @property
+        def pgcode(self):  # type: ignore[override]
+            return self._code
+
+    assert _transient(Err("57P01")) and _transient(Err("08006")) and _transient(Err("55P03"))
+    assert not _transient(Err("54000"))  # index row too large: the document, not the server
+    assert not _transient(psycopg2.errors.UniqueViolation())
+    assert _transient(psycopg2.InterfaceError("connection already closed"))

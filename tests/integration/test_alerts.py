@@ -1,0 +1,171 @@
+"""Slack alerts against a local stand-in: a failing target fires once, stays quiet while firing, resolves.
+
+The window logic runs on the clock each evaluation is given (``run_checks(now=...)``), so the test
+moves its clock forward instead of sleeping through real windows; the counters, the broker, the
+dead-letter store and Slack are all real (Slack is a local HTTP server).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from sophia_tasks.alerts import SNAPSHOTS_KEY, STATE_KEY, run_checks
+from sophia_tasks.settings import DEFAULT_FLOW
+from tests.integration.conftest import Harness, gong_call
+from tests.integration.test_metrics import quiesce, settings_of, spec_of
+
+
+class SlackStandIn:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        messages = self.messages
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                messages.append(body["text"])
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T000/B000/test"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def about(self, state: str, kind: str, target: str) -> list[str]:
+        return [m for m in self.messages if f" {state} {kind} on {target}" in m]
+
+
+@pytest.fixture
+def slack() -> Iterator[SlackStandIn]:
+    stand_in = SlackStandIn()
+    try:
+        yield stand_in
+    finally:
+        stand_in.server.shutdown()
+        stand_in.server.server_close()
+
+
+def _spec_with_alerts(tmp_path: Path, alerts: dict[str, Any]) -> Path:
+    data = yaml.safe_load(DEFAULT_FLOW.read_text(encoding="utf-8"))
+    data["alerts"] = alerts
+    path = tmp_path / "flow-with-alerts.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _reset_alerts(h: Harness) -> None:
+    h.cache.delete(STATE_KEY, SNAPSHOTS_KEY)
+
+
+def envelope(call: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "call_completed", "data": call}
+
+
+def test_failing_target_alerts_once_then_resolves(harness: Harness, slack: SlackStandIn, tmp_path: Path) -> None:
+    flow = _spec_with_alerts(tmp_path, {
+        "window": "5s",
+        "defaults": {"error_rate": 0.5, "min_errors": 1, "lag_p99": "4s", "dead_letters": "off",
+                     "stale_after": "off"},
+        "pipeline": {"dead_letters": "off"},
+    })
+    env = {"SOPHIA_FLOW": str(flow), "SOPHIA_SLACK_WEBHOOK_URL": slack.url}
+    settings = settings_of(harness, **env)
+    spec = spec_of(settings)
+    quiesce(harness)
+    _reset_alerts(harness)
+    try:
+        # On demand from the command line: the first evaluation has nothing to compare with yet.
+        exe = str(Path(sys.executable).parent / "sophia-tasks")
+        out = subprocess.run([exe, "alerts", "check", "--json"], env={**harness.env, **env}, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert report["baseline"] is False and report["fired"] == [] and report["slack"] == "configured"
+        t0 = time.time()
+        errors_before = {t: harness.counter("errors", stage="materialize", target=t, reason="unreachable")
+                         for t in spec.materializations}
+
+        harness.stack.stop("snowflake")
+        try:
+            calls = [gong_call() for _ in range(2)]
+            assert harness.post([envelope(c) for c in calls]).status_code == 202
+            harness.wait(lambda: harness.counter("errors", stage="materialize", target="snowflake",
+                                                 reason="unreachable") >= errors_before["snowflake"] + 2,
+                         30, "snowflake's first failed attempt")
+            harness.wait(lambda: all(harness.redis_doc(c["metaData"]["id"]) and harness.pg_rows(c["metaData"]["id"])
+                                     for c in calls), 20, "the calls in redis and postgres")
+            fired = run_checks(settings, spec, now=t0 + 10)
+            assert fired["fired"] == ["error_rate:snowflake"], fired
+            again = run_checks(settings, spec, now=t0 + 11)  # still failing: no second message
+            assert again["fired"] == [] and "error_rate:snowflake" in again["firing"]
+            time.sleep(3)  # keep the outage long enough that snowflake's lag passes 4 s
+        finally:
+            harness.stack.start_snowflake()
+        for c in calls:
+            harness.wait(lambda c=c: harness.sf_rows(c["metaData"]["id"]), 60, "the calls in snowflake after recovery")
+        quiesce(harness)
+
+        # The failure raised the error counter and the lag of snowflake alone.
+        for t in ("redis", "postgres"):
+            assert harness.counter("errors", stage="materialize", target=t, reason="unreachable") == errors_before[t]
+        late = run_checks(settings, spec, now=t0 + 12)
+        lag = {c["target"]: c for c in late["checks"] if c["kind"] == "lag"}
+        assert lag["snowflake"]["firing"] is True and lag["snowflake"]["value"] >= 4
+        assert lag["redis"]["firing"] is False and lag["postgres"]["firing"] is False
+        assert late["fired"] == ["lag:snowflake"]
+
+        cleared = run_checks(settings, spec, now=t0 + 20)  # a window with no failure and no late write
+        assert sorted(cleared["resolved"]) == ["error_rate:snowflake", "lag:snowflake"], cleared
+        assert cleared["firing"] == []
+        assert run_checks(settings, spec, now=t0 + 21)["resolved"] == []
+
+        assert len(slack.about("FIRING", "error_rate", "snowflake")) == 1
+        assert len(slack.about("RESOLVED", "error_rate", "snowflake")) == 1
+        assert len(slack.about("FIRING", "lag", "snowflake")) == 1
+        assert len(slack.about("RESOLVED", "lag", "snowflake")) == 1
+        assert len(slack.messages) == 4, slack.messages
+        assert not [m for m in slack.messages if " on redis" in m or " on postgres" in m]
+    finally:
+        _reset_alerts(harness)
+
+
+def test_stale_binding_alerts_once_and_resolves_on_the_next_write(harness: Harness, slack: SlackStandIn,
+                                                                    tmp_path: Path) -> None:
+    flow = _spec_with_alerts(tmp_path, {
+        "defaults": {"error_rate": "off", "lag_p99": "off", "dead_letters": "off", "stale_after": "off"},
+        "targets": {"postgres": {"stale_after": "30s"}},
+        "pipeline": {"dead_letters": "off"},
+    })
+    settings = settings_of(harness, SOPHIA_FLOW=str(flow), SOPHIA_SLACK_WEBHOOK_URL=slack.url)
+    spec = spec_of(settings)
+    _reset_alerts(harness)
+    try:
+        call = gong_call()
+        assert harness.post(envelope(call)).status_code == 202
+        harness.wait(lambda: harness.pg_rows(call["metaData"]["id"]), 30, "the call in postgres")
+        assert run_checks(settings, spec)["fired"] == []
+        later = time.time() + 120  # two minutes without a write to postgres
+        assert run_checks(settings, spec, now=later)["fired"] == ["stale:postgres"]
+        assert run_checks(settings, spec, now=later + 1)["fired"] == []
+        assert [c["key"] for c in run_checks(settings, spec, now=later)["checks"]] == ["stale:postgres"]
+        # Back on the real clock the last write is recent again: resolved.
+        assert run_checks(settings, spec)["resolved"] == ["stale:postgres"]
+        assert len(slack.about("FIRING", "stale", "postgres")) == 1
+        assert len(slack.about("RESOLVED", "stale", "postgres")) == 1
+        assert len(slack.messages) == 2
+    finally:
+        _reset_alerts(harness)

@@ -1,0 +1,157 @@
+"""The event journal and ``sophia-tasks rebuild``: a dropped table comes back from the journal."""
+from __future__ import annotations
+
+import copy
+import json
+from datetime import timedelta
+from typing import Any
+
+from sophia_tasks.documents import format_version, utcnow
+from sophia_tasks.journal import journal_rows, purge_expired, write_rows
+from tests.integration.conftest import Harness, gong_call
+
+
+def envelope(call: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"type": "call_completed", "data": call, **extra}
+
+
+def journal(h: Harness, event_id: str) -> list[dict[str, Any]]:
+    conn = h.pg()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('sophia_journal')")
+            if cur.fetchone()[0] is None:
+                return []
+            cur.execute("SELECT event_id, received_at, lane, source, event, journaled_at FROM sophia_journal "
+                        "WHERE event_id = %s", (event_id,))
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r)) for r in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def table_rows(h: Harness) -> dict[str, tuple[Any, ...]]:
+    """Every row of the staging table, the derivation's own clock (enriched_at) left out."""
+    conn = h.pg()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('gong_calls_enriched')")
+            if cur.fetchone()[0] is None:
+                return {}
+            cur.execute("SELECT call_id, flow_document, flow_published_at, title, started, duration_seconds, "
+                        "risk_score FROM gong_calls_enriched")
+            out = {}
+            for call_id, doc, *rest in cur.fetchall():
+                doc = copy.deepcopy(doc)
+                (doc.get("enrichment") or {}).pop("enriched_at", None)
+                out[call_id] = (doc, *rest)
+            return out
+    finally:
+        conn.close()
+
+
+def test_every_accepted_event_is_journaled(harness: Harness) -> None:
+    calls = [gong_call(title=f"journaled {i}") for i in range(5)]
+    r = harness.post([envelope(c, id=f"evt-journal-{c['metaData']['id']}") for c in calls])
+    assert r.status_code == 202, r.text
+    for c in calls:
+        rows = harness.wait(lambda c=c: journal(harness, f"evt-journal-{c['metaData']['id']}"), 30, "a journal row")
+        assert len(rows) == 1
+        (row,) = rows
+        assert row["lane"] == "live" and row["source"] == "webhook"
+        assert row["event"]["document"]["metaData"]["id"] == c["metaData"]["id"]
+
+
+def test_journal_keeps_one_row_per_event_takes_a_fix_and_purges_old_days(harness: Harness) -> None:
+    dsn = harness.env["SOPHIA_POSTGRES_DSN"]
+    received = format_version(utcnow())
+    event = {"event_id": "evt-journal-fix", "collection": "journal_selftest", "received_at": received,
+             "published_at": received, "source": "webhook", "is_test": False,
+             "document": {"metaData": {"id": "12", "duration": "broken"}}}
+    write_rows(dsn, journal_rows([event], "live"))
+    write_rows(dsn, journal_rows([event], "live"))  # a redelivery changes nothing
+    (first,) = journal(harness, "evt-journal-fix")
+    write_rows(dsn, journal_rows([event], "live"))
+    (same,) = journal(harness, "evt-journal-fix")
+    assert same["journaled_at"] == first["journaled_at"]
+    fixed = dict(event, document={"metaData": {"id": "12", "duration": 60}})
+    write_rows(dsn, journal_rows([fixed], "live"))  # dlq replay --payload: the fix replaces the poison
+    (after,) = journal(harness, "evt-journal-fix")
+    assert after["event"]["document"]["metaData"]["duration"] == 60
+
+    old = dict(event, event_id="evt-journal-old", received_at=format_version(utcnow() - timedelta(days=40)))
+    write_rows(dsn, journal_rows([old], "live"))
+    assert journal(harness, "evt-journal-old")
+    dropped = purge_expired(dsn, 30)
+    assert len(dropped) == 1 and dropped[0].startswith("sophia_journal_p")
+    assert not journal(harness, "evt-journal-old")
+    assert journal(harness, "evt-journal-fix"), "today's partition stays"
+    write_rows(dsn, journal_rows([old], "live"))  # a late replay of an old event recreates its day
+    assert journal(harness, "evt-journal-old")
+    purge_expired(dsn, 30)
+
+
+def test_a_dropped_postgres_table_is_rebuilt_from_the_journal(harness: Harness) -> None:
+    calls = [gong_call(title=f"rebuild {i}", duration=60 * i) for i in range(30)]
+    r = harness.post([envelope(c) for c in calls])
+    assert r.status_code == 202, r.text
+    # Two versions of one call: the newer first, the older after it. The table keeps the newer.
+    cid = calls[0]["metaData"]["id"]
+    # (The batch's own version is its receipt time, so both updates are dated after it.)
+    v2_at, v1_at = format_version(utcnow() + timedelta(hours=2)), format_version(utcnow() + timedelta(hours=1))
+    assert harness.post(envelope(gong_call(cid, title="rebuild v2"), occurred_at=v2_at)).status_code == 202
+    harness.wait(lambda: harness.pg_rows(cid) and harness.pg_rows(cid)[0][3] == "rebuild v2", 30, "v2")
+    assert harness.post(envelope(gong_call(cid, title="rebuild v1"), occurred_at=v1_at)).status_code == 202
+    ids = {c["metaData"]["id"] for c in calls}
+    harness.wait(lambda: ids <= set(table_rows(harness)), 30, "the calls in PostgreSQL")
+    # Give the stale v1 time to be refused, then take the picture.
+    marker = gong_call(title="rebuild marker")
+    harness.post(envelope(marker))
+    harness.wait(lambda: harness.pg_rows(marker["metaData"]["id"]), 30, "a later call")
+    before = table_rows(harness)
+    assert before[cid][2] == "rebuild v2"
+
+    conn = harness.pg()
+    with conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE gong_calls_enriched")
+    conn.close()
+    assert table_rows(harness) == {}
+
+    # A live write while the table is gone recreates it (the materializer forgets its cache once).
+    live = gong_call(title="live while dropped")
+    assert harness.post(envelope(live)).status_code == 202
+    lid = live["metaData"]["id"]
+    harness.wait(lambda: harness.pg_rows(lid) and harness.sf_rows(lid) and harness.redis_doc(lid), 30,
+                 "the live call everywhere")
+    others = {t: harness.counter("batches_written", target=t, collection="gong_calls_enriched")
+              for t in ("redis", "snowflake")}
+
+    out = harness.cli("rebuild", "--target", "postgres", "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["target"] == "postgres" and summary["published"] >= len(before)
+    assert summary["tables_ready"] == ["gong_calls_enriched"]
+
+    def rebuilt() -> bool:
+        rows = table_rows(harness)
+        return set(rows) == set(before) | {lid} and all(rows[k][1] == before[k][1] for k in before)
+
+    harness.wait(rebuilt, 90, "the table rebuilt to the same rows and versions")
+    after = table_rows(harness)
+    assert len(after) == len(before) + 1
+    for call_id in ids | {marker["metaData"]["id"]}:
+        assert after[call_id] == before[call_id], call_id
+    assert after[cid][2] == "rebuild v2"  # the original versions were kept: v1 stays refused
+    # Only postgres was written: the other targets saw no rebuild batches.
+    assert {t: harness.counter("batches_written", target=t, collection="gong_calls_enriched")
+            for t in ("redis", "snowflake")} == others
+
+
+def test_rebuild_arguments_fail_in_one_line(harness: Harness) -> None:
+    bad = harness.cli("rebuild", "--target", "mongo")
+    assert bad.returncode == 1 and "unknown target 'mongo'" in bad.stderr and bad.stderr.count("\n") == 1
+    bad_date = harness.cli("rebuild", "--target", "redis", "--since", "someday")
+    assert bad_date.returncode == 1 and "--since" in bad_date.stderr
+    future = harness.cli("rebuild", "--target", "redis", "--since", "2099-01-01", "--json")
+    assert future.returncode == 0, future.stderr
+    assert json.loads(future.stdout)["published"] == 0

@@ -1,0 +1,75 @@
+"""Backfill items -> events: the accepted shapes, deterministic ids, and the version rule."""
+from __future__ import annotations
+
+import pytest
+
+from sophia_tasks.backfill import BadItem, canonical_id, item_to_event, item_version, parse_date, BackfillError
+
+RECEIVED = "2026-11-25T12:00:00.000000Z"
+
+
+def call(call_id: str = "1234567890", **meta: object) -> dict:
+    md = {"id": call_id, "title": "Acme", "started": "2026-11-20T15:00:00-05:00"}
+    md.update(meta)
+    return {"metaData": md, "parties": []}
+
+
+def test_a_bare_call_the_envelope_and_the_automation_body_all_become_events() -> None:
+    bare = item_to_event(call(), RECEIVED)
+    env = item_to_event({"type": "call_completed", "data": call()}, RECEIVED)
+    auto = item_to_event({"callData": call(), "isTest": True}, RECEIVED)
+    for event in (bare, env, auto):
+        assert event["collection"] == "gong_calls"
+        assert event["document"] == call()
+        assert event["source"] == "backfill"
+        assert event["received_at"] == RECEIVED
+    assert auto["is_test"] is True and bare["is_test"] is False
+
+
+def test_event_ids_are_deterministic_and_follow_the_webhook_rule() -> None:
+    item = {"callData": call(), "isTest": False}
+    assert item_to_event(item, RECEIVED)["event_id"] == item_to_event(dict(item), "2027-01-01T00:00:00Z")["event_id"]
+    assert item_to_event(item, RECEIVED)["event_id"] == canonical_id(item)
+    # Key order does not matter (canonical JSON), content does.
+    reordered = {"isTest": False, "callData": {"parties": [], "metaData": call()["metaData"]}}
+    assert item_to_event(reordered, RECEIVED)["event_id"] == canonical_id(item)
+    assert item_to_event(call(title="other"), RECEIVED)["event_id"] != item_to_event(call(), RECEIVED)["event_id"]
+    # An envelope id is the event id, as on the webhook.
+    assert item_to_event({"type": "call_completed", "id": "evt-1", "data": call()}, RECEIVED)["event_id"] == "evt-1"
+
+
+def test_the_version_is_the_items_own_time_else_started() -> None:
+    own = item_to_event({"type": "call_completed", "data": call(), "occurred_at": "2026-11-21T09:00:00+02:00"},
+                        RECEIVED)
+    assert own["published_at"] == "2026-11-21T07:00:00.000000Z"
+    started = item_to_event(call(), RECEIVED)
+    assert started["published_at"] == "2026-11-20T20:00:00.000000Z"
+    exported = dict(call(), _meta={"published_at": "2026-11-22T00:00:00Z", "event_id": "x"})
+    assert item_to_event(exported, RECEIVED)["published_at"] == "2026-11-22T00:00:00.000000Z"
+    # Nothing at all: the time of the backfill.
+    no_time = {"metaData": {"id": "42"}}
+    assert item_to_event(no_time, RECEIVED)["published_at"] == RECEIVED
+    assert item_version({}, {"metaData": {"started": "not a date"}}, None) is None
+
+
+@pytest.mark.parametrize("item, reason", [
+    ([1, 2], "must be a JSON object"),
+    ("text", "must be a JSON object"),
+    ({"type": "call_deleted", "data": call()}, "unknown type"),
+    ({"callData": call(), "isTest": "no"}, "isTest"),
+    ({"metaData": {"id": "12ab"}}, "digits"),
+    ({"type": "call_completed"}, "data is missing"),
+    ({"hello": "world"}, "invalid envelope"),
+])
+def test_bad_items_say_why(item: object, reason: str) -> None:
+    with pytest.raises(BadItem) as err:
+        item_to_event(item, RECEIVED)
+    assert reason in str(err.value)
+
+
+def test_dates_for_since_and_until() -> None:
+    assert parse_date("2026-01-05", "--since").isoformat() == "2026-01-05T00:00:00+00:00"
+    assert parse_date("2026-01-05T10:00:00+02:00", "--since").isoformat() == "2026-01-05T10:00:00+02:00"
+    assert parse_date(None, "--until") is None
+    with pytest.raises(BackfillError, match="--since"):
+        parse_date("yesterday", "--since")
