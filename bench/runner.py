@@ -27,7 +27,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scenario", default=",".join(SCENARIOS),
                    help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
     p.add_argument("--profile", action="store_true",
-                   help="after the drain, drain again under py-spy (worker tree) and summarise what dominates CPU")
+                   help="after the drain, drain again under py-spy (worker tree); after the ingest steps, one more "
+                        "webhook step under py-spy (gunicorn tree); both summarised (what dominates CPU)")
     p.add_argument("--profile-seconds", type=float, default=20)
     p.add_argument("--events", type=int, help="drain size (default 20,000; --quick 2,000)")
     p.add_argument("--naive-events", type=int, help="naive baseline size (default 2,000; --quick 300)")
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.harness import Bench, BenchLock, kill_tree_on_exit
     from bench.report import machine_info, print_table, target_rows, write_json
 
-    _lock = BenchLock()
+    _lock = BenchLock()  # noqa: F841 - held until the process exits
     ensure_services()
     missing = [f"{n}:{p}" for n, p in (("redis", 6379), ("postgres", 5432)) if not port_open("127.0.0.1", p)]
     if missing:
@@ -134,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             load_before = os.getloadavg()[0]
             try:
                 fn = getattr(sc, name)
-                if name == "drain":
-                    res = fn(bench, calls, sizes, profile={"dir": RESULTS, "stem": f"profile-{date}",
+                if name in ("drain", "ingest"):
+                    stem = f"profile-{date}" if name == "drain" else f"profile-web-{date}"
+                    res = fn(bench, calls, sizes, profile={"dir": RESULTS, "stem": stem,
                                                            "seconds": args.profile_seconds}
                              if args.profile else None)
                 else:

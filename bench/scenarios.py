@@ -10,7 +10,6 @@ backfill ``sophia-tasks backfill --file`` of N calls with a steady live webhook 
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import threading
 import time
@@ -85,7 +84,7 @@ def counters(bench: Bench) -> dict[str, float]:
 
 
 # -- 1. ingest -------------------------------------------------------------------------------
-def ingest(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
+def ingest(bench: Bench, calls: Calls, sizes: Sizes, profile: dict[str, Any] | None = None) -> dict[str, Any]:
     """Closed-loop single-event POSTs at each concurrency, floor app then ours, same bodies.
 
     The worker is stopped so the web tier is measured alone (on 2 cores a draining worker
@@ -117,6 +116,9 @@ def ingest(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
             f"{ours['accepted_per_s']}/s p99 {ours['p99_ms']} ms | ratio {steps[-1]['ratio_to_floor']}")
     memory = bench.rss.snapshot()
     bench.stop("floor")
+    web_profile = None
+    if profile is not None:
+        web_profile = profile_web(bench, body, profile)
     on_broker = bench.queue_length("sophia.ingest")
     purge_broker(bench)
     bench.cache.flushdb()  # dedupe ids
@@ -134,7 +136,25 @@ def ingest(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
         "peak_ratio": round(best_ours / best_floor, 3) if best_floor else None,
         "ingest_messages_left_on_broker": on_broker,
         "memory": memory,
+        **({"profile": web_profile} if web_profile is not None else {}),
     }
+
+
+def profile_web(bench: Bench, body: loadgen.BodyFn, opts: dict[str, Any], concurrency: int = 32) -> dict[str, Any]:
+    """An extra, unmeasured ingest step with py-spy on the gunicorn tree."""
+    if not py_spy_path():
+        return {"error": "py-spy is not installed (pip install py-spy)"}
+    seconds = float(opts.get("seconds", 20))
+    log(f"profile: webhook at concurrency {concurrency} for {seconds:g}s under py-spy")
+    procs, svg, raw = spy(bench, bench.stack.processes["web"].popen.pid, seconds, opts["dir"], opts["stem"])
+    time.sleep(0.5)
+    res = asyncio.run(loadgen.closed_loop(bench.url + WEBHOOK, headers(bench), body, concurrency, seconds - 1))
+    spy_wait(procs, seconds)
+    out: dict[str, Any] = {"concurrency": concurrency, "seconds": seconds, "svg": str(svg), "raw": str(raw),
+                           "accepted_per_s_under_profiler": res.summary()["accepted_per_s"]}
+    if raw.exists():
+        out["summary"] = summarize_raw(raw, WEB_AREAS)
+    return out
 
 
 # -- 2. drain ----------------------------------------------------------------------------------
@@ -364,13 +384,40 @@ def drain(bench: Bench, calls: Calls, sizes: Sizes, profile: dict[str, Any] | No
 
 
 # -- profile (py-spy) --------------------------------------------------------------------------
+def py_spy_path() -> str | None:
+    import shutil
+
+    return str(BIN / "py-spy") if (BIN / "py-spy").exists() else shutil.which("py-spy")
+
+
+def spy(bench: Bench, pid: int, seconds: float, out_dir: Path, stem: str) -> tuple[list[subprocess.Popen], Path, Path]:
+    """Two py-spy recorders on one process tree (flame graph SVG + collapsed stacks), non-blocking
+    sampling at 100 Hz so the profiled processes are not paused."""
+    exe = py_spy_path()
+    if not exe:
+        raise RuntimeError("py-spy is not installed (pip install py-spy)")
+    svg, raw = out_dir / f"{stem}.svg", out_dir / f"{stem}.txt"
+    common = ["--pid", str(pid), "--subprocesses", "--duration", str(int(seconds)), "--rate", "100", "--nonblocking"]
+    logs = bench.stack.workdir
+    procs = [subprocess.Popen([exe, "record", "-o", str(svg), "--format", "flamegraph", *common],
+                              stdout=open(logs / f"{stem}-svg.log", "wb"), stderr=subprocess.STDOUT),
+             subprocess.Popen([exe, "record", "-o", str(raw), "--format", "raw", *common],
+                              stdout=open(logs / f"{stem}-raw.log", "wb"), stderr=subprocess.STDOUT)]
+    return procs, svg, raw
+
+
+def spy_wait(procs: list[subprocess.Popen], seconds: float) -> None:
+    for p in procs:
+        try:
+            p.wait(seconds + 60)
+        except subprocess.TimeoutExpired:
+            p.terminate()
+
+
 def run_profile(bench: Bench, calls: Calls, sizes: Sizes, measured: dict[str, Any],
                 opts: dict[str, Any]) -> dict[str, Any]:
     """A second, unmeasured drain with py-spy sampling the worker's process tree."""
-    import shutil
-
-    spy = str(BIN / "py-spy") if (BIN / "py-spy").exists() else shutil.which("py-spy")
-    if not spy:
+    if not py_spy_path():
         return {"error": "py-spy is not installed (pip install py-spy)"}
     seconds = float(opts.get("seconds", 20))
     rates = [v["events_per_s"] or 0 for v in measured.values()]
@@ -381,35 +428,21 @@ def run_profile(bench: Bench, calls: Calls, sizes: Sizes, measured: dict[str, An
     bench.clear_targets()
     log(f"profile: loading {n} events, then py-spy on the worker tree for {seconds:g}s")
     load_broker(bench, calls, n, sizes.batch_body_events)
-    out_dir: Path = opts["dir"]
-    stem = opts["stem"]
-    svg, raw = out_dir / f"{stem}.svg", out_dir / f"{stem}.txt"
     proc, t_spawn, t_ready = bench.start_worker()
-    pid = proc.popen.pid
-    common = ["--pid", str(pid), "--subprocesses", "--duration", str(int(seconds)), "--rate", "100",
-              "--nonblocking"]
-    logs = bench.stack.workdir
-    spies = [subprocess.Popen([spy, "record", "-o", str(svg), "--format", "flamegraph", *common],
-                              stdout=open(logs / "py-spy-svg.log", "wb"), stderr=subprocess.STDOUT),
-             subprocess.Popen([spy, "record", "-o", str(raw), "--format", "raw", *common],
-                              stdout=open(logs / "py-spy-raw.log", "wb"), stderr=subprocess.STDOUT)]
-    for s in spies:
-        try:
-            s.wait(seconds + 60)
-        except subprocess.TimeoutExpired:
-            s.terminate()
+    procs, svg, raw = spy(bench, proc.popen.pid, seconds, opts["dir"], opts["stem"])
+    spy_wait(procs, seconds)
     waited = wait_targets(bench, n, t_ready, max(60.0, n / 20))
     out: dict[str, Any] = {"events": n, "seconds": seconds, "svg": str(svg), "raw": str(raw),
                            "drained": {t: waited["counted"][t] for t in TARGETS}}
     if raw.exists():
-        out["summary"] = summarize_raw(raw)
+        out["summary"] = summarize_raw(raw, WORKER_AREAS)
     else:
-        out["error"] = (logs / "py-spy-raw.log").read_text(errors="replace")[-1000:]
+        out["error"] = (bench.stack.workdir / f"{opts['stem']}-raw.log").read_text(errors="replace")[-1000:]
     return out
 
 
 # What the worker spends CPU on: (label, process role or None for both, substrings that must all be in the stack).
-AREAS: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
+WORKER_AREAS: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
     ("main: Celery strategy decodes every task body (only to test for protocol 1)", "main",
      ("task_message_handler", "Message.payload")),
     ("main: ingest batcher (decode ingest messages, publish validate)", "main", ("IngestBatcher",)),
@@ -431,15 +464,32 @@ AREAS: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
     ("any: Message.decode outside the serializer registry", None, ("Message.decode",)),
 )
 
+# What a gunicorn worker spends CPU on while answering webhook POSTs.
+WEB_AREAS: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
+    ("gunicorn workers, all of it", "child", ("",)),
+    ("webhook handler (receive)", "child", ("receive (web/webhook.py",)),
+    ("  authenticate", "child", ("receive (web/webhook.py", "authenticate (web/auth.py")),
+    ("  parse_body (envelope)", "child", ("receive (web/webhook.py", "parse_body (")),
+    ("  make_event / normalize_version", "child", ("receive (web/webhook.py", "make_event (")),
+    ("  dedupe claim (Redis SET NX)", "child", ("receive (web/webhook.py", "Services.claim (")),
+    ("  publish (Celery send_task)", "child", ("receive (web/webhook.py", "Services.publish (")),
+    ("    of which JSON encode", "child", ("Services.publish (", "SerializerRegistry.dumps")),
+    ("  count_accepted (stats)", "child", ("receive (web/webhook.py", "Services.count_accepted (")),
+    ("  jsonify (response)", "child", ("receive (web/webhook.py", "jsonify (")),
+    ("Flask/werkzeug request handling outside the handler", "child", ("wsgi_app (",)),
+    ("gunicorn HTTP parsing and socket I/O", "child", ("gunicorn/",)),
+)
 
-def summarize_raw(path: Path, top: int = 25) -> dict[str, Any]:
+
+def summarize_raw(path: Path, areas_spec: tuple[tuple[str, str | None, tuple[str, ...]], ...],
+                  top: int = 25) -> dict[str, Any]:
     """Shares of py-spy samples (collapsed stacks, active threads only): per process role (the
-    worker's main process vs its pool children), per area of the pipeline (AREAS), and the
-    functions with the most self and inclusive samples."""
+    main process vs its children), per area (``areas_spec``), and the functions with the most
+    self and inclusive samples."""
     self_s: dict[str, int] = {}
     incl: dict[str, int] = {}
     roles: dict[str, int] = {}
-    areas: dict[str, int] = {label: 0 for label, _, _ in AREAS}
+    areas: dict[str, int] = {label: 0 for label, _, _ in areas_spec}
     total = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
@@ -450,7 +500,7 @@ def summarize_raw(path: Path, top: int = 25) -> dict[str, Any]:
         total += k
         role = "child" if sum(1 for f in frames if f.startswith("process ")) > 1 else "main"
         roles[role] = roles.get(role, 0) + k
-        for label, want_role, needles in AREAS:
+        for label, want_role, needles in areas_spec:
             if (want_role is None or want_role == role) and all(n in stack for n in needles):
                 areas[label] += k
         code = [f for f in frames if not f.startswith(("process ", "thread "))]
@@ -467,7 +517,7 @@ def summarize_raw(path: Path, top: int = 25) -> dict[str, Any]:
 
     generic = ("celery/", "click/", "billiard/", "kombu/", "<module>", "threading.py")
     return {"samples": total,
-            "by_role": pct({"worker main process": roles.get("main", 0), "pool children": roles.get("child", 0)}),
+            "by_role": pct({"main process": roles.get("main", 0), "children": roles.get("child", 0)}),
             "areas": [{"area": label, "samples": c, "pct": round(100 * c / total, 1) if total else 0.0}
                       for label, c in areas.items()],
             "self": pct(self_s),
@@ -596,7 +646,9 @@ class LagSampler:
     async def run(self) -> None:
         while True:
             await asyncio.to_thread(self.poll_once)
-            await asyncio.sleep(0.05)
+            # Poll gently when many events are outstanding (a backlog): the poll must not add to it.
+            backlog = max(len(p) for p in self.pending.values())
+            await asyncio.sleep(0.05 if backlog < 100 else 0.25)
 
     def finish(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -56,3 +56,13 @@ class Bulkhead:
             self.client.zrem(self._key(node, target), token)
         except redis_lib.RedisError:
             pass  # the slot expires on its own
+
+
+def clear_node(client: redis_lib.Redis, node: str) -> int:
+    """A node that is starting holds no slot: whatever its name still holds was left by a killed run."""
+    try:
+        keys = list(client.scan_iter(match=f"sophia:bulkhead:{node}:*", count=100))
+        return int(client.delete(*keys)) if keys else 0
+    except redis_lib.RedisError as exc:
+        log.warning("could not clear the bulkhead slots of %s: %s", node, exc)
+        return 0

@@ -122,8 +122,8 @@ class Stack:
         data_dir.mkdir(parents=True, exist_ok=True)
         proc = self.spawn("snowflake", [str(BIN / "fakesnow"), "-s", "-p", str(self.snowflake_port),
                                         "-d", str(data_dir)])
-        wait_for(lambda: port_open("127.0.0.1", self.snowflake_port), timeout, "snowflake emulator", proc.popen,
-                 proc.log_path)
+        self._ready_or_stop("snowflake", proc, lambda: port_open("127.0.0.1", self.snowflake_port), timeout,
+                            "snowflake emulator")
         return proc
 
     def start_worker(self, name: str = "worker", concurrency: int = 4, queues: str | None = None,
@@ -135,15 +135,24 @@ class Stack:
             argv += ["-Q", queues]
         argv += extra_args or []
         proc = self.spawn(name, argv)
-        wait_for(lambda: b"ready." in proc.log_path.read_bytes(), timeout, f"celery {name}", proc.popen,
-                 proc.log_path)
+        self._ready_or_stop(name, proc, lambda: b"ready." in proc.log_path.read_bytes(), timeout, f"celery {name}")
         return proc
+
+    def _ready_or_stop(self, name: str, proc: Process, check: "callable[[], bool]", timeout: float,
+                       what: str) -> None:
+        """A process that never got ready is stopped, so a failed start leaves nothing running."""
+        try:
+            wait_for(check, timeout, what, proc.popen, proc.log_path)
+        except BaseException:
+            self.processes.pop(name, None)
+            proc.kill()
+            raise
 
     def start_web(self, workers: int = 2, threads: int = 4, timeout: float = 60) -> Process:
         argv = [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
                 "--workers", str(workers), "--threads", str(threads), "web:create_app()"]
         proc = self.spawn("web", argv)
-        wait_for(lambda: port_open("127.0.0.1", self.web_port), timeout, "web", proc.popen, proc.log_path)
+        self._ready_or_stop("web", proc, lambda: port_open("127.0.0.1", self.web_port), timeout, "web")
         return proc
 
     def stop(self, name: str | None = None) -> None:

@@ -13,10 +13,11 @@ import random
 from typing import Any
 
 from celery import Task
+from celery.signals import celeryd_after_setup
 from celery.exceptions import Retry
 
 from sophia_tasks import pipeline
-from sophia_tasks.bulkhead import Bulkhead
+from sophia_tasks.bulkhead import Bulkhead, clear_node
 from sophia_tasks.celery_app import app, materialize_queue, stage_queue
 from sophia_tasks.deadletter import Letter
 from sophia_tasks.documents import meta
@@ -45,6 +46,21 @@ def bulkhead(ctx: pipeline.Context) -> Bulkhead:
         _bulkheads.clear()
         _bulkheads[os.getpid()] = bh
     return bh
+
+
+@celeryd_after_setup.connect
+def _clear_stale_slots(sender: str, instance: Any = None, **kwargs: Any) -> None:
+    """Slots held by a worker that was killed under this node name would otherwise block it for minutes."""
+    import redis as redis_lib
+
+    settings = app.conf.sophia_settings
+    client = redis_lib.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        n = clear_node(client, sender)
+        if n:
+            log.info("cleared %d stale bulkhead slot set(s) of %s", n, sender)
+    finally:
+        client.close()
 
 
 class StageTask(Task):

@@ -232,44 +232,50 @@ class PiiMasker:
             return v if run is None else _apply(v, phone_edits(v, run))
 
         def walk_dict(value: dict[Any, Any]) -> dict[Any, Any]:
-            out = {}
+            # Copy in C, then overwrite only what changes: containers (copied in turn)
+            # and the few strings that mask to something else.
+            out = value.copy()
+            name = value.get("name")
+            pair = type(name) is str_ and name in contact_fields and "value" in value
             for k, v in value.items():
                 cls = type(v)
-                if k in contact_fields and cls is not dict_ and cls is not list_:
-                    out[k] = mask_field(k, v)
+                if pair and k == "value" and cls is not dict_ and cls is not list_:
+                    # CRM context fields come as {name: "Phone", value: "4155550132"}
+                    out[k] = mask_field(name, v)
                 elif cls is str_:
-                    out[k] = v if len(v) < 5 or v.isalpha() or v.isdigit() else mask_str(v)
+                    if k in contact_fields:
+                        out[k] = mask_field(k, v)
+                    elif len(v) > 4 and not (v.isalpha() or v.isdigit()):
+                        masked = mask_str(v)
+                        if masked is not v:
+                            out[k] = masked
                 elif cls is dict_:
                     out[k] = walk_dict(v)
                 elif cls is list_:
                     out[k] = walk_list(v)
-                elif v is None or cls is int or cls is float or cls is bool:
-                    out[k] = v
-                else:
+                elif k in contact_fields:
+                    out[k] = mask_field(k, v)
+                elif not (v is None or cls is int or cls is float or cls is bool):
                     out[k] = walk_other(v)
-            name = value.get("name")
-            if type(name) is str_ and name in contact_fields and "value" in value:
-                raw = value["value"]
-                if type(raw) is not dict_ and type(raw) is not list_:
-                    # CRM context fields come as {name: "Phone", value: "4155550132"}
-                    out["value"] = mask_field(name, raw)
             return out
 
         def walk_list(value: list[Any]) -> list[Any]:
-            out = []
-            append = out.append
+            out = value.copy()
+            i = 0
             for v in value:
                 cls = type(v)
-                if cls is str_:
-                    append(v if len(v) < 5 or v.isalpha() or v.isdigit() else mask_str(v))
-                elif cls is dict_:
-                    append(walk_dict(v))
+                if cls is dict_:
+                    out[i] = walk_dict(v)
+                elif cls is str_:
+                    if len(v) > 4 and not (v.isalpha() or v.isdigit()):
+                        masked = mask_str(v)
+                        if masked is not v:
+                            out[i] = masked
                 elif cls is list_:
-                    append(walk_list(v))
-                elif v is None or cls is int or cls is float or cls is bool:
-                    append(v)
-                else:
-                    append(walk_other(v))
+                    out[i] = walk_list(v)
+                elif not (v is None or cls is int or cls is float or cls is bool):
+                    out[i] = walk_other(v)
+                i += 1
             return out
 
         def walk_other(value: Any) -> Any:

@@ -98,6 +98,32 @@ def test_chunked_body_over_the_limit_is_413_without_waiting_for_its_end(harness:
     assert elapsed < 5
 
 
+def _chunked_post(harness: Harness, body: bytes) -> tuple[int, bytes]:
+    """POST ``body`` as a complete chunked request (no Content-Length), 64 KiB per chunk."""
+    with socket.create_connection(("127.0.0.1", harness.stack.web_port), timeout=10) as sock:
+        sock.sendall(_head(harness, "Transfer-Encoding: chunked\r\nConnection: close\r\n"))
+        for start in range(0, len(body), 65536):
+            part = body[start:start + 65536]
+            sock.sendall(b"%x\r\n" % len(part) + part + b"\r\n")
+        sock.sendall(b"0\r\n\r\n")
+        status, _, answer = _read_response(sock, timeout=10)
+    return status, answer
+
+
+def test_chunked_body_exactly_at_the_limit_is_read_whole_and_one_byte_more_is_413(harness: Harness) -> None:
+    """The limit is exact for chunked bodies too: a valid call padded to the limit is accepted;
+    one more byte of padding is refused, not cut back to the limit and accepted."""
+    limit = int(harness.env["SOPHIA_MAX_BODY_BYTES"])
+    call = gong_call()
+    core = json.dumps(envelope(call)).encode()
+    at_limit = core + b" " * (limit - len(core))
+    status, answer = _chunked_post(harness, at_limit)
+    assert status == 202, answer
+    status, answer = _chunked_post(harness, core.replace(b"}", b" }", 1) + b" " * (limit - len(core)))
+    assert status == 413, answer
+    assert json.loads(answer)["error"] == "body too large"
+
+
 # ----------------------------------------------------------------------------- bad JSON / types
 
 

@@ -36,3 +36,14 @@ def test_unreachable_redis_lets_writes_through() -> None:
     bh = Bulkhead(redis.Redis(port=1, socket_connect_timeout=0.2), limit=1)
     assert bh.acquire("n1", "postgres") is not None
     bh.release("n1", "postgres", "x")
+
+
+def test_a_starting_node_clears_what_a_killed_run_left() -> None:
+    from sophia_tasks.bulkhead import clear_node
+
+    c = client()
+    bh = Bulkhead(c, limit=1)
+    assert bh.acquire("n1", "postgres") and bh.acquire("n1", "redis")
+    assert bh.acquire("n1", "postgres") is None
+    assert clear_node(c, "n1") == 2
+    assert bh.acquire("n1", "postgres") is not None
