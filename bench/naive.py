@@ -51,6 +51,10 @@ app.conf.update(
     enable_utc=True,
 )
 
+# Same retry policy shape as the project's tasks: retried with backoff, never lost on a hiccup.
+RETRY = {"autoretry_for": (Exception,), "max_retries": 5, "retry_backoff": 1, "retry_backoff_max": 10}
+
+
 PG_DDL = f"""CREATE TABLE IF NOT EXISTS {PG_TABLE} (
   call_id text PRIMARY KEY, flow_document jsonb NOT NULL, flow_published_at timestamptz NOT NULL,
   title text, started timestamptz, duration_seconds double precision, risk_score bigint)"""
@@ -127,7 +131,7 @@ def _projected(doc: dict[str, Any]) -> list[Any]:
     return project(doc, projections)
 
 
-@app.task(name="naive.validate")
+@app.task(name="naive.validate", **RETRY)
 def validate(event: dict[str, Any]) -> dict[str, Any] | None:
     from sophia_tasks.documents import make_document
     from sophia_tasks.schemas import get_validator
@@ -140,7 +144,7 @@ def validate(event: dict[str, Any]) -> dict[str, Any] | None:
                                 "source": event.get("source", "webhook")})
 
 
-@app.task(name="naive.derive")
+@app.task(name="naive.derive", **RETRY)
 def derive(doc: dict[str, Any] | None) -> None:
     if doc is None:
         return
@@ -170,23 +174,39 @@ def _key(doc: dict[str, Any]) -> str:
     return str(doc["metaData"]["id"])
 
 
-@app.task(name="naive.write_redis")
+def _with_reconnect(name: str, write: Any) -> None:
+    """One retry on a fresh connection (a server restart or a killed backend), like any sane worker."""
+    try:
+        write(_client(name))
+    except Exception:
+        conn = _clients.pop(f"{name}:{os.getpid()}", None)
+        try:
+            conn.close()
+        except Exception:
+            pass
+        write(_client(name))
+
+
+@app.task(name="naive.write_redis", **RETRY)
 def write_redis(doc: dict[str, Any]) -> None:
-    _client("redis").set(REDIS_PREFIX + _key(doc), orjson.dumps(doc), ex=TTL)
+    _with_reconnect("redis", lambda c: c.set(REDIS_PREFIX + _key(doc), orjson.dumps(doc), ex=TTL))
 
 
-@app.task(name="naive.write_postgres")
+@app.task(name="naive.write_postgres", **RETRY)
 def write_postgres(doc: dict[str, Any]) -> None:
     from sophia_tasks.materializers.postgres import jsonb_text
 
-    with _client("postgres").cursor() as cur:
-        cur.execute(PG_UPSERT, (_key(doc), jsonb_text(doc), doc["_meta"]["published_at"], *_projected(doc)))
+    def write(conn: Any) -> None:
+        with conn.cursor() as cur:
+            cur.execute(PG_UPSERT, (_key(doc), jsonb_text(doc), doc["_meta"]["published_at"], *_projected(doc)))
+
+    _with_reconnect("postgres", write)
 
 
-@app.task(name="naive.write_snowflake")
+@app.task(name="naive.write_snowflake", **RETRY)
 def write_snowflake(doc: dict[str, Any]) -> None:
-    cur = _client("snowflake").cursor()
-    cur.execute(SF_MERGE, [_key(doc), orjson.dumps(doc).decode(), doc["_meta"]["published_at"], *_projected(doc)])
+    params = [_key(doc), orjson.dumps(doc).decode(), doc["_meta"]["published_at"], *_projected(doc)]
+    _with_reconnect("snowflake", lambda c: c.cursor().execute(SF_MERGE, params))
 
 
 def send(event: dict[str, Any]) -> None:

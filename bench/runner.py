@@ -153,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         bench.close()
     rows = target_rows(results["scenarios"])
     results["targets"] = rows
+    cores = os.cpu_count() or 1
+    loads = [x for r in results["scenarios"].values() for x in r.get("loadavg_1m_before_after", [])]
+    if loads and max(loads) > cores:
+        results["warnings"] = [f"the machine was busy during the run (1-minute load average up to {max(loads):.1f} "
+                               f"on {cores} cores): other processes competed for the CPU, so these figures "
+                               "understate what the stack does on a quiet machine"]
     results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json(out, results)
     machine = results.get("machine", {})
@@ -160,5 +166,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{machine.get('memory_gb')} GB, Python {machine.get('python')}, load avg at start "
              f"{machine.get('loadavg_at_start')}")
     print_table(rows, title)
+    for w in results.get("warnings", []):
+        print(f"WARNING: {w}")
     print(f"results: {out}")
     return 0

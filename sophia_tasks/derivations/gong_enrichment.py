@@ -193,7 +193,7 @@ class ResolvedConfig:
 
     values: Mapping[str, Any]
     scan_pattern: re.Pattern[str] | None  # every text keyword of every signal, as one trie, lower-case
-    scan_pattern_ci: re.Pattern[str] | None  # the same, case-insensitive, for text whose lower() changes length
+    scan_keywords: tuple[str, ...]  # for the case-insensitive scanner, compiled on first need
     match_cache: dict[str, tuple[tuple[str, ...], str | None]]  # matched text -> (signals, competitor)
     tracker_cache: dict[str, tuple[str, ...]]  # lower-cased "name type" of a tracker -> its signals
     rep_dominated_talk_ratio: float
@@ -316,6 +316,13 @@ def _scan_regex(keywords: Iterable[str], flags: int = 0) -> re.Pattern[str] | No
     return re.compile("|".join(parts), flags) if parts else None
 
 
+@lru_cache(maxsize=8)
+def _scan_regex_ci(keywords: tuple[str, ...]) -> re.Pattern[str] | None:
+    """The scanner, case-insensitive: for the rare text whose ``lower()`` changes length
+    (e.g. "İ"), compiled on first need (it is slow to compile and almost never used)."""
+    return _scan_regex(keywords, re.IGNORECASE)
+
+
 def _merge(config: Mapping[str, Any] | None) -> dict[str, Any]:
     """Overlay ``config`` on DEFAULT_CONFIG; nested mappings merge one level, lists replace."""
     merged: dict[str, Any] = {
@@ -395,7 +402,7 @@ def _build(merged: dict[str, Any]) -> ResolvedConfig:
     return ResolvedConfig(
         values=merged,
         scan_pattern=_scan_regex(scan_keywords),
-        scan_pattern_ci=_scan_regex(scan_keywords, re.IGNORECASE),
+        scan_keywords=tuple(scan_keywords),
         match_cache={},
         tracker_cache={},
         rep_dominated_talk_ratio=_number(merged, "rep_dominated_talk_ratio", 0.0, 1.0),
@@ -477,18 +484,32 @@ def _plain(value: int | float | None) -> int | float | None:
 
 def _key(value: Any) -> str | None:
     """Ids arrive as strings or numbers; compare them as strings."""
-    if value is None or type(value) in (dict, list, bool):
+    cls = type(value)
+    if cls is str:
+        return value or None
+    if value is None or cls is dict or cls is list or cls is bool:
         return None
-    text = value if type(value) is str else str(value)
-    return text or None
+    return str(value) or None
 
 
 def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
+def _clean_prefix(text: str, limit: int) -> str:
+    """``_clean(text)``, or a prefix of it longer than ``limit``: enough for anything cut to
+    ``limit`` characters, without collapsing the whitespace of a 10,000-character brief."""
+    if len(text) > 2 * limit:
+        cleaned = _clean(text[: 2 * limit])
+        if len(cleaned) > limit:
+            return cleaned
+    return _clean(text)
+
+
 def _fmt(value: int | float) -> str:
     """Seconds for evidence: 150, 150.5."""
+    if type(value) is int:
+        return str(value)
     value = _plain(value)  # type: ignore[assignment]
     return str(value) if type(value) is int else f"{value:g}"
 
@@ -593,7 +614,7 @@ class _Text:
         low = " " + blob.lower()  # the leading space lets a keyword start the text
         # lower() changes the length of a few characters (e.g. U+0130): then offsets would drift
         matches = (cfg.scan_pattern.finditer(low) if len(low) == len(blob) + 1
-                   else cfg.scan_pattern_ci.finditer(" " + blob))  # type: ignore[union-attr]
+                   else _scan_regex_ci(cfg.scan_keywords).finditer(" " + blob))  # type: ignore[union-attr]
         # Only the first occurrence of each distinct keyword can be first for a signal,
         # so the per-match work is one dict lookup; classification happens per distinct text.
         firsts: dict[str, tuple[int, int]] = {}
@@ -924,7 +945,7 @@ def _summary(call: _Call, risks: list[dict[str, str]], cfg: ResolvedConfig) -> s
     """Brief + key points, then outcome and top risks; the tail is never cut for the body."""
     c = call.content or {}
     limit = cfg.summary_max_chars
-    brief = _clean(_s(c.get("brief")))
+    brief = _clean_prefix(_s(c.get("brief")), limit)
     points = []
     if cfg.summary_max_key_points:
         for kp in _l(c.get("keyPoints")):

@@ -391,6 +391,7 @@ def test_sentry_events_carry_no_credentials(harness: Harness, monkeypatch: pytes
         sentry_sdk.get_global_scope().set_client(None)
     text = b"\n".join(captured).decode("utf-8", "replace")
     assert "RuntimeError" in text and "dedupe store refused AUTH" in text  # the event did go out
+    assert "[Filtered]" in text  # with the credentials it carried replaced, not merely absent
     for name, value in {"TOKEN": TOKEN, "TOKEN2": TOKEN2, "secret": WEBHOOK_SECRET,
                         "secret base64": WEBHOOK_SECRET.split("_", 1)[1]}.items():
         assert value not in text, f"{name} reached Sentry"

@@ -510,3 +510,13 @@ def test_every_rule_list_and_threshold_is_in_default_config() -> None:
     assert DEFAULT_CONFIG["rep_dominated_talk_ratio"] == 0.65
     assert DEFAULT_CONFIG["long_monologue_seconds"] == 150
     assert DEFAULT_CONFIG["short_call_seconds"] == 300
+
+
+def test_text_whose_lowercase_changes_length_keeps_evidence_aligned() -> None:
+    # "İ".lower() is two characters: the scanner falls back to a case-insensitive pattern
+    call = quiet_call()
+    call["content"]["brief"] = "İİİ İstanbul ekibi CLARI kullanıyor ve DISCOUNT istiyor"
+    e = enrich(call)
+    assert evidence(e, "competitor_mentioned") == ('Clari mentioned; brief: "İİİ İstanbul ekibi CLARI kullanıyor '
+                                                   've DISCOUNT istiyor"')
+    assert evidence(e, "pricing_objection").startswith('brief: "İİİ İstanbul')
