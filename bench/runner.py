@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--web-workers", type=int, default=2)
     p.add_argument("--web-threads", type=int, default=4)
     p.add_argument("--worker-concurrency", type=int, default=4)
+    p.add_argument("--keep-data", action="store_true",
+                   help="keep the benchmark's Redis dbs, emulator data and backfill file after the run "
+                        "(default: emptied, the logs and PostgreSQL database sophia_bench stay)")
     p.add_argument("--out", type=Path, help="results file (default bench/results/<date>.json, "
                                             "<date>-quick.json with --quick)")
     args = p.parse_args(argv)
@@ -83,6 +86,19 @@ def ensure_py_spy() -> None:
         return
     print("bench: installing py-spy into the venv for --profile", flush=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "py-spy>=0.3.14"], check=False)
+
+
+def cleanup(bench: Any) -> None:
+    """Give the shared Redis its memory back (a full run leaves ~1 GB of documents) and drop the
+    emulator's data and the backfill file; logs and the sophia_bench database stay for inspection."""
+    try:
+        bench.broker.flushdb()
+        bench.cache.flushdb()
+    except Exception as exc:
+        print(f"bench: could not empty the benchmark's Redis dbs: {exc}", file=sys.stderr)
+    shutil.rmtree(bench.env["SOPHIA_SNOWFLAKE_DATA_DIR"], ignore_errors=True)
+    for f in bench.workdir.glob("backfill-*.ndjson"):
+        f.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             write_json(out, results)  # partial results survive a later failure
     finally:
         bench.close()
+        if not args.keep_data:
+            cleanup(bench)
     rows = target_rows(results["scenarios"])
     results["targets"] = rows
     cores = os.cpu_count() or 1

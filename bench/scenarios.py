@@ -59,6 +59,10 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def worker_name(bench: Bench) -> str:
+    return [n for n in bench.stack.processes if n.startswith("worker-")][-1]
+
+
 def headers(bench: Bench) -> dict[str, str]:
     return {"Authorization": f"Bearer {bench.token}", "Content-Type": "application/json"}
 
@@ -154,6 +158,7 @@ def profile_web(bench: Bench, body: loadgen.BodyFn, opts: dict[str, Any], concur
                            "accepted_per_s_under_profiler": res.summary()["accepted_per_s"]}
     if raw.exists():
         out["summary"] = summarize_raw(raw, WEB_AREAS)
+        out["raw"] = str(gzip_file(raw))
     return out
 
 
@@ -213,6 +218,39 @@ def wait_targets(bench: Bench, n: int, t0: float, timeout: float, targets: tuple
         if t not in done:
             counted[t] = count_target(bench, t)
     return {"done_at": done, "counted": counted}
+
+
+def log_size(bench: Bench) -> int:
+    try:
+        return bench.stack.processes[worker_name(bench)].log_path.stat().st_size
+    except (IndexError, OSError):
+        return 0
+
+
+def task_stats(log_path: Path, offset: int = 0) -> dict[str, Any]:
+    """Per task name: how many ran and their summed run time, from the worker's INFO log
+    ("Task sophia.x[id] succeeded in 0.12s"). More materialize runs than 3 per derive mean
+    retries or bulkhead step-asides (a re-published batch)."""
+    import re
+
+    pattern = re.compile(r"Task ([\w.]+)\[[^\]]+\] (succeeded in ([0-9.]+)s|retry|raised)")
+    out: dict[str, dict[str, float]] = {}
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return {}
+    for m in pattern.finditer(text):
+        d = out.setdefault(m.group(1), {"succeeded": 0, "seconds": 0.0, "failed_or_retried": 0})
+        if m.group(3):
+            d["succeeded"] += 1
+            d["seconds"] += float(m.group(3))
+        else:
+            d["failed_or_retried"] += 1
+    for d in out.values():
+        d["seconds"] = round(d["seconds"], 2)
+    return out
 
 
 def count_target(bench: Bench, target: str, ids: str = "") -> int:
@@ -375,6 +413,7 @@ def drain(bench: Bench, calls: Calls, sizes: Sizes, profile: dict[str, Any] | No
         "worker_start_s": round(t_ready - t_spawn, 3),
         "targets": per_target,
         "dead_letters": bench.dead_letters(),
+        "worker_tasks": task_stats(proc.log_path),
         "snowflake_raw": raw,
         "memory": memory,
     }
@@ -404,6 +443,18 @@ def spy(bench: Bench, pid: int, seconds: float, out_dir: Path, stem: str) -> tup
              subprocess.Popen([exe, "record", "-o", str(raw), "--format", "raw", *common],
                               stdout=open(logs / f"{stem}-raw.log", "wb"), stderr=subprocess.STDOUT)]
     return procs, svg, raw
+
+
+def gzip_file(path: Path) -> Path:
+    """py-spy's collapsed stacks are megabytes of text: keep them gzipped beside the SVG."""
+    import gzip
+    import shutil
+
+    target = path.with_name(path.name + ".gz")
+    with open(path, "rb") as src, gzip.open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    path.unlink()
+    return target
 
 
 def spy_wait(procs: list[subprocess.Popen], seconds: float) -> None:
@@ -436,6 +487,7 @@ def run_profile(bench: Bench, calls: Calls, sizes: Sizes, measured: dict[str, An
                            "drained": {t: waited["counted"][t] for t in TARGETS}}
     if raw.exists():
         out["summary"] = summarize_raw(raw, WORKER_AREAS)
+        out["raw"] = str(gzip_file(raw))
     else:
         out["error"] = (bench.stack.workdir / f"{opts['stem']}-raw.log").read_text(errors="replace")[-1000:]
     return out
@@ -458,6 +510,8 @@ WORKER_AREAS: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
     ("child:   postgres write_batch", "child", ("PostgresMaterializer.write_batch",)),
     ("child:   snowflake write_batch", "child", ("SnowflakeMaterializer.write_batch",)),
     ("child:   record_written (lag histogram, counters)", "child", ("record_written",)),
+    ("child:   journal (append_events)", "child", ("append_events (",)),
+    ("child:   bulkhead slots (acquire/release)", "child", ("Bulkhead.",)),
     ("child: publish next stage (apply_async, JSON encode)", "child", ("Task.apply_async",)),
     ("child:   of which JSON encode", "child", ("Task.apply_async", "SerializerRegistry.dumps")),
     ("any: kombu/stdlib JSON (encode + decode)", None, ("SerializerRegistry.",)),
@@ -476,8 +530,8 @@ WEB_AREAS: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
     ("    of which JSON encode", "child", ("Services.publish (", "SerializerRegistry.dumps")),
     ("  count_accepted (stats)", "child", ("receive (web/webhook.py", "Services.count_accepted (")),
     ("  jsonify (response)", "child", ("receive (web/webhook.py", "jsonify (")),
-    ("Flask/werkzeug request handling outside the handler", "child", ("wsgi_app (",)),
-    ("gunicorn HTTP parsing and socket I/O", "child", ("gunicorn/",)),
+    ("Flask wsgi_app (includes the handler)", "child", ("wsgi_app (",)),
+    ("gunicorn HTTP request parsing", "child", ("gunicorn/http/",)),
 )
 
 
@@ -491,7 +545,13 @@ def summarize_raw(path: Path, areas_spec: tuple[tuple[str, str | None, tuple[str
     roles: dict[str, int] = {}
     areas: dict[str, int] = {label: 0 for label, _, _ in areas_spec}
     total = 0
-    for line in path.read_text(errors="replace").splitlines():
+    if path.suffix == ".gz":
+        import gzip
+
+        text = gzip.decompress(path.read_bytes()).decode(errors="replace")
+    else:
+        text = path.read_text(errors="replace")
+    for line in text.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
@@ -599,16 +659,29 @@ def naive(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
 # -- 4. latency -------------------------------------------------------------------------------
 class LagSampler:
     """Harness-side cross-check: every ``every``-th event is polled for in Redis and PostgreSQL
-    (every 50 ms) and the first-seen time minus the scheduled send time is its lag."""
+    (every 50 ms; every 250 ms while more than 100 are outstanding) from a thread of its own, with
+    its own connections, from the first send until ``finish``; the first-seen time minus the
+    scheduled send time is its lag (so it includes the HTTP request and up to one poll interval)."""
 
     def __init__(self, bench: Bench, every: int = 10) -> None:
-        self.bench = bench
+        import psycopg2
+        import redis
+
         self.every = every
         self.i = 0
         self.sent: dict[str, float] = {}
         self.pending: dict[str, set[str]] = {"redis": set(), "postgres": set()}
         self.lags: dict[str, list[float]] = {"redis": [], "postgres": []}
-        self.accepted: set[str] = set()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.cache = redis.Redis.from_url(bench.env["SOPHIA_REDIS_URL"])
+        self.pg = psycopg2.connect(bench.env["SOPHIA_POSTGRES_DSN"])
+        self.pg.autocommit = True
+        self.thread = threading.Thread(target=self._loop, name="lag-sampler", daemon=True)
+
+    def start(self) -> "LagSampler":
+        self.thread.start()
+        return self
 
     def on_sent(self, cid: str, scheduled: float) -> None:
         self.i += 1
@@ -617,44 +690,56 @@ class LagSampler:
 
     def on_done(self, cid: str, status: int, _t: float) -> None:
         if cid in self.sent and status == 202:
-            for t in self.pending:
-                self.pending[t].add(cid)
+            with self.lock:
+                for t in self.pending:
+                    self.pending[t].add(cid)
 
     def poll_once(self) -> None:
         now = time.monotonic()
-        ids = list(self.pending["redis"])
+        with self.lock:
+            ids = list(self.pending["redis"])
+            pg_ids = list(self.pending["postgres"])
+        found_r: list[str] = []
         if ids:
-            pipe = self.bench.cache.pipeline(transaction=False)
+            pipe = self.cache.pipeline(transaction=False)
             for cid in ids:
                 pipe.exists(OUR_PREFIX + cid)
-            for cid, hit in zip(ids, pipe.execute()):
-                if hit:
-                    self.pending["redis"].discard(cid)
-                    self.lags["redis"].append(now - self.sent[cid])
-        ids = list(self.pending["postgres"])
-        if ids:
+            found_r = [cid for cid, hit in zip(ids, pipe.execute()) if hit]
+        found_p: list[str] = []
+        if pg_ids:
             try:
-                with self.bench.pg().cursor() as cur:
-                    cur.execute(f"SELECT call_id FROM {OUR_PG_TABLE} WHERE call_id = ANY(%s)", (ids,))
-                    found = [r[0] for r in cur.fetchall()]
-            except Exception:
-                found = []
-            for cid in found:
-                self.pending["postgres"].discard(cid)
-                self.lags["postgres"].append(now - self.sent[cid])
+                with self.pg.cursor() as cur:
+                    cur.execute(f"SELECT call_id FROM {OUR_PG_TABLE} WHERE call_id = ANY(%s)", (pg_ids,))
+                    found_p = [r[0] for r in cur.fetchall()]
+            except Exception:  # the table is created by the first batch
+                found_p = []
+        with self.lock:
+            for t, found in (("redis", found_r), ("postgres", found_p)):
+                for cid in found:
+                    if cid in self.pending[t]:
+                        self.pending[t].discard(cid)
+                        self.lags[t].append(now - self.sent[cid])
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.to_thread(self.poll_once)
-            # Poll gently when many events are outstanding (a backlog): the poll must not add to it.
-            backlog = max(len(p) for p in self.pending.values())
-            await asyncio.sleep(0.05 if backlog < 100 else 0.25)
+    def _loop(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.poll_once()
+            except Exception:
+                pass
+            with self.lock:
+                backlog = max(len(p) for p in self.pending.values())
+            self.stopped.wait(0.05 if backlog < 100 else 0.25)
 
     def finish(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while any(self.pending.values()) and time.monotonic() < deadline:
-            self.poll_once()
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not any(self.pending.values()):
+                    break
             time.sleep(0.05)
+        self.stopped.set()
+        self.thread.join(5)
+        self.pg.close()
 
     def summary(self) -> dict[str, Any]:
         out = {}
@@ -712,13 +797,14 @@ def latency(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
     purge_broker(bench)
     bench.clear_targets()
     # Warm the worker's connections and the tables (first batch creates them) before measuring.
-    asyncio.run(loadgen.open_loop(bench.url + WEBHOOK, headers(bench), lambda: (calls.single_body()[0], None),
-                                  50, 2.0))
-    wait_targets(bench, 1, time.monotonic(), 30)
-    time.sleep(1.0)
+    warm = asyncio.run(loadgen.open_loop(bench.url + WEBHOOK, headers(bench),
+                                         lambda: (calls.single_body()[0], None), 50, 2.0))
+    wait_targets(bench, warm.accepted, time.monotonic(), 60)  # their lag stays out of the measurement
+    time.sleep(0.5)
     before = counters(bench)
+    log_offset = log_size(bench)
     fields = written_fields()
-    sampler = LagSampler(bench)
+    sampler = LagSampler(bench).start()
     bench.rss.reset()
 
     def body() -> tuple[bytes, Any]:
@@ -727,8 +813,7 @@ def latency(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
 
     log(f"latency: {sizes.latency_rate:g} ev/s for {sizes.latency_seconds:g}s (open loop)")
     res = asyncio.run(loadgen.open_loop(bench.url + WEBHOOK, headers(bench), body, sizes.latency_rate,
-                                        sizes.latency_seconds, on_sent=sampler.on_sent, on_done=sampler.on_done,
-                                        background=sampler.run))
+                                        sizes.latency_seconds, on_sent=sampler.on_sent, on_done=sampler.on_done))
     accepted = res.accepted
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -759,6 +844,7 @@ def latency(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
         "lag_histogram": hist,
         "lag_sampled": sampler.summary(),
         "dead_letters": bench.dead_letters(),
+        "worker_tasks": task_stats(bench.stack.processes[worker_name(bench)].log_path, log_offset),
         "memory": memory,
     }
 
@@ -795,11 +881,12 @@ def backfill(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
         for call in calls.calls(n, ns="2"):
             f.write(orjson.dumps(call) + b"\n")
     prefix = calls.prefix("2")
-    sampler = LagSampler(bench)
+    sampler = LagSampler(bench).start()
     state: dict[str, Any] = {"done": {}, "counted": {t: 0 for t in TARGETS}, "stop": False}
     cmd_log = open(bench.stack.workdir / "backfill-cmd.log", "wb")
     argv = [str(BIN / "sophia-tasks"), "backfill", "--file", str(path)]
     bench.rss.reset()
+    log_offset = log_size(bench)
     t0 = time.monotonic()
     cmd = subprocess.Popen(argv, env=bench.stack.env, stdout=cmd_log, stderr=subprocess.STDOUT,
                            stdin=subprocess.DEVNULL, cwd=str(bench.stack.workdir))
@@ -840,7 +927,7 @@ def backfill(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
     log(f"backfill: {n} calls from {path.name}, with {sizes.backfill_rate:g} ev/s of live webhook load beside it")
     live = asyncio.run(loadgen.open_loop(bench.url + WEBHOOK, headers(bench), body, sizes.backfill_rate, 0,
                                          on_sent=sampler.on_sent, on_done=sampler.on_done,
-                                         stop=lambda: state["stop"], background=sampler.run))
+                                         stop=lambda: state["stop"]))
     mon.join()
     if cmd.poll() is None:
         try:
@@ -850,7 +937,7 @@ def backfill(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
     state.setdefault("cmd_s", time.monotonic() - t0)
     state.setdefault("rc", cmd.returncode)
     cmd_log.close()
-    sampler.finish()
+    sampler.finish(timeout=120)  # live events queued behind the backfill are still arriving
     memory = bench.rss.snapshot()
     per_target = {}
     for t in TARGETS:
@@ -874,6 +961,7 @@ def backfill(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
         "live_webhook": web,
         "live_lag_sampled": sampler.summary(),
         "dead_letters": bench.dead_letters(),
+        "worker_tasks": task_stats(bench.stack.processes[worker_name(bench)].log_path, log_offset),
         "memory": memory,
     }
 

@@ -11,18 +11,18 @@ drops whole partitions older than the flow spec's ``journal.retention_days``, so
 pruning costs a ``DROP TABLE``, never a big ``DELETE``.
 
 Idempotence: the key is ``(event_id, received_at)`` (a partitioned table's unique
-key must hold the partition key), and a rebuild replays each event id once. A redelivered batch, a rebuild (which republishes
-the journaled event unchanged) or a dead-letter replay all hit the conflict rule and
-change nothing; when the replayed event's document *differs* (``dlq replay
---payload`` fixed it) the journal takes the fixed document, so the next rebuild
-replays the fix, not the poison.
+key must hold the partition key), and a rebuild replays each event id once. A
+redelivered batch, a rebuild (which republishes the journaled event unchanged) or a
+dead-letter replay all hit the conflict rule and change nothing; when the replayed
+event's document *differs* (``dlq replay --payload`` fixed it) the journal takes the
+fixed document, so the next rebuild replays the fix, not the poison. Rebuild events
+are not special-cased (no "skip source=rebuild"): the conflict rule covers them.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-import threading
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
@@ -75,7 +75,6 @@ ON CONFLICT (event_id, received_at) DO UPDATE
 # Per process (Celery children fork): which DSNs have the parent table, which days a partition.
 _ready: set[tuple[int, str]] = set()
 _partitions: set[tuple[int, str, date]] = set()
-_ready_lock = threading.Lock()
 
 
 def partition_name(day: date) -> str:
@@ -161,9 +160,12 @@ def write_rows(dsn: str, rows: list[tuple[Any, ...]]) -> int:
                 psycopg2.extras.execute_values(
                     cur, _INSERT, rows, template="(%s, %s, %s, %s, %s, %s, %s, %s::jsonb)", page_size=len(rows))
                 return len(rows)
-        except (psycopg2.errors.CheckViolation, psycopg2.errors.UndefinedTable):
-            # "no partition of relation found for row" (purged day) or the table was dropped:
-            # forget what this process thought existed and create it again, once.
+        except (psycopg2.errors.CheckViolation, psycopg2.errors.UndefinedTable,
+                psycopg2.OperationalError, psycopg2.InterfaceError):
+            # "no partition of relation found for row" (purged day), the table dropped, or a
+            # connection the server closed (restart, pg_terminate_backend; transaction() has
+            # discarded it): forget what this process thought existed and try again, once.
+            # The insert is idempotent, so a retry after an unknown outcome is safe.
             _forget(dsn)
             if attempt == 2:
                 raise

@@ -37,6 +37,7 @@ __all__ = [
     "derive",
     "enrich_call",
     "compute_enrichment",
+    "truncate",
 ]
 
 RULES_VERSION = "2026.11.1"
@@ -493,6 +494,7 @@ def _key(value: Any) -> str | None:
 
 
 def _clean(text: str) -> str:
+    """Whitespace runs to one space, ends trimmed."""
     return " ".join(text.split())
 
 

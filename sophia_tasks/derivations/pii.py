@@ -23,9 +23,9 @@ What it does (documented for data engineers in ``docs/enrichment.md``):
 
 The walk builds a new document (it is the deep copy), so the input is never mutated.
 It is the hot loop of the derivation: strings are screened with cheap ``str`` methods
-(all letters, all digits) before any regex runs, and inside a string only positions in
-phone-ish runs are tried (see ``_phone_edits``; ``mask_text_reference`` is the plain
-regex definition the fast code is tested against).
+(all letters, all digits) and a byte-level test (``may_hold_phone``) before any regex
+runs, and inside a string only positions in phone-ish runs are tried (``_phone_edits``;
+``mask_text_reference`` is the plain regex definition the fast code is tested against).
 """
 from __future__ import annotations
 
@@ -35,10 +35,14 @@ from typing import Any, Callable, Iterable, Mapping
 __all__ = [
     "DEFAULT_EMAIL_FIELDS",
     "DEFAULT_PHONE_FIELDS",
+    "EMAIL_RE",
+    "PHONE_OR_DATE_RE",
+    "PHONEISH_LEAD_BYTES",
     "PiiMasker",
     "DEFAULT_MASKER",
     "mask_document",
     "mask_text",
+    "may_hold_phone",
 ]
 
 # Field names whose values are contact data, masked whole whatever their shape. Each name
@@ -83,8 +87,41 @@ _RUN = re.compile(r"[\d(+][\d()+ \u00a0.\-/\u2010-\u2015]{7,}")
 # at the run start, or after one of these characters.
 _RESTART_AFTER = frozenset(" \u00a0(\u2010\u2011\u2012\u2013\u2014\u2015")
 _DIGITS = re.compile(r"\d+")
-_LOCAL_RUN_BACK = re.compile(rf"{_LOCAL}+")
+_NOT_SEPARATOR = re.compile(r"[\d()]")
 _YEAR = re.compile(r"(?:19|20)\d\d")
+_LOCAL_RUN_BACK = re.compile(rf"{_LOCAL}+")
+
+# UTF-8 lead bytes of every character a phone match can contain beyond ASCII: the
+# no-break space, the dashes U+2010-2015 and every Unicode decimal digit (\d). A test
+# recomputes this set from the whole Unicode range.
+PHONEISH_LEAD_BYTES = frozenset({0xC2, 0xD9, 0xDB, 0xDF, 0xE0, 0xE1, 0xE2, 0xEA, 0xEF, 0xF0})
+
+
+def _phoneish_table() -> bytes:
+    """bytes.translate table: '0' for every byte that can be part of a phone-ish character
+    (ASCII digits and separators, continuation bytes, the lead bytes above), 'x' otherwise."""
+    table = bytearray(b"x" * 256)
+    for byte in b"0123456789()+ .-/":
+        table[byte] = 0x30
+    for byte in range(0x80, 0xC0):
+        table[byte] = 0x30
+    for byte in PHONEISH_LEAD_BYTES:
+        table[byte] = 0x30
+    return bytes(table)
+
+
+_PHONEISH_BYTES = _phoneish_table()
+
+
+def may_hold_phone(text: str) -> bool:
+    """False proves ``text`` holds no phone: a phone match is 8+ consecutive phone-ish
+    characters, whose UTF-8 bytes all translate to '0'. One encode and one translate,
+    in C, instead of a regex over a long brief."""
+    try:
+        encoded = text.encode()  # the default codec has a fast path; named error handlers do not
+    except UnicodeEncodeError:  # a lone surrogate
+        encoded = text.encode("utf-8", "surrogatepass")
+    return b"00000000" in encoded.translate(_PHONEISH_BYTES)
 
 
 def _is_phone(candidate: str) -> bool:
@@ -97,7 +134,7 @@ def _is_phone(candidate: str) -> bool:
         return True
     if len(groups) == 2 and all(len(g) == 4 and _YEAR.fullmatch(g) for g in groups):
         return False  # a year range: 2025-2026
-    separators = set(re.sub(r"[\d()]", "", candidate))
+    separators = set(_NOT_SEPARATOR.sub("", candidate))
     if separators == {"."}:
         if len(groups) == 2:
             return False  # a decimal number
@@ -139,7 +176,8 @@ class PiiMasker:
     def _phone_edits(self, text: str, run: re.Match[str] | None) -> list[tuple[int, int, str]]:
         """Where ``PHONE_OR_DATE_RE.sub(self._phone_sub, text)`` would change ``text``, found by
         trying only positions inside phone-ish runs (same result, a test holds both to it)
-        instead of running the lookbehind-led pattern over every character."""
+        instead of running the lookbehind-led pattern over every character. ``run`` is the
+        first ``_RUN`` match in ``text``."""
         edits: list[tuple[int, int, str]] = []
         match_at = PHONE_OR_DATE_RE.match
         search_run = _RUN.search
@@ -166,6 +204,8 @@ class PiiMasker:
         """Mask every email and phone number inside free text."""
         if "@" in text:
             text = _apply(text, _email_edits(text))
+        if len(text) < 8 or not may_hold_phone(text):
+            return text
         run = _RUN.search(text)
         if run is None:
             return text
@@ -199,7 +239,7 @@ class PiiMasker:
     def _mask_field(self, name: str, value: Any) -> Any:
         return self.mask_phone_value(value) if name in self.phone_fields else self.mask_email_value(value)
 
-    # -- documents: the walk (reference and fallback) --------------------------------------
+    # -- documents -----------------------------------------------------------------------
     def _build_walker(self) -> Callable[[dict[Any, Any]], dict[Any, Any]]:
         """A closure over locals: the walk visits every value of every call, so it is hot.
 
@@ -221,10 +261,7 @@ class PiiMasker:
                 return mask_text(v)
             if len(v) < 8:
                 return v  # the shortest phone, 555-0132, has 8 characters
-            encoded = v.encode()
-            # A phone has 7+ digits. ASCII digits are counted in C by bytes.translate; any
-            # other digit is a non-ASCII character, and those number at most the extra bytes.
-            if len(encoded) - len(encoded.translate(None, b"0123456789")) + len(encoded) - len(v) < 7:
+            if not may_hold_phone(v):
                 return v
             if iso_full(v) is not None:
                 return v  # a lone ISO timestamp: the date rule keeps it whole
@@ -291,10 +328,9 @@ class PiiMasker:
         return walk_dict
 
     def mask_body_walk(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Masked deep copy of a mapping by walking its values (the reference implementation)."""
+        """Masked deep copy of a mapping, no key treated specially (``_meta``, ``media``)."""
         return self._walk_dict(body if type(body) is dict else dict(body))
 
-    # -- documents -----------------------------------------------------------------------
     def mask_value(self, value: Any) -> Any:
         """Masked deep copy of any JSON value."""
         return self._walk_dict({"v": value})["v"]

@@ -7,8 +7,6 @@ dead-letter store and Slack are all real (Slack is a local HTTP server).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +19,7 @@ import yaml
 from sophia_tasks.alerts import SNAPSHOTS_KEY, STATE_KEY, run_checks
 from sophia_tasks.settings import DEFAULT_FLOW
 from tests.integration.conftest import Harness, gong_call
-from tests.integration.test_metrics import quiesce, settings_of, spec_of
+from tests.integration.test_metrics import ObsStack, obs, quiesce, spec_of  # noqa: F401 (fixture)
 
 
 class SlackStandIn:
@@ -67,64 +65,64 @@ def _spec_with_alerts(tmp_path: Path, alerts: dict[str, Any]) -> Path:
     return path
 
 
-def _reset_alerts(h: Harness) -> None:
-    h.cache.delete(STATE_KEY, SNAPSHOTS_KEY)
+def _reset_alerts(o: ObsStack) -> None:
+    o.cache.delete(STATE_KEY, SNAPSHOTS_KEY)
 
 
 def envelope(call: dict[str, Any]) -> dict[str, Any]:
     return {"type": "call_completed", "data": call}
 
 
-def test_failing_target_alerts_once_then_resolves(harness: Harness, slack: SlackStandIn, tmp_path: Path) -> None:
+def test_failing_target_alerts_once_then_resolves(harness: Harness, obs: ObsStack,  # noqa: F811
+                                                  slack: SlackStandIn, tmp_path: Path) -> None:
     flow = _spec_with_alerts(tmp_path, {
         "window": "5s",
-        "defaults": {"error_rate": 0.5, "min_errors": 1, "lag_p99": "4s", "dead_letters": "off",
+        "defaults": {"error_rate": 0.5, "min_errors": 1, "lag_p99": "6s", "dead_letters": "off",
                      "stale_after": "off"},
         "pipeline": {"dead_letters": "off"},
     })
     env = {"SOPHIA_FLOW": str(flow), "SOPHIA_SLACK_WEBHOOK_URL": slack.url}
-    settings = settings_of(harness, **env)
+    settings = obs.settings(**env)
     spec = spec_of(settings)
-    quiesce(harness)
-    _reset_alerts(harness)
+    quiesce(obs)
+    _reset_alerts(obs)
     try:
         # On demand from the command line: the first evaluation has nothing to compare with yet.
-        exe = str(Path(sys.executable).parent / "sophia-tasks")
-        out = subprocess.run([exe, "alerts", "check", "--json"], env={**harness.env, **env}, capture_output=True,
-                             text=True, timeout=60)
+        out = obs.cli("alerts", "check", "--json", **env)
         assert out.returncode == 0, out.stderr
         report = json.loads(out.stdout)
         assert report["baseline"] is False and report["fired"] == [] and report["slack"] == "configured"
         t0 = time.time()
-        errors_before = {t: harness.counter("errors", stage="materialize", target=t, reason="unreachable")
+        errors_before = {t: obs.counter("errors", stage="materialize", target=t, reason="unreachable")
                          for t in spec.materializations}
 
-        harness.stack.stop("snowflake")
+        obs.stop_snowflake()
         try:
             calls = [gong_call() for _ in range(2)]
-            assert harness.post([envelope(c) for c in calls]).status_code == 202
-            harness.wait(lambda: harness.counter("errors", stage="materialize", target="snowflake",
+            assert obs.post([envelope(c) for c in calls]).status_code == 202
+            harness.wait(lambda: obs.counter("errors", stage="materialize", target="snowflake",
                                                  reason="unreachable") >= errors_before["snowflake"] + 2,
                          30, "snowflake's first failed attempt")
-            harness.wait(lambda: all(harness.redis_doc(c["metaData"]["id"]) and harness.pg_rows(c["metaData"]["id"])
+            harness.wait(lambda: all(obs.redis_doc(c["metaData"]["id"]) and harness.pg_rows(c["metaData"]["id"])
                                      for c in calls), 20, "the calls in redis and postgres")
             fired = run_checks(settings, spec, now=t0 + 10)
             assert fired["fired"] == ["error_rate:snowflake"], fired
             again = run_checks(settings, spec, now=t0 + 11)  # still failing: no second message
             assert again["fired"] == [] and "error_rate:snowflake" in again["firing"]
-            time.sleep(3)  # keep the outage long enough that snowflake's lag passes 4 s
+            time.sleep(5)  # keep the outage long enough that snowflake's lag passes 6 s
         finally:
-            harness.stack.start_snowflake()
+            obs.start_snowflake()
         for c in calls:
-            harness.wait(lambda c=c: harness.sf_rows(c["metaData"]["id"]), 60, "the calls in snowflake after recovery")
-        quiesce(harness)
+            harness.wait(lambda c=c: obs.targets.sf_rows(c["metaData"]["id"]), 60,
+                         "the calls in snowflake after recovery")
+        quiesce(obs)
 
         # The failure raised the error counter and the lag of snowflake alone.
         for t in ("redis", "postgres"):
-            assert harness.counter("errors", stage="materialize", target=t, reason="unreachable") == errors_before[t]
+            assert obs.counter("errors", stage="materialize", target=t, reason="unreachable") == errors_before[t]
         late = run_checks(settings, spec, now=t0 + 12)
         lag = {c["target"]: c for c in late["checks"] if c["kind"] == "lag"}
-        assert lag["snowflake"]["firing"] is True and lag["snowflake"]["value"] >= 4
+        assert lag["snowflake"]["firing"] is True and lag["snowflake"]["value"] >= 6
         assert lag["redis"]["firing"] is False and lag["postgres"]["firing"] is False
         assert late["fired"] == ["lag:snowflake"]
 
@@ -140,22 +138,22 @@ def test_failing_target_alerts_once_then_resolves(harness: Harness, slack: Slack
         assert len(slack.messages) == 4, slack.messages
         assert not [m for m in slack.messages if " on redis" in m or " on postgres" in m]
     finally:
-        _reset_alerts(harness)
+        _reset_alerts(obs)
 
 
-def test_stale_binding_alerts_once_and_resolves_on_the_next_write(harness: Harness, slack: SlackStandIn,
-                                                                    tmp_path: Path) -> None:
+def test_stale_binding_alerts_once_and_resolves_on_the_next_write(harness: Harness, obs: ObsStack,  # noqa: F811
+                                                                    slack: SlackStandIn, tmp_path: Path) -> None:
     flow = _spec_with_alerts(tmp_path, {
         "defaults": {"error_rate": "off", "lag_p99": "off", "dead_letters": "off", "stale_after": "off"},
         "targets": {"postgres": {"stale_after": "30s"}},
         "pipeline": {"dead_letters": "off"},
     })
-    settings = settings_of(harness, SOPHIA_FLOW=str(flow), SOPHIA_SLACK_WEBHOOK_URL=slack.url)
+    settings = obs.settings(SOPHIA_FLOW=str(flow), SOPHIA_SLACK_WEBHOOK_URL=slack.url)
     spec = spec_of(settings)
-    _reset_alerts(harness)
+    _reset_alerts(obs)
     try:
         call = gong_call()
-        assert harness.post(envelope(call)).status_code == 202
+        assert obs.post(envelope(call)).status_code == 202
         harness.wait(lambda: harness.pg_rows(call["metaData"]["id"]), 30, "the call in postgres")
         assert run_checks(settings, spec)["fired"] == []
         later = time.time() + 120  # two minutes without a write to postgres
@@ -168,4 +166,4 @@ def test_stale_binding_alerts_once_and_resolves_on_the_next_write(harness: Harne
         assert len(slack.about("RESOLVED", "stale", "postgres")) == 1
         assert len(slack.messages) == 2
     finally:
-        _reset_alerts(harness)
+        _reset_alerts(obs)

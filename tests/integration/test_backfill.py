@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from sophia_tasks.backfill import canonical_id
 from tests.fixtures.gong_generator import generate_calls
 from tests.integration.conftest import Harness, gong_call
 from tests.integration.fake_gong import FakeGong
@@ -172,6 +173,16 @@ def test_a_killed_backfill_resumes_and_finishes_without_duplicates(harness: Harn
     assert summary["already_done"] == before["published"]
     assert summary["published"] == 600 - before["published"]
     wait_landed_once(harness, ids, timeout=60)
+    # Every item went through the chain on the bulk lane and is journaled under its deterministic id.
+    event_ids = {canonical_id(c) for c in calls}
+    conn = harness.pg()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(DISTINCT event_id), array_agg(DISTINCT lane), array_agg(DISTINCT source) "
+                        "FROM sophia_journal WHERE event_id = ANY(%s)", (sorted(event_ids),))
+            assert cur.fetchone() == (600, ["bulk"], ["backfill"])
+    finally:
+        conn.close()
 
 
 def test_backfill_file_errors_are_one_line_and_non_zero(harness: Harness, tmp_path: Path) -> None:

@@ -205,7 +205,7 @@ def test_wrong_types_inside_the_call_are_dead_lettered_with_every_field_error(ha
     call["parties"][0]["name"] = 7
     cid = call["metaData"]["id"]
     assert harness.post(envelope(call)).status_code == 202
-    (letter,) = harness.wait(lambda: harness.dead_letters(document_key=cid), 30, "the dead letter")
+    (letter,) = harness.wait(lambda: harness.dead_letters(document_key=cid), 60, "the dead letter")
     assert letter["stage"] == "validate"
     details = letter["details"]
     assert set(details["metaData"]) == {"title", "duration", "isPrivate"}
@@ -284,7 +284,7 @@ def test_unicode_and_control_characters_are_stored_literally(harness: Harness) -
     cid = call["metaData"]["id"]
     resp = harness.post(envelope(call))
     assert resp.status_code == 202, resp.text
-    harness.wait(lambda: landed_everywhere(harness, cid), 30, "the unicode call")
+    harness.wait(lambda: landed_everywhere(harness, cid), 60, "the unicode call")
 
     doc = harness.redis_doc(cid)
     assert doc["metaData"]["title"] == WEIRD and doc["metaData"]["customData"] == "\x00" * 3
@@ -309,7 +309,7 @@ def test_escaped_backslash_before_u0000_text_is_not_a_nul(harness: Harness) -> N
     call = gong_call(title=text)
     cid = call["metaData"]["id"]
     assert harness.post(envelope(call)).status_code == 202
-    harness.wait(lambda: landed_everywhere(harness, cid), 30, "the backslash call")
+    harness.wait(lambda: landed_everywhere(harness, cid), 60, "the backslash call")
     assert harness.pg_rows(cid)[0][1]["metaData"]["title"] == text
     assert harness.pg_rows(cid)[0][3] == text
     assert harness.redis_doc(cid)["metaData"]["title"] == text
@@ -339,7 +339,7 @@ def test_odd_offsets_reach_the_pipeline_as_the_right_instant(
     cid = call["metaData"]["id"]
     resp = harness.post(envelope(call, occurred_at=stamp))
     assert resp.status_code == 202, resp.text
-    harness.wait(lambda: landed_everywhere(harness, cid), 30, f"the call stamped {stamp}")
+    harness.wait(lambda: landed_everywhere(harness, cid), 60, f"the call stamped {stamp}")
     version = instant.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert harness.redis_doc(cid)["_meta"]["published_at"] == version
     conn = harness.pg()
@@ -358,7 +358,7 @@ def test_started_without_an_offset_is_dead_lettered(harness: Harness) -> None:
     call = gong_call(started="2026-11-20T14:00:00")
     cid = call["metaData"]["id"]
     assert harness.post(envelope(call)).status_code == 202
-    (letter,) = harness.wait(lambda: harness.dead_letters(document_key=cid), 30, "the dead letter")
+    (letter,) = harness.wait(lambda: harness.dead_letters(document_key=cid), 60, "the dead letter")
     assert "started" in letter["details"]["metaData"]
 
 
@@ -368,11 +368,11 @@ def test_last_write_wins_compares_instants_not_local_strings(harness: Harness) -
     cid = new_id()
     newer = harness.post(envelope(gong_call(cid, title="newer at 14:00Z"), occurred_at="2026-11-20T02:00:00-12:00"))
     assert newer.status_code == 202
-    harness.wait(lambda: landed_everywhere(harness, cid, "newer at 14:00Z"), 30, "the newer version")
+    harness.wait(lambda: landed_everywhere(harness, cid, "newer at 14:00Z"), 60, "the newer version")
     older = harness.post(envelope(gong_call(cid, title="older at 13:00Z"), occurred_at="2026-11-21T03:00:00+14:00"))
     assert older.status_code == 202
     marker = gong_call()
     assert harness.post(envelope(marker)).status_code == 202
-    harness.wait(lambda: landed_everywhere(harness, marker["metaData"]["id"]), 30, "a later call")
+    harness.wait(lambda: landed_everywhere(harness, marker["metaData"]["id"]), 60, "a later call")
     time.sleep(0.5)
     assert landed_everywhere(harness, cid, "newer at 14:00Z")

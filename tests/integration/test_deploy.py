@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +20,7 @@ from tests.integration.conftest import PG_ADMIN, Harness
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "deploy.sh"
+SOPHIA = str(Path(sys.executable).parent / "sophia-tasks")
 
 
 def database_exists(name: str) -> bool:
@@ -100,9 +102,6 @@ def test_deploy_stops_with_a_reason(deploy_env: tuple[dict[str, str], str]) -> N
     assert "snowflake unreachable" in no_snowflake.stderr and "stopped at step 3/5" in no_snowflake.stderr
     assert not database_exists(name)
 
-    bad_secret = deploy(dict(env, SOPHIA_WEBHOOK_SECRET="whsec_a"))
-    assert bad_secret.returncode == 1 and "SOPHIA_WEBHOOK_SECRET entry 1" in bad_secret.stderr
-
     bad_arg = deploy(env, "--force")
     assert bad_arg.returncode == 2 and "unknown argument" in bad_arg.stderr
     assert deploy(env, "--help").returncode == 0
@@ -113,12 +112,15 @@ def test_check_reports_each_service(harness: Harness) -> None:
     assert out.returncode == 0, out.stderr
     assert [(r["name"], r["status"]) for r in json.loads(out.stdout)] == [
         ("config", "ok"), ("broker", "ok"), ("redis", "ok"), ("postgres", "ok"), ("snowflake", "ok")]
+    bad_secret = subprocess.run([SOPHIA, "check", "--only", "config"],
+                                env=dict(harness.env, SOPHIA_WEBHOOK_SECRET="whsec_a"), capture_output=True,
+                                text=True, timeout=60)
+    assert bad_secret.returncode == 1 and "SOPHIA_WEBHOOK_SECRET entry 1" in bad_secret.stderr
     closed = free_port()
     env = dict(harness.env, SOPHIA_REDIS_URL=f"redis://127.0.0.1:{closed}/1",
                SOPHIA_POSTGRES_DSN=f"postgresql://postgres@127.0.0.1:{closed}/sophia")
-    down = subprocess.run([str(Path(harness.env.get("VIRTUAL_ENV", str(ROOT / ".venv"))) / "bin" / "sophia-tasks"),
-                           "check", "--json", "--only", "redis", "--only", "postgres"],
-                          env=env, capture_output=True, text=True, timeout=60)
+    down = subprocess.run([SOPHIA, "check", "--json", "--only", "redis", "--only", "postgres"], env=env,
+                          capture_output=True, text=True, timeout=60)
     assert down.returncode == 1
     assert {r["name"]: r["status"] for r in json.loads(down.stdout)} == {"redis": "unreachable",
                                                                          "postgres": "unreachable"}

@@ -6,6 +6,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from sophia_tasks.db import connections
 from sophia_tasks.deadletter import DeadLetterStore, Letter
 from sophia_tasks.documents import format_version, utcnow
 from tests.integration.conftest import Harness, gong_call
@@ -21,6 +22,7 @@ def document(call_id: str, title: str) -> dict[str, Any]:
 @pytest.fixture()
 def letters(harness: Harness) -> Iterator[dict[str, Any]]:
     """Three letters of our own: an old validate one, a redis and a postgres materialize one."""
+    connections.discard(harness.env["SOPHIA_POSTGRES_DSN"])  # an earlier test may have killed it
     store = DeadLetterStore(harness.env["SOPHIA_POSTGRES_DSN"])
     store.count()  # creates the service tables in a fresh database
     old_call, redis_call, pg_call = gong_call(), gong_call(), gong_call()

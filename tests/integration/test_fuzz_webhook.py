@@ -11,12 +11,11 @@ Needs the extra test dependency in tests/requirements-fuzz.txt (schemathesis 4).
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter
 from typing import Any, Callable
-
-import json
 
 import pytest
 import requests
@@ -77,7 +76,7 @@ def fuzz(harness: Harness, strategy: st.SearchStrategy, examples: int,
     session = requests.Session()
 
     @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
-              phases=[Phase.explicit, Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))
+              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
     @given(data=strategy)
     def run(data: Any) -> None:
         if time.monotonic() > deadline:

@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 
+from sophia_tasks.db import connections
 from sophia_tasks.documents import format_version, utcnow
 from sophia_tasks.journal import journal_rows, purge_expired, write_rows
 from tests.integration.conftest import Harness, gong_call
@@ -66,6 +67,7 @@ def test_every_accepted_event_is_journaled(harness: Harness) -> None:
 
 def test_journal_keeps_one_row_per_event_takes_a_fix_and_purges_old_days(harness: Harness) -> None:
     dsn = harness.env["SOPHIA_POSTGRES_DSN"]
+    connections.discard(dsn)  # this process's cached connection may have been killed by an earlier test
     received = format_version(utcnow())
     event = {"event_id": "evt-journal-fix", "collection": "journal_selftest", "received_at": received,
              "published_at": received, "source": "webhook", "is_test": False,

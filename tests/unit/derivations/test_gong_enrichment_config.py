@@ -91,3 +91,11 @@ def test_docs_describe_every_config_key() -> None:
     doc = DOCS.read_text(encoding="utf-8")
     missing = [key for key in DEFAULT_CONFIG if f"`{key}`" not in doc]
     assert missing == []
+
+
+def test_docs_yaml_block_is_exactly_the_default_config() -> None:
+    doc = DOCS.read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(derivations:\n.*?)```", doc, re.DOTALL)
+    assert block is not None
+    spec = yaml.safe_load(block.group(1))
+    assert spec["derivations"]["gong_calls_enriched"]["config"] == DEFAULT_CONFIG

@@ -263,3 +263,37 @@ def test_phone_regex_is_the_documented_one() -> None:
     # the fast path's shortcuts rely on these properties of the pattern
     assert PHONE_OR_DATE_RE.groupindex.keys() == {"keep", "phone"}
     assert quiet_call()["metaData"]["started"] == mask_text(quiet_call()["metaData"]["started"])
+
+
+def test_phoneish_lead_bytes_cover_every_character_a_phone_can_hold() -> None:
+    # may_hold_phone() is only exact if every non-ASCII character the phone pattern accepts
+    # (\d digits of any script, no-break space, U+2010-2015 dashes) starts with a listed byte
+    import sys
+
+    from sophia_tasks.derivations.pii import PHONEISH_LEAD_BYTES
+
+    digit = re.compile(r"\d")
+    needed = set()
+    for cp in range(0x80, sys.maxunicode + 1):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        ch = chr(cp)
+        if digit.match(ch) or ch == "\u00a0" or 0x2010 <= cp <= 0x2015:
+            needed.add(ch.encode()[0])
+    assert needed <= PHONEISH_LEAD_BYTES
+
+
+@pytest.mark.parametrize("text", ["+1 415-555-0132", "０９０-１２３４-５６７８", "٠٥٠١٢٣٤٥٦٧", "+49\u00a030\u00a01234567",
+                                  "415\u2013555\u20130132", "x 555-0132"])
+def test_may_hold_phone_never_misses(text: str) -> None:
+    from sophia_tasks.derivations.pii import may_hold_phone
+
+    assert may_hold_phone(text)
+
+
+def test_may_hold_phone_rejects_prose_and_handles_surrogates() -> None:
+    from sophia_tasks.derivations.pii import may_hold_phone
+
+    assert not may_hold_phone("Budget of $40,000 was approved for 2026; about 200 more seats.")
+    assert not may_hold_phone("lone surrogate \ud800 here")
+    assert mask_text("lone surrogate \ud800 and +1 415-555-0132") == "lone surrogate \ud800 and ***-***-**32"
