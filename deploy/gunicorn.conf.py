@@ -10,6 +10,8 @@ timeout = 30
 graceful_timeout = 20
 keepalive = 5
 accesslog = os.environ.get("SOPHIA_ACCESS_LOG") or None
+# No %(u)s: a Basic-auth user part can carry a token.
+access_log_format = '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(L)ss'
 loglevel = os.environ.get("SOPHIA_LOG_LEVEL", "info")
 # Build the app (and check settings, flow spec) once in the master, then fork.
 preload_app = True

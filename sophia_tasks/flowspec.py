@@ -16,8 +16,8 @@ import yaml
 
 ENDPOINTS = ("redis", "postgres", "snowflake")
 PROJECTION_TYPES = ("string", "integer", "number", "boolean", "timestamp", "object")
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-_SQL_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
+_SQL_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 
 
 class FlowSpecError(ValueError):

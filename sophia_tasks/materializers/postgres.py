@@ -106,7 +106,8 @@ class PostgresMaterializer:
         rows = []
         for key, doc in pairs:
             rows.append((key, jsonb_text(doc), version_of(doc), *[
-                psycopg2.extras.Json(v, dumps=jsonb_text) if p.type == "object" and v is not None else v
+                psycopg2.extras.Json(v, dumps=jsonb_text) if p.type == "object" and v is not None
+                else v.replace("\x00", "\ufffd") if isinstance(v, str) else v
                 for p, v in zip(binding.projections, project(doc, binding.projections))]))
         template = "(" + ", ".join(["%s", "%s::jsonb", "%s::timestamptz"] + ["%s"] * len(binding.projections)) + ")"
         try:

@@ -94,12 +94,16 @@ def test_rate_limit_per_credential_429_with_retry_after(harness: Harness) -> Non
         return client.post("/estuary/webhook", data=body, headers={"Authorization": f"Bearer {token}",
                                                                     "Content-Type": "application/json"})
 
-    codes = [post(token_a).status_code for _ in range(5)]
-    # A minute boundary may reset the window once during the loop; at least one request is refused.
-    assert codes.count(202) >= 3 and 429 in codes, codes
-    limited = post(token_a)
-    if limited.status_code == 429:
-        assert 1 <= int(limited.headers["Retry-After"]) <= 61
-        assert limited.get_json()["error"] == "rate limited"
+    # Four requests in one minute window must meet a 429; a window boundary may reset it once.
+    limited = None
+    for _ in range(2):
+        codes = [post(token_a) for _ in range(4)]
+        refused = [r for r in codes if r.status_code == 429]
+        if refused:
+            limited = refused[0]
+            break
+    assert limited is not None
+    assert 1 <= int(limited.headers["Retry-After"]) <= 61
+    assert limited.get_json()["error"] == "rate limited"
     # Another credential has its own budget.
     assert post(token_b).status_code == 202

@@ -21,6 +21,7 @@ from sophia_tasks.materializers.snowflake import SnowflakeMaterializer, quote_id
 from sophia_tasks.settings import DEFAULT_FLOW, Settings
 
 SQL_NAMES = [
+    "name\n",
     "gong_calls_enriched; DROP TABLE gong_calls_enriched; --",
     "gong_calls_enriched;DROP",
     "x'--",
