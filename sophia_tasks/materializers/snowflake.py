@@ -87,7 +87,11 @@ class SnowflakeMaterializer:
                 return []
         except (sf_errors.OperationalError, sf_errors.InterfaceError, sf_errors.DatabaseError,
                 ConnectionError, OSError) as exc:
-            transient = not isinstance(exc, sf_errors.ProgrammingError)
+            # A session the server no longer knows (restart, expiry: 390111/390112/390114, HTTP 401 as
+            # 290401) needs a new login, not a retry on the same connection.
+            session_gone = getattr(exc, "errno", None) in (390111, 390112, 390114, 290401) or \
+                "401" in str(exc) or "authentication token" in str(exc).lower()
+            transient = session_gone or not isinstance(exc, sf_errors.ProgrammingError)
             if transient:
                 self._discard()
                 raise TransientTargetError(f"snowflake: {exc}") from exc
