@@ -109,26 +109,28 @@ def letters_for_failed_task(name: str, args: tuple, kwargs: dict, exc: BaseExcep
     return []
 
 
-def send_validate(events: list[dict[str, Any]], lane: str = "live", targets: list[str] | None = None) -> None:
-    """Hand events to the chain. ``lane="bulk"`` (backfill, rebuild) uses the lower-priority queues;
-    ``targets`` limits materialization to those targets (a rebuild of one target)."""
-    settings = context().settings
+def _lane_kwargs(lane: str, targets: list[str] | None) -> dict[str, Any]:
+    """Only non-default routing travels in the message, so live messages stay as small as before."""
     kwargs: dict[str, Any] = {}
     if lane != "live":
         kwargs["lane"] = lane
     if targets is not None:
         kwargs["targets"] = list(targets)
+    return kwargs
+
+
+def send_validate(events: list[dict[str, Any]], lane: str = "live", targets: list[str] | None = None) -> None:
+    """Hand events to the chain. ``lane="bulk"`` (backfill, rebuild) uses the lower-priority queues;
+    ``targets`` limits materialization to those targets (a rebuild of one target)."""
+    settings = context().settings
+    kwargs = _lane_kwargs(lane, targets)
     validate.apply_async(args=[events], kwargs=kwargs, queue=stage_queue(settings, "validate", lane))
 
 
 def send_derive(collection: str, documents: list[dict[str, Any]], lane: str = "live",
                 targets: list[str] | None = None) -> None:
     settings = context().settings
-    kwargs: dict[str, Any] = {}
-    if lane != "live":
-        kwargs["lane"] = lane
-    if targets is not None:
-        kwargs["targets"] = list(targets)
+    kwargs = _lane_kwargs(lane, targets)
     derive.apply_async(args=[collection, documents], kwargs=kwargs, queue=stage_queue(settings, "derive", lane))
 
 
