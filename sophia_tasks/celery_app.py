@@ -35,19 +35,21 @@ def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
     queues += [Queue(materialize_queue(settings, name, lane), routing_key=materialize_queue(settings, name, lane))
                for lane in LANES for name in spec.materializations]
     transport_options: dict[str, object] = {}
+    broker_transport: str | None = None
     if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
-        transport_options = {
-            "visibility_timeout": settings.visibility_timeout,
-            "socket_connect_timeout": 3,
-            "socket_timeout": 10,
-            "retry_on_timeout": True,
-        }
+        # Our Redis transport: a killed worker can never lose a message in kombu's delivery window.
+        from sophia_tasks.broker import transport_options as redis_options
+
+        transport_options = redis_options(settings, (settings.queue("sophia."),))
+        if not settings.broker_url.startswith("rediss://"):  # rediss keeps kombu's own TLS checks
+            broker_transport = "sophia_tasks.broker:Transport"
     elif settings.broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
         # A 202 must mean the broker has the event: wait for the publisher confirm.
         transport_options = {"confirm_publish": True, "connect_timeout": 3}
     app.conf.update(
         broker_url=settings.broker_url,
         broker_transport_options=transport_options,
+        broker_transport=broker_transport,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
         result_backend=None,

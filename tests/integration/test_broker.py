@@ -1,0 +1,122 @@
+"""The Redis broker transport: a message taken off the queue by a consumer that dies before
+kombu records it as unacked is restored, not lost; nothing is left behind after an ack."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
+
+import pytest
+import redis
+from kombu import Connection, Consumer, Queue
+
+from sophia_tasks.broker import Transport, transport_options
+from sophia_tasks.stack import free_port, port_open, wait_for
+
+PREFIX = "t.sophia."
+
+
+@pytest.fixture()
+def broker(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
+                             "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: port_open("127.0.0.1", port), 20, "a private redis")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def connection(url: str, vt: int = 1) -> Connection:
+    opts = transport_options(SimpleNamespace(visibility_timeout=vt), (PREFIX,))
+    return Connection(url, transport="sophia_tasks.broker:Transport", transport_options=opts)
+
+
+def publish(conn: Connection, queue: Queue, body: dict) -> None:
+    conn.Producer().publish(body, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue],
+                            serializer="json")
+
+
+def drain(conn: Connection, queue: Queue, timeout: float = 3.0) -> list[dict]:
+    got: list[dict] = []
+
+    def on_message(body: dict, message) -> None:
+        got.append(body)
+        message.ack()
+
+    with Consumer(conn, [queue], callbacks=[on_message], accept=["json"]):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                conn.drain_events(timeout=0.3)
+            except TimeoutError:
+                if got:
+                    break
+    return got
+
+
+def test_message_lost_in_the_delivery_window_is_restored(broker: str) -> None:
+    raw = redis.Redis.from_url(broker)
+    queue = Queue(PREFIX + "validate", routing_key=PREFIX + "validate")
+    with connection(broker) as conn:
+        publish(conn, queue, {"events": [1, 2, 3]})
+        assert raw.hlen("unacked") == 1 and raw.llen(queue.name) == 1
+        # A consumer that popped the message and died before recording it (what BRPOP + SIGKILL does):
+        assert raw.brpop([queue.name], 1) is not None
+        assert raw.llen(queue.name) == 0
+        time.sleep(1.2)  # older than the visibility timeout
+        conn.channel().qos.restore_visible(num=None, interval=1)
+        assert raw.llen(queue.name) == 1
+        assert drain(conn, queue) == [{"events": [1, 2, 3]}]
+    assert raw.hlen("unacked") == 0 and raw.zcard("unacked_index") == 0 and raw.llen(queue.name) == 0
+
+
+def test_acked_messages_leave_nothing_behind_and_are_not_restored(broker: str) -> None:
+    raw = redis.Redis.from_url(broker)
+    queue = Queue(PREFIX + "derive", routing_key=PREFIX + "derive")
+    with connection(broker) as conn:
+        for i in range(5):
+            publish(conn, queue, {"n": i})
+        got: list[dict] = []
+        while len(got) < 5:
+            batch = drain(conn, queue)
+            assert batch, "the published messages never arrived"
+            got += batch
+        assert sorted(b["n"] for b in got) == [0, 1, 2, 3, 4]
+        time.sleep(1.2)
+        conn.channel().qos.restore_visible(num=None, interval=1)
+    assert raw.hlen("unacked") == 0 and raw.llen(queue.name) == 0
+
+
+def test_queues_outside_the_prefix_are_published_as_kombu_does(broker: str) -> None:
+    raw = redis.Redis.from_url(broker)
+    queue = Queue("someone.elses.queue", routing_key="someone.elses.queue")
+    with connection(broker) as conn:
+        publish(conn, queue, {"x": 1})
+    assert raw.llen(queue.name) == 1
+    assert raw.hlen("unacked") == 0
+
+
+def test_the_celery_app_uses_the_guarded_transport_for_redis() -> None:
+    from celery import Celery
+
+    from sophia_tasks.celery_app import configure
+    from sophia_tasks.flowspec import load_spec
+    from sophia_tasks.settings import load_settings
+
+    settings = load_settings({"SOPHIA_BROKER_URL": "redis://127.0.0.1:6379/0", "SOPHIA_VISIBILITY_TIMEOUT": "40",
+                              "SOPHIA_RETRY_BACKOFF_MAX": "5"})
+    app = Celery("probe", set_as_current=False)
+    configure(app, settings, load_spec(settings.flow_path))
+    with app.connection_for_write() as conn:
+        assert conn.transport_cls is Transport or isinstance(conn.transport, Transport)
+        opts = conn.transport_options
+    assert opts["guarded_prefixes"] == (settings.queue("sophia."),)
+    assert opts["visibility_timeout"] == 40 and opts["unacked_restore_throttle"] == 1
+    assert opts["unacked_restore_interval"] == 10 and opts["unacked_mutex_expire"] == 40
