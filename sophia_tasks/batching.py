@@ -49,7 +49,7 @@ class IngestBatcher(bootsteps.ConsumerStep):
     def get_consumers(self, channel: Any) -> list[Consumer]:
         queue = Queue(self.settings.queue("sophia.ingest"), routing_key=self.settings.queue("sophia.ingest"))
         prefetch = max(10, self.settings.ingest_batch_size * 2)
-        return [Consumer(channel, queues=[queue], callbacks=[self.on_message], accept=["json"],
+        return [Consumer(channel, queues=[queue], callbacks=[self.on_message], accept=list(self.app.conf.accept_content),
                          prefetch_count=prefetch)]
 
     def start(self, c: Any) -> None:

@@ -30,6 +30,10 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
 
+#: Property set on the unacked-hash copy of a message that is still waiting in its queue.
+QUEUED_MARK = "sophia_queued"
+
+
 class Channel(kombu_redis.Channel):
     guarded_prefixes: tuple[str, ...] = ()
     from_transport_options = kombu_redis.Channel.from_transport_options + ("guarded_prefixes",)
@@ -44,7 +48,11 @@ class Channel(kombu_redis.Channel):
         delivery = props.get("delivery_info") or {}
         tag = props["delivery_tag"]
         payload = dumps(message)
-        entry = dumps([message, delivery.get("exchange", ""), delivery.get("routing_key", queue)])
+        # The copy in the unacked hash is marked, so queue-depth readers (sophia_tasks.queues) can
+        # tell a message still in its queue from one a worker has reserved; a delivery overwrites
+        # the entry with the unmarked payload. Marked last: readers only look at the entry's tail.
+        marked = dict(message, properties=dict(props, **{QUEUED_MARK: True}))
+        entry = dumps([marked, delivery.get("exchange", ""), delivery.get("routing_key", queue)])
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
         with self.conn_or_acquire() as client:
             with client.pipeline(transaction=True) as pipe:

@@ -3,7 +3,8 @@
 Each target has its own queue, but one worker's pool serves every queue: without a
 cap, a target that hangs (a locked table, a stalled network) would end up holding
 every process and delay the healthy targets. A task that finds its target's slots
-full goes back on its queue after a short pause without spending its retry budget.
+full waits up to ``SOPHIA_BULKHEAD_WAIT`` seconds for one (a healthy target frees a slot within
+a write), then goes back on its queue after a short pause without spending its retry budget.
 Slots live in a Redis sorted set scored by time, so a killed process's slot expires.
 """
 from __future__ import annotations
@@ -27,11 +28,25 @@ class Bulkhead:
     def _key(self, node: str, target: str) -> str:
         return f"sophia:bulkhead:{node}:{target}"
 
-    def acquire(self, node: str, target: str) -> str | None:
-        """A slot token, or None when the target already has ``limit`` writers on this node.
+    def acquire(self, node: str, target: str, wait: float = 0.0) -> str | None:
+        """A slot token, or None when the target still has ``limit`` writers on this node after
+        ``wait`` seconds.
 
-        If Redis cannot be asked, the write goes ahead: the cap is a safeguard, not a lock.
+        Why wait: a healthy target frees a slot within one write (milliseconds to a few hundred),
+        and stepping aside re-publishes the whole batch; only a target that stays busy for
+        ``wait`` is treated as slow. If Redis cannot be asked, the write goes ahead: the cap is
+        a safeguard, not a lock.
         """
+        deadline = time.monotonic() + wait
+        pause = 0.01
+        while True:
+            token = self._try_acquire(node, target)
+            if token is not None or time.monotonic() + pause > deadline:
+                return token
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+    def _try_acquire(self, node: str, target: str) -> str | None:
         token = uuid.uuid4().hex
         if self.limit <= 0:
             return token

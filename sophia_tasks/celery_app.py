@@ -7,6 +7,7 @@ from celery import Celery
 from kombu import Queue
 
 from sophia_tasks.flowspec import FlowSpec, load_spec
+from sophia_tasks.serialization import NAME as ORJSON, register_orjson
 from sophia_tasks.settings import Settings, load_settings
 
 STAGE_QUEUES = ("sophia.validate", "sophia.derive", "sophia.ops", "sophia.backfill")
@@ -31,6 +32,7 @@ def stage_queue(settings: Settings, stage: str, lane: str = "live") -> str:
 
 
 def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
+    register_orjson()
     queues = [Queue(settings.queue(q), routing_key=settings.queue(q)) for q in STAGE_QUEUES]
     queues += [Queue(materialize_queue(settings, name, lane), routing_key=materialize_queue(settings, name, lane))
                for lane in LANES for name in spec.materializations]
@@ -54,9 +56,9 @@ def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
         broker_connection_timeout=3,
         result_backend=None,
         task_ignore_result=True,
-        task_serializer="json",
+        task_serializer=ORJSON,
         result_serializer="json",
-        accept_content=["json"],
+        accept_content=[ORJSON, "json"],
         event_serializer="json",
         task_acks_late=True,
         task_reject_on_worker_lost=True,

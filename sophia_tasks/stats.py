@@ -40,6 +40,11 @@ class Stats:
         self.client = redis_lib.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
 
     def incr(self, items: Iterable[tuple[str, Mapping[str, Any] | None, float]]) -> None:
+        self.record(items, {})
+
+    def record(self, items: Iterable[tuple[str, Mapping[str, Any] | None, float]],
+               ticks: Mapping[str, float]) -> None:
+        """Counters and throughput buckets in one round trip (the webhook calls this per request)."""
         try:
             pipe = self.client.pipeline(transaction=False)
             n = 0
@@ -47,10 +52,23 @@ class Stats:
                 if amount:
                     pipe.hincrbyfloat(COUNTERS, field(name, labels), amount)
                     n += 1
+            n += self._queue_ticks(pipe, ticks)
             if n:
                 pipe.execute()
         except redis_lib.RedisError as exc:
             log.warning("could not record stats: %s", exc)
+
+    @staticmethod
+    def _queue_ticks(pipe: Any, counts: Mapping[str, float]) -> int:
+        now = int(time.time())
+        n = 0
+        for stage, amount in counts.items():
+            if amount:
+                key = f"sophia:stats:tp:{stage}:{now}"
+                pipe.incrbyfloat(key, amount)
+                pipe.expire(key, THROUGHPUT_WINDOW * 2)
+                n += 1
+        return n
 
     def set_gauges(self, values: Mapping[str, float]) -> None:
         try:
@@ -87,16 +105,8 @@ class Stats:
     def tick(self, counts: Mapping[str, float]) -> None:
         """Per-second buckets (kept two minutes) behind the sliding-window throughput gauge."""
         try:
-            now = int(time.time())
             pipe = self.client.pipeline(transaction=False)
-            n = 0
-            for stage, amount in counts.items():
-                if amount:
-                    key = f"sophia:stats:tp:{stage}:{now}"
-                    pipe.incrbyfloat(key, amount)
-                    pipe.expire(key, THROUGHPUT_WINDOW * 2)
-                    n += 1
-            if n:
+            if self._queue_ticks(pipe, counts):
                 pipe.execute()
         except redis_lib.RedisError as exc:
             log.warning("could not record throughput: %s", exc)

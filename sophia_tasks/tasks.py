@@ -13,7 +13,7 @@ import random
 from typing import Any
 
 from celery import Task
-from celery.signals import celeryd_after_setup
+from celery.signals import celeryd_after_setup, worker_init
 from celery.exceptions import Retry
 
 from sophia_tasks import pipeline
@@ -61,6 +61,18 @@ def _clear_stale_slots(sender: str, instance: Any = None, **kwargs: Any) -> None
             log.info("cleared %d stale bulkhead slot set(s) of %s", n, sender)
     finally:
         client.close()
+
+
+@worker_init.connect
+def _preload_target_clients(**kwargs: Any) -> None:
+    """Import the Snowflake connector before the pool forks: otherwise every pool child pays
+    ~2 s of imports on its first Snowflake batch, and again after each memory recycle."""
+    if any(m.endpoint == "snowflake" for m in app.conf.sophia_spec.materializations.values()):
+        try:
+            import snowflake.connector  # noqa: F401
+            import snowflake.connector.errors  # noqa: F401
+        except ImportError as exc:  # the materializer reports it on first use, with its context
+            log.warning("snowflake connector not importable: %s", exc)
 
 
 class StageTask(Task):
@@ -160,10 +172,12 @@ def validate(events: list[dict[str, Any]], lane: str = "live", targets: list[str
         pipeline.record_error(ctx, "validate", None, "schema", len(result.letters))
     if result.tests:
         record_test_deliveries(ctx, result.tests)
-    for collection, documents in result.documents.items():
-        send_derive(collection, documents, lane=lane, targets=targets)
     ctx.stats.incr([("documents_validated", {"collection": c}, len(d)) for c, d in result.documents.items()])
     ctx.stats.tick({"validate": len(events)})
+    # Derive in the same task: one broker hop fewer (an encode, two decodes and a pickle of the
+    # whole batch). ``sophia.derive`` stays for dead letters replayed at the derive stage.
+    for collection, documents in result.documents.items():
+        derive_and_fan_out(ctx, collection, documents, lane, targets)
 
 
 def record_test_deliveries(ctx: pipeline.Context, documents: list[dict[str, Any]]) -> None:
@@ -186,7 +200,12 @@ def journal_hook(ctx: pipeline.Context, events: list[dict[str, Any]], lane: str)
 @app.task(name="sophia.derive", base=StageTask)
 def derive(collection: str, documents: list[dict[str, Any]], lane: str = "live",
            targets: list[str] | None = None) -> None:
-    ctx = context()
+    derive_and_fan_out(context(), collection, documents, lane, targets)
+
+
+def derive_and_fan_out(ctx: pipeline.Context, collection: str, documents: list[dict[str, Any]], lane: str,
+                       targets: list[str] | None) -> None:
+    """Run the derivations of ``collection`` and hand each derived batch to its targets' queues."""
     result = pipeline.derive_documents(ctx.spec, collection, documents)
     if result.letters:
         ctx.dlq.record(result.letters)
@@ -207,7 +226,7 @@ def materialize(self: Task, target: str, collection: str, documents: list[dict[s
     """Write one batch to one target; retried alone, so other targets never wait for it."""
     ctx = context()
     node = self.request.hostname or "local"
-    slot = bulkhead(ctx).acquire(node, target)
+    slot = bulkhead(ctx).acquire(node, target, wait=ctx.settings.bulkhead_wait_seconds)
     if slot is None:
         # This target already has its share of the pool busy (likely slow): step aside.
         send_materialize(target, collection, documents, attempt=attempt, lane=lane,

@@ -52,6 +52,10 @@ class Services:
         if self._celery is None:
             app = Celery("sophia_tasks_web", set_as_current=False)
             configure(app, self.settings, self.spec)
+            # No task-sent event per request: it is one more broker round trip, and sophia.ingest
+            # messages are gathered by the batcher, never run as tasks, so Flower would show them
+            # as sent forever. Tasks the workers send still emit it.
+            app.conf.task_send_sent_event = False
             self._celery = app
         return self._celery
 
@@ -119,8 +123,7 @@ class Services:
 
         if self._stats is None:
             self._stats = Stats(self.settings.redis_url)
-        self._stats.incr([("events_accepted", {"collection": collection}, n)])
-        self._stats.tick({"capture": n})
+        self._stats.record([("events_accepted", {"collection": collection}, n)], {"capture": n})
 
     def release(self, event_ids: list[str]) -> None:
         """Undo claims for events that did not reach the broker, so the sender's retry is accepted."""

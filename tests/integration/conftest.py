@@ -100,6 +100,15 @@ class Harness:
         self.url = f"http://127.0.0.1:{stack.web_port}"
         self.cache = redis.Redis.from_url(self.env["SOPHIA_REDIS_URL"])
         self.http = requests.Session()
+        # A kept-alive connection the server closes as a request goes out (its 5 s keep-alive, or
+        # after a 413 whose body was never read) is the usual HTTP race: retry idempotent reads, as
+        # any client does. POSTs are never retried here.
+        from requests.adapters import HTTPAdapter
+        from urllib3.util.retry import Retry
+
+        self.http.mount("http://", HTTPAdapter(max_retries=Retry(
+            total=2, connect=2, read=2, status=0, allowed_methods=frozenset({"GET", "HEAD"}),
+            raise_on_status=False)))
 
     # -- sending ----------------------------------------------------------------------
     def post(self, body: Any, token: str | None = TOKEN, headers: dict[str, str] | None = None,

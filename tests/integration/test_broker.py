@@ -2,6 +2,7 @@
 kombu records it as unacked is restored, not lost; nothing is left behind after an ack."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -120,3 +121,29 @@ def test_the_celery_app_uses_the_guarded_transport_for_redis() -> None:
     assert opts["guarded_prefixes"] == (settings.queue("sophia."),)
     assert opts["visibility_timeout"] == 40 and opts["unacked_restore_throttle"] == 1
     assert opts["unacked_restore_interval"] == 10 and opts["unacked_mutex_expire"] == 40
+
+
+def test_queue_depth_counts_a_registered_message_once_as_ready(broker: str) -> None:
+    from celery import Celery
+
+    from sophia_tasks.celery_app import configure
+    from sophia_tasks.flowspec import load_spec
+    from sophia_tasks.queues import broker_snapshot
+    from sophia_tasks.settings import load_settings
+
+    settings = load_settings({"SOPHIA_BROKER_URL": broker, "SOPHIA_QUEUE_PREFIX": "t."})
+    spec = load_spec(settings.flow_path)
+    app = Celery("probe", set_as_current=False)
+    configure(app, settings, spec)
+    queue = settings.queue("sophia.materialize.redis")
+    app.send_task("sophia.materialize", args=["redis", "gong_calls_enriched", [{"x": 1}]], queue=queue)
+    raw = redis.Redis.from_url(broker)
+    assert raw.hlen("unacked") == 1  # registered at publish
+    info = broker_snapshot(settings, spec).queues[queue]
+    assert info.ready == 1 and not info.reserved
+    # A worker takes it: kombu overwrites the entry with the unmarked payload; now it is reserved.
+    _, payload = raw.brpop([queue], 1)
+    (tag,) = raw.hkeys("unacked")
+    raw.hset("unacked", tag, json.dumps([json.loads(payload), "", queue]))
+    info = broker_snapshot(settings, spec).queues[queue]
+    assert info.ready == 0 and info.reserved == 1

@@ -47,3 +47,23 @@ def test_a_starting_node_clears_what_a_killed_run_left() -> None:
     assert bh.acquire("n1", "postgres") is None
     assert clear_node(c, "n1") == 2
     assert bh.acquire("n1", "postgres") is not None
+
+
+def test_a_writer_waits_for_a_slot_that_frees_within_the_wait() -> None:
+    import threading
+
+    bh = Bulkhead(client(), limit=1)
+    held = bh.acquire("n1", "postgres")
+    assert held is not None
+    threading.Timer(0.2, bh.release, args=("n1", "postgres", held)).start()
+    started = time.monotonic()
+    assert bh.acquire("n1", "postgres", wait=3.0) is not None
+    assert time.monotonic() - started < 2.5  # it got the freed slot, not the end of the wait
+
+
+def test_a_writer_steps_aside_when_the_slot_stays_busy_for_the_whole_wait() -> None:
+    bh = Bulkhead(client(), limit=1)
+    assert bh.acquire("n1", "postgres") is not None
+    started = time.monotonic()
+    assert bh.acquire("n1", "postgres", wait=0.3) is None
+    assert time.monotonic() - started >= 0.2
