@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from typing import Any, Iterator
 
 import redis as redis_lib
@@ -48,15 +49,25 @@ TARGET_COUNTERS: dict[str, tuple[str, str]] = {
 }
 
 _stats: dict[tuple[int, str], Stats] = {}
+_stats_lock = threading.Lock()
 
 
 def _stats_for(url: str) -> Stats:
-    """One client per process and URL: a scrape should not open a connection pool each time."""
+    """One client per process and URL: a scrape should not open a connection pool each time.
+
+    Under a lock: gunicorn threads scrape at once, and a client dropped by one thread while
+    another uses it would close that thread's connection when it is garbage-collected.
+    """
     key = (os.getpid(), url)
-    if key not in _stats:
-        _stats.clear()
-        _stats[key] = Stats(url)
-    return _stats[key]
+    stats = _stats.get(key)
+    if stats is None:
+        with _stats_lock:
+            stats = _stats.get(key)
+            if stats is None:
+                for old in [k for k in _stats if k[0] != key[0]]:  # a forked parent's clients
+                    del _stats[old]
+                stats = _stats[key] = Stats(url)
+    return stats
 
 
 def _le_key(raw: str) -> float | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 import redis as redis_lib
@@ -38,33 +39,46 @@ class Services:
         self._redis: redis_lib.Redis | None = None
         self._stats: Any = None
         self._pid = os.getpid()
+        # gunicorn's threads share these clients. Creating them under a lock matters: a client
+        # built twice by two threads at once leaves one unreferenced, and a garbage-collected
+        # redis client closes its connection pool, sockets in use by the other thread included.
+        self._lock = threading.Lock()
 
     def _fork_check(self) -> None:
         if os.getpid() != self._pid:  # gunicorn forked us: never share sockets across processes
-            self._celery = None
-            self._redis = None
-            self._stats = None
-            self._pid = os.getpid()
+            with self._lock:
+                if os.getpid() != self._pid:
+                    self._celery = None
+                    self._redis = None
+                    self._stats = None
+                    self._pid = os.getpid()
 
     @property
     def celery(self) -> Celery:
         self._fork_check()
         if self._celery is None:
-            app = Celery("sophia_tasks_web", set_as_current=False)
-            configure(app, self.settings, self.spec)
-            # No task-sent event per request: it is one more broker round trip, and sophia.ingest
-            # messages are gathered by the batcher, never run as tasks, so Flower would show them
-            # as sent forever. Tasks the workers send still emit it.
-            app.conf.task_send_sent_event = False
-            self._celery = app
+            with self._lock:
+                if self._celery is None:
+                    self._celery = self._make_celery()
         return self._celery
+
+    def _make_celery(self) -> Celery:
+        app = Celery("sophia_tasks_web", set_as_current=False)
+        configure(app, self.settings, self.spec)
+        # No task-sent event per request: it is one more broker round trip, and sophia.ingest
+        # messages are gathered by the batcher, never run as tasks, so Flower would show them
+        # as sent forever. Tasks the workers send still emit it.
+        app.conf.task_send_sent_event = False
+        return app
 
     @property
     def redis(self) -> redis_lib.Redis:
         self._fork_check()
         if self._redis is None:
-            self._redis = redis_lib.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2,
-                                                   socket_timeout=5)
+            with self._lock:
+                if self._redis is None:
+                    self._redis = redis_lib.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2,
+                                                           socket_timeout=5)
         return self._redis
 
     def publish(self, events: list[dict[str, Any]]) -> None:
@@ -121,8 +135,11 @@ class Services:
     def count_accepted(self, collection: str, n: int) -> None:
         from sophia_tasks.stats import Stats
 
+        self._fork_check()
         if self._stats is None:
-            self._stats = Stats(self.settings.redis_url)
+            with self._lock:
+                if self._stats is None:
+                    self._stats = Stats(self.settings.redis_url)
         self._stats.record([("events_accepted", {"collection": collection}, n)], {"capture": n})
 
     def release(self, event_ids: list[str]) -> None:
