@@ -122,6 +122,24 @@ def target_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
 
     dr = s.get("drain") or {}
     nv = s.get("naive") or {}
+    sk = s.get("soak")
+    if sk is not None and "accepted" in sk:
+        lost = sum((sk.get("lost") or {}).values())
+        dup = sum((sk.get("duplicated") or {}).values())
+        row(f"soak: {_fmt(sk['rate'])} ev/s for {_fmt(sk['seconds'])} s, worker killed every "
+            f"{_fmt(sk['kill_every_s'])} s: lost / duplicated", f"{lost} / {dup} of {_fmt(sk['accepted'])}",
+            "0 / 0", lost == 0 and dup == 0 and len(sk.get("kills") or []) > 0,
+            f"{len(sk.get('kills') or [])} kills; dead letters {sk.get('dead_letters')}; drained "
+            f"{sk.get('drained_s_after_load')} s after the load")
+        first, last = sk.get("memory_first_minute_peak") or {}, sk.get("memory_last_minute_peak") or {}
+        if first.get("worker_mb") and last.get("worker_mb"):
+            growth = last["worker_mb"] / first["worker_mb"]
+            row("soak: worker tree RSS, last minute vs first minute (peak)",
+                f"{_fmt(last['worker_mb'])} / {_fmt(first['worker_mb'])} MB = {_fmt(growth, 'x', 2)}",
+                "flat (<= 1.2x)", growth <= 1.2,
+                f"largest process {_fmt(first.get('worker_max_mb'))} -> {_fmt(last.get('worker_max_mb'))} MB")
+    elif sk is not None:
+        not_run("soak: lost / duplicated", "0 / 0", "soak")
     for t, label in (("redis", "Redis"), ("postgres", "Postgres")):
         rate = _get(dr, "targets", t, "events_per_s")
         if rate is None:

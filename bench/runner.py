@@ -17,15 +17,16 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from bench.scenarios import SCENARIOS
+    from bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS
 
     p = argparse.ArgumentParser(prog="python -m bench", description=(
         "Benchmark sophia-tasks on the real stack (gunicorn web, Celery worker, Redis, PostgreSQL, "
         "the Snowflake emulator) on benchmark-only databases and ports."))
     p.add_argument("--quick", action="store_true",
                    help="small sizes (2,000-event drain, 10 s latency run, 5,000-call backfill, 4 s ingest steps)")
-    p.add_argument("--scenario", default=",".join(SCENARIOS),
-                   help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
+    p.add_argument("--scenario", default=",".join(DEFAULT_SCENARIOS),
+                   help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all but soak, which runs "
+                        "10 minutes: --scenario soak)")
     p.add_argument("--profile", action="store_true",
                    help="after the drain, drain again under py-spy (worker tree); after the ingest steps, one more "
                         "webhook step under py-spy (gunicorn tree); both summarised (what dominates CPU)")
@@ -37,6 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backfill-events", type=int, help="calls in the backfill file (default 100,000; --quick 5,000)")
     p.add_argument("--ingest-seconds", type=float, help="seconds per ingest step (default 15; --quick 4)")
     p.add_argument("--concurrency", help="ingest concurrency steps, comma-separated (default 8,32,64)")
+    p.add_argument("--soak-rate", type=float, help="events/s of the soak (default 500)")
+    p.add_argument("--soak-seconds", type=float, help="length of the soak (default 600)")
+    p.add_argument("--soak-kill-every", type=float, help="seconds between worker kills in the soak (default 60)")
     p.add_argument("--broker-db", type=int, default=14, help="Redis db of the broker (default 14)")
     p.add_argument("--cache-db", type=int, default=15, help="Redis db of the cache target (default 15)")
     p.add_argument("--web-workers", type=int, default=2)
@@ -76,6 +80,12 @@ def sizes_from(args: argparse.Namespace) -> Any:
         s.ingest_seconds = args.ingest_seconds
     if args.concurrency:
         s.ingest_concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    if args.soak_rate:
+        s.soak_rate = args.soak_rate
+    if args.soak_seconds:
+        s.soak_seconds = args.soak_seconds
+    if args.soak_kill_every:
+        s.soak_kill_every = args.soak_kill_every
     return s
 
 

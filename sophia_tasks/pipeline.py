@@ -10,7 +10,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from sophia_tasks.deadletter import DeadLetterStore, Letter
 from sophia_tasks.documents import make_document, meta, normalize_version, parse_time, utcnow
@@ -18,6 +18,9 @@ from sophia_tasks.flowspec import Derivation, FlowSpec, load_spec
 from sophia_tasks.materializers import TransientTargetError, WriteResult, get_materializer
 from sophia_tasks.settings import Settings
 from sophia_tasks.stats import Stats
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sophia_tasks.claims import ClaimStore
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +33,15 @@ class Context:
     spec: FlowSpec
     dlq: DeadLetterStore
     stats: Stats
+    claims: "ClaimStore | None" = None
 
 
 def build_context(settings: Settings, spec: FlowSpec | None = None) -> Context:
+    from sophia_tasks.claims import store_for
+
     spec = spec or load_spec(settings.flow_path)
     return Context(settings=settings, spec=spec, dlq=DeadLetterStore(settings.postgres_dsn),
-                   stats=Stats(settings.redis_url))
+                   stats=Stats(settings.redis_url), claims=store_for(settings))
 
 
 def make_event(collection: str, document: Any, event_id: str, received_at: str, published_at: str | None,

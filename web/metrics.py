@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # Error reasons each stage records (pipeline.record_error callers), exported at zero until seen.
 KNOWN_ERRORS: tuple[tuple[str, str], ...] = (("materialize", "data"), ("materialize", "unreachable"),
-                                             ("materialize", "exception"))
+                                             ("materialize", "exception"), ("materialize", "expired"))
 STAGE_ERRORS: tuple[tuple[str, str], ...] = (("validate", "schema"), ("validate", "exception"),
                                              ("derive", "transform"), ("derive", "exception"))
 # Counters per collection that the stages keep: stats name -> (metric name, help).

@@ -22,7 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Any, Iterable, Iterator, Mapping
+from itertools import accumulate, count
+import operator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from sophia_tasks.derivations.pii import DEFAULT_EMAIL_FIELDS, DEFAULT_PHONE_FIELDS, PiiMasker
 
@@ -211,7 +213,10 @@ class ResolvedConfig:
     competitor_tracker_keywords: tuple[str, ...]
     signals: Mapping[str, Signal]
     senior_title_pattern: re.Pattern[str] | None
+    senior_title_scan: re.Pattern[str] | None  # senior_title_pattern as a trie scanner: same titles, faster
     senior_title_exclude_pattern: re.Pattern[str] | None
+    risk_order: Mapping[str, tuple[int, int]]  # risk code -> its rank among the summary's top risks
+    risk_labels: Mapping[str, str]  # risk code -> "pricing objection (medium)" for the summary
     negative_outcomes: frozenset[str]
     timeline_context_fields: frozenset[str]
     masker: PiiMasker
@@ -269,15 +274,16 @@ def _compile_keywords(keywords: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{p})" for p in parts), re.IGNORECASE)
 
 
-def _trie_regex(keywords: Iterable[str]) -> str:
-    """Lower-cased keywords as one regex shaped like a trie (shared prefixes factored out).
+def _trie_regex(keywords: Iterable[str], lower: bool = True) -> str:
+    """Lower-cased (or, with ``lower=False``, as written) keywords as one regex shaped like
+    a trie (shared prefixes factored out).
 
     Why: Python's ``re`` tries alternatives one by one, so 130 flat alternatives cost
     130 attempts per text position; a trie costs one attempt per distinct next character.
     """
     trie: dict[str, Any] = {}
     for keyword in keywords:
-        kw, wildcard = _split_keyword(keyword.lower())
+        kw, wildcard = _split_keyword(keyword.lower() if lower else keyword)
         if not kw:
             continue
         node = trie
@@ -300,20 +306,35 @@ def _trie_regex(keywords: Iterable[str]) -> str:
     return build(trie) if trie else ""
 
 
-def _scan_regex(keywords: Iterable[str], flags: int = 0) -> re.Pattern[str] | None:
-    """The one-pass scanner, run on the lower-cased text with one leading space.
+def _scan_regex(keywords: Iterable[str], flags: int = 0, lower: bool = True) -> re.Pattern[str] | None:
+    """The one-pass scanner, run on the lower-cased text with one leading space
+    (``lower=False`` keeps the keywords as written, for a case-insensitive scanner that
+    must match exactly what ``_compile_keywords`` matches).
 
     A keyword must not continue a word, so the pattern consumes the character before
     it (a class such as ``[^a-z0-9_]``) instead of using a lookbehind: a pattern that
     starts with a character class lets ``re`` skip the inside of words in C, about
     twice as fast. The keyword itself is the pattern's only non-empty group.
+
+    After an ASCII lead, a lookahead on the keywords' possible first letters rejects,
+    in one class test, the many positions (digits, punctuation, a second space, CJK
+    text) where no keyword can start, before the trie's alternation is entered. It
+    accepts exactly the characters the trie's first literals accept, so the matches
+    are the same (a test holds the pattern to the one without the lookahead).
     """
     groups: dict[str, list[str]] = {"ascii": [], "word": [], "none": []}
     for k in keywords:
         kw, _ = _split_keyword(k)
         if kw:
             groups[_edge(kw[0])].append(k)
-    parts = [f"{_LEAD[edge]}({_trie_regex(kws)})" for edge, kws in groups.items() if kws]
+    parts = []
+    for edge, kws in groups.items():
+        if kws:
+            lead = _LEAD[edge]
+            if edge == "ascii":  # first letters are ASCII letters, digits or _, matched as plain literals
+                firsts = sorted({_split_keyword(k.lower() if lower else k)[0][0] for k in kws})
+                lead += "(?=[" + "".join(re.escape(ch) for ch in firsts) + "])"
+            parts.append(f"{lead}({_trie_regex(kws, lower)})")
     return re.compile("|".join(parts), flags) if parts else None
 
 
@@ -421,7 +442,10 @@ def _build(merged: dict[str, Any]) -> ResolvedConfig:
         competitor_tracker_keywords=tuple(k.lower() for k in merged["competitor_tracker_keywords"]),
         signals=signals,
         senior_title_pattern=_compile_keywords(merged["senior_title_keywords"]),
+        senior_title_scan=_scan_regex(merged["senior_title_keywords"], re.IGNORECASE, lower=False),
         senior_title_exclude_pattern=_compile_keywords(merged["senior_title_exclude_keywords"]),
+        risk_order={code: (-weight_of[severity[code]], _CODE_ORDER[code]) for code in RISK_CODES},
+        risk_labels={code: f"{code.replace('_', ' ')} ({severity[code]})" for code in RISK_CODES},
         negative_outcomes=frozenset(c.casefold() for c in merged["negative_outcome_categories"]),
         timeline_context_fields=frozenset(f.casefold() for f in merged["timeline_context_fields"]),
         masker=PiiMasker(merged["pii_email_fields"], merged["pii_phone_fields"], keep),
@@ -533,11 +557,13 @@ def truncate(text: str, limit: int) -> str:
     return cut.rstrip(" ,;:.-\u2013\u2014") + "\u2026"
 
 
-def _add_strings(value: Any, label: str, out: list[tuple[str, str]], depth: int = 0) -> None:
-    """Append every non-empty string inside a JSON value (highlights and outline vary in shape)."""
+def _add_strings(value: Any, label: str, add: Callable[[str, str], Any], depth: int = 0) -> None:
+    """``add(text, label)`` every non-empty string inside a JSON value (highlights and
+    outline vary in shape). A dict inside a list is read in the same call: one call per
+    list, not one per item (outline items are small dicts)."""
     if type(value) is str:
         if value:
-            out.append((label, value))
+            add(value, label)
         return
     if depth >= 8:
         return
@@ -546,11 +572,21 @@ def _add_strings(value: Any, label: str, out: list[tuple[str, str]], depth: int 
     elif type(value) is not list:
         return
     for v in value:
-        if type(v) is str:
+        cls = type(v)
+        if cls is str:
             if v:
-                out.append((label, v))
-        elif type(v) is dict or type(v) is list:
-            _add_strings(v, label, out, depth + 1)
+                add(v, label)
+        elif cls is dict:
+            if depth < 7:  # the depth limit of _add_strings(v, label, add, depth + 1)
+                for w in v.values():
+                    wcls = type(w)
+                    if wcls is str:
+                        if w:
+                            add(w, label)
+                    elif wcls is dict or wcls is list:
+                        _add_strings(w, label, add, depth + 2)
+        elif cls is list:
+            _add_strings(v, label, add, depth + 1)
 
 
 # -- the call's text, scanned once -------------------------------------------------------
@@ -568,22 +604,14 @@ class _Text:
 
     __slots__ = ("blob", "starts", "labels")
 
-    def __init__(self, segments: list[tuple[str, str]]) -> None:
-        starts: list[int] = []
-        labels: list[str] = []
-        parts: list[str] = []
-        seen: set[str] = set()
-        pos = 0
-        for label, text in segments:
-            if text in seen:
-                continue  # highlights and outline often repeat the brief: same text, same hits
-            seen.add(text)
-            starts.append(pos)
-            labels.append(label)
-            parts.append(text)
-            pos += len(text) + 1
-        self.starts = starts
-        self.labels = labels
+    def __init__(self, segments: dict[str, str]) -> None:
+        """``segments``: text -> label of its first occurrence, in the order evidence is
+        preferred (highlights and outline often repeat the brief: same text, same hits,
+        so each distinct text is joined once)."""
+        parts = list(segments)
+        self.labels = list(segments.values())
+        # segment i starts after the i earlier segments and their i separators
+        self.starts = list(map(operator.add, accumulate(map(len, parts), initial=0), count()))[:-1]
         self.blob = _SEGMENT_SEP.join(parts)
 
     def evidence(self, start: int, end: int) -> str:
@@ -611,23 +639,34 @@ class _Text:
         """One regex pass over the text; each distinct matched string is classified once per config."""
         hits = _Hits()
         blob = self.blob
-        if not blob or cfg.scan_pattern is None:
+        pattern = cfg.scan_pattern
+        if not blob or pattern is None:
             return hits
         low = " " + blob.lower()  # the leading space lets a keyword start the text
         # lower() changes the length of a few characters (e.g. U+0130): then offsets would drift
-        matches = (cfg.scan_pattern.finditer(low) if len(low) == len(blob) + 1
-                   else _scan_regex_ci(cfg.scan_keywords).finditer(" " + blob))  # type: ignore[union-attr]
+        if len(low) != len(blob) + 1:
+            pattern = _scan_regex_ci(cfg.scan_keywords)
+            low = " " + blob
         # Only the first occurrence of each distinct keyword can be first for a signal,
         # so the per-match work is one dict lookup; classification happens per distinct text.
+        # Spans are of the scanned text (one leading space): shifted back below.
         firsts: dict[str, tuple[int, int]] = {}
-        for m in matches:
-            group = m.lastindex or 0
-            text = m.group(group)
-            if text not in firsts:
-                firsts[text] = (m.start(group) - 1, m.end(group) - 1)
+        if pattern.groups == 1:  # type: ignore[union-attr]
+            for m in pattern.finditer(low):  # type: ignore[union-attr]
+                text = m[1]
+                if text not in firsts:
+                    firsts[text] = m.span(1)
+        else:
+            for m in pattern.finditer(low):  # type: ignore[union-attr]
+                group = m.lastindex or 0
+                text = m[group]
+                if text not in firsts:
+                    firsts[text] = m.span(group)
         cache = cfg.match_cache
         first = hits.first
-        for text, span in firsts.items():
+        competitors = hits.competitors
+        # firsts is in order of position, so the first span seen for a signal is its earliest
+        for text, (start, end) in firsts.items():
             found = cache.get(text)
             if found is None:
                 found = _classify(text, cfg)
@@ -635,14 +674,15 @@ class _Text:
                     cache.clear()
                 cache[text] = found
             signals, competitor = found
+            span = (start - 1, end - 1)
             for name in signals:
-                if name not in first or span < first[name]:
+                if name not in first:
                     first[name] = span
             if competitor is not None:
-                if hits.competitor_span is None or span < hits.competitor_span:
+                if hits.competitor_span is None:
                     hits.competitor_span = span
-                if competitor not in hits.competitors:
-                    hits.competitors.append(competitor)
+                if competitor not in competitors:
+                    competitors.append(competitor)
         return hits
 
 
@@ -727,24 +767,24 @@ def _read_call(call: Mapping[str, Any], cfg: ResolvedConfig) -> _Call:
             affiliation_by_user[uid] = aff
 
     # text segments, in the order evidence is preferred
-    segments: list[tuple[str, str]] = []
-    append = segments.append
+    segments: dict[str, str] = {}  # text -> label of its first occurrence
+    add_segment = segments.setdefault
     brief = c.get("brief")
     if type(brief) is str and brief:
-        append(("brief", brief))
+        add_segment(brief, "brief")
     for kp in _l(c.get("keyPoints")):
         text = kp.get("text") if type(kp) is dict else kp
         if type(text) is str and text:
-            append(("keyPoints", text))
-    _add_strings(c.get("highlights"), "highlights", segments)
-    _add_strings(c.get("outline"), "outline", segments)
+            add_segment(text, "keyPoints")
+    _add_strings(c.get("highlights"), "highlights", add_segment)
+    _add_strings(c.get("outline"), "outline", add_segment)
     action_items = 0
     for item in _l(_d(c.get("pointsOfInterest")).get("actionItems")):
         if item:
             action_items += 1
         snippet = item.get("snippet") if type(item) is dict else item
         if type(snippet) is str and snippet:
-            append(("actionItems", snippet))
+            add_segment(snippet, "actionItems")
     tracker_evidence: dict[str, str] = {}
     for t in _l(c.get("trackers")):
         if type(t) is not dict:
@@ -755,13 +795,13 @@ def _read_call(call: Mapping[str, Any], cfg: ResolvedConfig) -> _Call:
         for item in _l(t.get("phrases")):
             if type(item) is str:
                 if active and item:
-                    append(("trackers", item))
+                    add_segment(item, "trackers")
             elif type(item) is dict:
                 phrase = item.get("phrase")
                 phrase_count = _num(item.get("count"))
                 if (type(phrase) is str and phrase
                         and (phrase_count > 0 if phrase_count is not None else active)):
-                    append(("trackers", phrase))
+                    add_segment(phrase, "trackers")
         if active:
             name, ttype = _s(t.get("name")), _s(t.get("type"))
             for signal in _tracker_signals(f"{name} {ttype}".lower(), cfg):
@@ -773,11 +813,11 @@ def _read_call(call: Mapping[str, Any], cfg: ResolvedConfig) -> _Call:
             name = topic.get("name")
             duration = _num(topic.get("duration"))
             if type(name) is str and name and (duration is None or duration > 0):
-                append(("topics", name))
+                add_segment(name, "topics")
     for comment in _l(_d(call.get("collaboration")).get("publicComments")):
         text = comment.get("comment") if type(comment) is dict else comment
         if type(text) is str and text:
-            append(("comments", text))
+            add_segment(text, "comments")
     text_index = _Text(segments)
 
     # talk ratio: speakers' talk time by affiliation, else Gong's own "Talk Ratio" stat
@@ -828,7 +868,7 @@ def _read_call(call: Mapping[str, Any], cfg: ResolvedConfig) -> _Call:
 
 # -- rules -------------------------------------------------------------------------------
 def _cap(text: str) -> str:
-    return truncate(text, _EVIDENCE_MAX)
+    return text if len(text) <= _EVIDENCE_MAX else truncate(text, _EVIDENCE_MAX)
 
 
 def _signal(call: _Call, name: str) -> str | None:
@@ -850,9 +890,27 @@ def _competitor(call: _Call) -> str | None:
     return _cap("; ".join(parts)) if parts else None
 
 
+def _has_senior_title(externals: list[dict[str, Any]], cfg: ResolvedConfig) -> bool:
+    """Whether an External party's title matches ``senior_title_keywords`` and not an
+    exclusion. The trie scanner finds a title iff ``senior_title_pattern`` does (a test
+    holds them to it); the flat pattern tries 35 alternatives at every character, which
+    cost microseconds per title that names no senior role."""
+    senior = cfg.senior_title_scan
+    if senior is None:
+        return False
+    exclude = cfg.senior_title_exclude_pattern
+    for p in externals:
+        title = p.get("title")
+        if (type(title) is str and title and senior.search(" " + title) is not None
+                and (exclude is None or exclude.search(title) is None)):
+            return True
+    return False
+
+
 def _risks(call: _Call, cfg: ResolvedConfig) -> list[tuple[str, str]]:
-    """(code, evidence) for every risk that fires; a rule whose block is missing stays silent."""
-    found: dict[str, str] = {}
+    """(code, evidence) for every risk that fires, in RISK_CODES order (the order of the
+    checks below); a rule whose block is missing stays silent."""
+    found: list[tuple[str, str]] = []
     md = call.metadata
     content = call.content
 
@@ -862,48 +920,39 @@ def _risks(call: _Call, cfg: ResolvedConfig) -> list[tuple[str, str]]:
         if category and category.casefold() in cfg.negative_outcomes:
             name = _clean(_s(outcome.get("name")))
             detail = f" ({name})" if name and name != category else ""
-            found["negative_outcome"] = _cap(f'call outcome "{category}"{detail}')
+            found.append(("negative_outcome", _cap(f'call outcome "{category}"{detail}')))
         if not call.action_items and _signal(call, "next_step") is None:
-            found["no_next_steps"] = "no action items and no next-step language in the call content"
+            found.append(("no_next_steps", "no action items and no next-step language in the call content"))
 
-    if call.parties and _s(md.get("scope")).lower() != "internal":  # no buyer in an internal meeting
-        senior = cfg.senior_title_pattern
-        exclude = cfg.senior_title_exclude_pattern
-        has_senior = False
-        if senior is not None:
-            for p in call.externals:
-                title = p.get("title")
-                if (type(title) is str and title and senior.search(title) is not None
-                        and (exclude is None or exclude.search(title) is None)):
-                    has_senior = True
-                    break
-        if not has_senior:
+    internal_meeting = _s(md.get("scope")).lower() == "internal"
+    if call.parties and not internal_meeting:  # no buyer in an internal meeting
+        if not _has_senior_title(call.externals, cfg):
             n = len(call.externals)
-            found["no_decision_maker"] = ("no External party on the call" if n == 0 else
-                                          f"{n} External part{'y' if n == 1 else 'ies'}, none with a senior title")
+            found.append(("no_decision_maker", "no External party on the call" if n == 0 else
+                          f"{n} External part{'y' if n == 1 else 'ies'}, none with a senior title"))
 
     pricing = _signal(call, "pricing_objection")
     if pricing:
-        found["pricing_objection"] = pricing
+        found.append(("pricing_objection", pricing))
 
     competitor = _competitor(call)
     if competitor:
-        found["competitor_mentioned"] = competitor
+        found.append(("competitor_mentioned", competitor))
 
-    internal_meeting = _s(md.get("scope")).lower() == "internal"
     if call.talk_ratio is not None and call.talk_ratio > cfg.rep_dominated_talk_ratio and not internal_meeting:
-        found["rep_dominated"] = (f"internal talk ratio {call.talk_ratio:.2f} > "
-                                  f"{cfg.rep_dominated_talk_ratio:.2f} (from {call.talk_ratio_source})")
+        found.append(("rep_dominated", f"internal talk ratio {call.talk_ratio:.2f} > "
+                                       f"{cfg.rep_dominated_talk_ratio:.2f} (from {call.talk_ratio_source})"))
 
     monologue = _num(call.stats.get("longest monologue"))
     if monologue is not None and monologue > cfg.long_monologue_seconds:
-        found["long_monologue"] = f"longest monologue {_fmt(monologue)} s > {_fmt(cfg.long_monologue_seconds)} s"
+        found.append(("long_monologue",
+                      f"longest monologue {_fmt(monologue)} s > {_fmt(cfg.long_monologue_seconds)} s"))
 
     duration = _num(md.get("duration"))
     if duration is not None and 0 <= duration < cfg.short_call_seconds:
-        found["short_call"] = f"duration {_fmt(duration)} s < {_fmt(cfg.short_call_seconds)} s"
+        found.append(("short_call", f"duration {_fmt(duration)} s < {_fmt(cfg.short_call_seconds)} s"))
 
-    return [(code, found[code]) for code in RISK_CODES if code in found]
+    return found
 
 
 def _context_timeline(call_doc: Mapping[str, Any], fields: frozenset[str]) -> str | None:
@@ -928,10 +977,15 @@ def _context_timeline(call_doc: Mapping[str, Any], fields: frozenset[str]) -> st
     return None
 
 
+_OPPORTUNITY_SIGNALS: tuple[tuple[str, str], ...] = (
+    ("expansion_interest", "expansion"), ("budget_discussed", "budget"),
+    ("timeline_defined", "timeline"), ("champion_identified", "champion"),
+)
+
+
 def _opportunities(call: _Call, call_doc: Mapping[str, Any], cfg: ResolvedConfig) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    for code, signal in (("expansion_interest", "expansion"), ("budget_discussed", "budget"),
-                         ("timeline_defined", "timeline"), ("champion_identified", "champion")):
+    for code, signal in _OPPORTUNITY_SIGNALS:
         evidence = _signal(call, signal)
         if evidence is None and code == "timeline_defined":
             evidence = _context_timeline(call_doc, cfg.timeline_context_fields)
@@ -943,18 +997,20 @@ def _opportunities(call: _Call, call_doc: Mapping[str, Any], cfg: ResolvedConfig
     return out
 
 
-def _summary(call: _Call, risks: list[dict[str, str]], cfg: ResolvedConfig) -> str:
+def _summary(call: _Call, risks: list[tuple[str, str]], cfg: ResolvedConfig) -> str:
     """Brief + key points, then outcome and top risks; the tail is never cut for the body."""
     c = call.content or {}
     limit = cfg.summary_max_chars
     brief = _clean_prefix(_s(c.get("brief")), limit)
     points = []
-    if cfg.summary_max_key_points:
+    max_points = cfg.summary_max_key_points
+    if max_points:
         for kp in _l(c.get("keyPoints")):
-            text = _clean(_s(kp.get("text")) if type(kp) is dict else _s(kp)).rstrip(".;")
+            text = kp.get("text") if type(kp) is dict else kp
+            text = " ".join(text.split()).rstrip(".;") if type(text) is str else ""
             if text:
                 points.append(text)
-                if len(points) >= cfg.summary_max_key_points:
+                if len(points) >= max_points:
                     break
     key_points = f"Key points: {'; '.join(points)}." if points else ""
     tail: list[str] = []
@@ -964,10 +1020,10 @@ def _summary(call: _Call, risks: list[dict[str, str]], cfg: ResolvedConfig) -> s
     if category or name:
         label = category or name
         tail.append(f"Outcome: {label}" + (f" ({name})" if name and category and name != category else "") + ".")
-    weight = cfg.weight
-    top = sorted(risks, key=lambda r: (-weight[r["code"]], _CODE_ORDER[r["code"]]))[: cfg.summary_max_risks]
-    if top:
-        tail.append("Top risks: " + ", ".join(f"{r['code'].replace('_', ' ')} ({r['severity']})" for r in top) + ".")
+    if risks and cfg.summary_max_risks:
+        top = sorted([code for code, _ in risks], key=cfg.risk_order.__getitem__)[: cfg.summary_max_risks]
+        labels = cfg.risk_labels
+        tail.append("Top risks: " + ", ".join([labels[code] for code in top]) + ".")
     suffix = " ".join(tail)
     if not (brief or key_points or suffix):
         return "No brief, key points, outcome or risks recorded for this call."
@@ -977,43 +1033,58 @@ def _summary(call: _Call, risks: list[dict[str, str]], cfg: ResolvedConfig) -> s
     if brief and key_points and len(brief) + 1 + len(key_points) > room:
         brief = truncate(brief, max(room // 2, room - len(key_points) - 1))
         key_points = truncate(key_points, room - len(brief) - 1)
-    body = truncate(" ".join(x for x in (brief, key_points) if x), room)
-    return truncate(" ".join(x for x in (body, suffix) if x), limit)
+    body = truncate(f"{brief} {key_points}" if brief and key_points else brief or key_points, room)
+    return truncate(f"{body} {suffix}" if body and suffix else body or suffix, limit)
 
 
-def _next_best_actions(risks: list[dict[str, str]], opportunities: list[dict[str, str]]) -> list[dict[str, Any]]:
+# next-best-action order: priority, then risks before opportunities, then code order
+_ACTION_RANK: dict[str, tuple[int, int, int]] = {
+    code: (priority, 0 if code in RISK_CODES else 1, _CODE_ORDER[code]) for code, (priority, _) in _ACTIONS.items()
+}
+
+
+def _next_best_actions(risks: list[tuple[str, str]], opportunities: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """Risks first within a priority; after a negative outcome there is no deal to grow,
-    so opportunity actions are dropped."""
-    lost = any(r["code"] == "negative_outcome" for r in risks)
-    found = [(r["code"], r["evidence"], 0) for r in risks]
-    if not lost:
-        found += [(o["code"], o["evidence"], 1) for o in opportunities]
-    found.sort(key=lambda f: (_ACTIONS[f[0]][0], f[2], _CODE_ORDER[f[0]]))
-    return [{"action": _ACTIONS[code][1], "reason": _cap(f"{code}: {evidence}"), "priority": _ACTIONS[code][0]}
-            for code, evidence, _ in found]
+    so opportunity actions are dropped. (Each code fires at most once, so the codes sort
+    by a precomputed rank and key the evidence.)"""
+    evidence = dict(risks)
+    if "negative_outcome" not in evidence:
+        evidence.update(opportunities)
+    actions = _ACTIONS
+    out = []
+    for code in sorted(evidence, key=_ACTION_RANK.__getitem__):
+        priority, action = actions[code]
+        out.append({"action": action, "reason": _cap(f"{code}: {evidence[code]}"), "priority": priority})
+    return out
 
 
 def compute_enrichment(masked_call: Mapping[str, Any], cfg: ResolvedConfig, enriched_at: str) -> dict[str, Any]:
     """The ``enrichment`` object of one call. Give it the *masked* call: evidence quotes it."""
     call = _read_call(masked_call, cfg)
+    found_risks = _risks(call, cfg)
+    found_opportunities = _opportunities(call, masked_call, cfg)
     severity = cfg.severity
-    risks = [{"code": code, "severity": severity[code], "evidence": evidence} for code, evidence in _risks(call, cfg)]
-    opportunities = [{"code": code, "evidence": evidence} for code, evidence in _opportunities(call, masked_call, cfg)]
     weight = cfg.weight
-    score = min(100, sum(weight[r["code"]] for r in risks))
+    score = 0
+    risks = []
+    for code, evidence in found_risks:
+        risks.append({"code": code, "severity": severity[code], "evidence": evidence})
+        score += weight[code]
+    duration = call.metadata.get("duration")
+    monologue = call.stats.get("longest monologue")
     return {
-        "risk_score": score,
+        "risk_score": min(100, score),
         "risk_indicators": risks,
-        "opportunities": opportunities,
-        "executive_summary": _summary(call, risks, cfg),
-        "next_best_actions": _next_best_actions(risks, opportunities),
+        "opportunities": [{"code": code, "evidence": evidence} for code, evidence in found_opportunities],
+        "executive_summary": _summary(call, found_risks, cfg),
+        "next_best_actions": _next_best_actions(found_risks, found_opportunities),
         "metrics": {
             "talk_ratio": round(call.talk_ratio, 3) if call.talk_ratio is not None else None,
-            "longest_monologue_seconds": _plain(_num(call.stats.get("longest monologue"))),
+            "longest_monologue_seconds": None if monologue is None else _plain(_num(monologue)),
             "questions": call.questions,
             "external_parties": len(call.externals),
             "internal_parties": call.internals,
-            "duration_seconds": _plain(_num(call.metadata.get("duration"))),
+            "duration_seconds": None if duration is None else _plain(_num(duration)),
         },
         "enriched_at": enriched_at,
         "rules_version": RULES_VERSION,

@@ -183,3 +183,39 @@ def test_metrics_and_readiness(harness: Harness) -> None:
     assert 'estuary_flow_lag_seconds_count{target="redis"}' in text
     spec = harness.http.get(harness.url + "/openapi.json").json()
     assert "/estuary/webhook" in spec["paths"]
+
+
+def test_batches_travel_by_claim_check_and_nothing_is_left_behind(harness: Harness) -> None:
+    """On a Redis broker the derived batch is stored once beside the broker; the last target deletes it,
+    and a materialize message redelivered after that is settled quietly (no error, no dead letter)."""
+    import redis as redis_lib
+
+    import time as time_mod
+
+    from celery import Celery
+
+    from sophia_tasks.celery_app import configure
+    from sophia_tasks.claims import PREFIX
+    from sophia_tasks.flowspec import load_spec
+    from sophia_tasks.settings import load_settings
+
+    broker = redis_lib.Redis.from_url(harness.env["SOPHIA_BROKER_URL"])
+    calls = [gong_call() for _ in range(3)]
+    assert harness.post([envelope(c) for c in calls]).status_code == 202
+    for c in calls:
+        harness.wait(lambda c=c: landed_everywhere(harness, c["metaData"]["id"]), 30, "the calls in every target")
+    harness.wait(lambda: not [k for k in broker.scan_iter(match=PREFIX + "*")], 15, "every batch released")
+
+    settings = load_settings(harness.env)
+    app = Celery("probe", set_as_current=False)
+    configure(app, settings, load_spec(settings.flow_path))
+    letters_before = len(harness.dead_letters())
+    done_before = harness.counter("documents_written", target="postgres", collection="gong_calls_enriched")
+    gone = {"$batch": PREFIX + "already-settled", "n": 3, "bytes": 100, "at": int(time_mod.time())}
+    app.send_task("sophia.materialize", args=["postgres", "gong_calls_enriched", gone],
+                  queue=settings.queue("sophia.materialize.postgres"))
+    log = harness.stack.processes["worker"].log_path
+    settled = "already-settled of gong_calls_enriched already settled"
+    harness.wait(lambda: settled in log.read_text(errors="replace"), 30, "the worker to take the message")
+    assert len(harness.dead_letters()) == letters_before
+    assert harness.counter("documents_written", target="postgres", collection="gong_calls_enriched") == done_before
