@@ -37,6 +37,39 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+#: gzip level for the connector's request bodies (its default is 9).
+REQUEST_GZIP_LEVEL = 1
+
+
+def _tune_request_compression() -> None:
+    """The connector gzips every request body at level 9; our MERGE binds the whole batch (~3 MB of
+    JSON for 500 calls), and level 9 took 12 % of the worker's CPU in a drain profile. Level 1
+    compresses 2.5 MB in 13 ms instead of 48 ms, to 0.46 MB instead of 0.30 MB. The request is the
+    same in every other way, against the emulator or Snowflake. Skipped if the connector changes."""
+    import gzip
+
+    try:
+        from snowflake.connector import network
+    except ImportError:
+        return
+    module = getattr(network, "gzip", None)
+    if module is not gzip or getattr(network, "_sophia_gzip", False):
+        return
+
+    class _Gzip:
+        """``gzip`` as the connector's network module sees it, with a faster default level."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(gzip, name)
+
+        @staticmethod
+        def compress(data: bytes, compresslevel: int = REQUEST_GZIP_LEVEL, **kwargs: Any) -> bytes:
+            return gzip.compress(data, compresslevel=compresslevel, **kwargs)
+
+    network.gzip = _Gzip()  # type: ignore[assignment]
+    network._sophia_gzip = True  # type: ignore[attr-defined]
+
+
 class SnowflakeMaterializer:
     name = "snowflake"
 
@@ -53,6 +86,7 @@ class SnowflakeMaterializer:
             return self._conn
         import snowflake.connector
 
+        _tune_request_compression()
         try:
             conn = snowflake.connector.connect(**self.sf.connect_kwargs())
         except Exception as exc:  # the connector raises several families on network failure
