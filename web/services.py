@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import redis as redis_lib
@@ -18,6 +19,27 @@ from web.auth import AuthConfig
 log = logging.getLogger(__name__)
 
 DEDUPE_PREFIX = "sophia:dedupe:"
+
+
+# KEYS: dedupe keys; ARGV: window, counters hash, counter field, throughput key, its expiry.
+# Answers 1 per first delivery (claimed now), 0 per duplicate; counts the first deliveries.
+_CLAIM_AND_COUNT = """
+local out, n = {}, 0
+for i, key in ipairs(KEYS) do
+  if redis.call('SET', key, '1', 'NX', 'EX', ARGV[1]) then
+    out[i] = 1
+    n = n + 1
+  else
+    out[i] = 0
+  end
+end
+if n > 0 then
+  redis.call('HINCRBYFLOAT', ARGV[2], ARGV[3], n)
+  redis.call('INCRBYFLOAT', ARGV[4], n)
+  redis.call('EXPIRE', ARGV[4], ARGV[5])
+end
+return out
+"""
 
 
 class BrokerUnavailable(RuntimeError):
@@ -43,6 +65,7 @@ class Services:
         # built twice by two threads at once leaves one unreferenced, and a garbage-collected
         # redis client closes its connection pool, sockets in use by the other thread included.
         self._lock = threading.Lock()
+        self._claim_script: Any = None
 
     def _fork_check(self) -> None:
         if os.getpid() != self._pid:  # gunicorn forked us: never share sockets across processes
@@ -51,6 +74,7 @@ class Services:
                     self._celery = None
                     self._redis = None
                     self._stats = None
+                    self._claim_script = None
                     self._pid = os.getpid()
 
     @property
@@ -92,20 +116,45 @@ class Services:
             log.error("broker unavailable: %s", exc)
             raise BrokerUnavailable(str(exc)) from exc
 
-    def claim(self, event_ids: list[str]) -> list[bool]:
-        """Mark ids as seen for the dedupe window; True where this is the first delivery.
+    def claim_and_count(self, event_ids: list[str], collection: str) -> tuple[list[bool], int | None]:
+        """Mark ids as seen for the dedupe window (True where this is the first delivery) and count
+        the first deliveries as accepted, in one round trip (a Lua script).
 
-        If the dedupe store cannot be reached, every event is treated as new: a
-        duplicate then costs a rewrite of the same version, a refusal would lose data.
+        The count is taken before the publish; :meth:`uncount` takes it back when the broker
+        refuses (the rare 503). If Redis cannot be reached every event is treated as new (a
+        duplicate then costs a rewrite of the same version, a refusal would lose data) and
+        counted the plain way after the publish. Answers the flags and the second
+        the count went to (None: not counted), which ``uncount`` needs.
         """
+        from sophia_tasks.stats import COUNTERS, THROUGHPUT_WINDOW, field
+
+        now = int(time.time())
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for eid in event_ids:
-                pipe.set(DEDUPE_PREFIX + eid, b"1", nx=True, ex=self.settings.dedupe_window_seconds)
-            return [bool(r) for r in pipe.execute()]
+            script = self._claim_script
+            if script is None:
+                script = self._claim_script = self.redis.register_script(_CLAIM_AND_COUNT)
+            flags = script(keys=[DEDUPE_PREFIX + e for e in event_ids],
+                           args=[self.settings.dedupe_window_seconds, COUNTERS,
+                                 field("events_accepted", {"collection": collection}),
+                                 f"sophia:stats:tp:capture:{now}", THROUGHPUT_WINDOW * 2])
+            return [bool(f) for f in flags], now
         except redis_lib.RedisError as exc:
             log.warning("dedupe store unavailable, accepting without dedupe: %s", exc)
-            return [True] * len(event_ids)
+            return [True] * len(event_ids), None
+
+    def uncount(self, collection: str, n: int, counted_at: int) -> None:
+        """Take back what :meth:`claim_and_count` counted for events that did not reach the broker."""
+        if not n:
+            return
+        from sophia_tasks.stats import COUNTERS, field
+
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hincrbyfloat(COUNTERS, field("events_accepted", {"collection": collection}), -n)
+            pipe.incrbyfloat(f"sophia:stats:tp:capture:{counted_at}", -n)
+            pipe.execute()
+        except redis_lib.RedisError as exc:
+            log.warning("could not take back the count of %d refused events: %s", n, exc)
 
     def rate_limited(self, subject: str) -> int | None:
         """Fixed one-minute window per credential; answers seconds to wait, or None.
@@ -115,8 +164,6 @@ class Services:
         limit = self.settings.rate_limit_per_minute
         if limit <= 0:
             return None
-        import time
-
         now = time.time()
         window = int(now // 60)
         key = f"sophia:ratelimit:{subject}:{window}"

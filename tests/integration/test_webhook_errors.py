@@ -72,14 +72,19 @@ def test_broker_down_answers_503_with_retry_after(harness: Harness) -> None:
     app = create_app(settings)
     client = app.test_client()
     call = gong_call()
+    accepted_before = harness.counter("events_accepted", collection="gong_calls")
     resp = client.post("/estuary/webhook", data=json.dumps({"type": "call_completed", "data": call}),
                        headers={"Authorization": f"Bearer {settings.webhook_tokens[0]}",
                                 "Content-Type": "application/json"})
     assert resp.status_code == 503
     assert resp.headers["Retry-After"]
+    # Counted with the dedupe claim, taken back with it: a refused event is not "accepted".
+    assert settings.redis_url == harness.env["SOPHIA_REDIS_URL"]  # the counters this test reads
+    assert harness.counter("events_accepted", collection="gong_calls") == accepted_before
     # The refused event was not remembered as seen: the sender's retry is accepted by a healthy app.
     ok = harness.post({"type": "call_completed", "data": call})
     assert ok.status_code == 202, ok.text
+    assert harness.counter("events_accepted", collection="gong_calls") == accepted_before + 1
 
 
 def test_rate_limit_per_credential_429_with_retry_after(harness: Harness) -> None:
