@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install services demo test test-unit test-integration up bench lint clean
+.PHONY: install services demo test test-unit test-integration up bench soak lint clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ up: install services
 
 bench: install services
 	$(BIN)/python -m bench
+
+# 10 minutes at 500 events/s with the worker SIGKILLed every minute (docs/benchmarks.md).
+soak: install services
+	$(BIN)/python -m bench --scenario soak --out bench/results/$$(date +%F)-soak.json
 
 clean:
 	rm -rf $(VENV) var/*.log build *.egg-info
