@@ -3,8 +3,7 @@
 What an operator needs to know is how much work waits for each target. On the
 Redis transport a message waits in one of two places: the queue's lists (ready,
 one list per priority step) or kombu's ``unacked`` hash, where a worker keeps what
-it has reserved (our transport also registers each message there when it is published,
-marked ``sophia_queued``; those entries are skipped, the message is counted in its queue): the batch it is writing, its prefetch, and every retry that waits
+it has reserved: the batch it is writing, its prefetch, and every retry that waits
 for its countdown. During a target outage nearly all of that target's documents
 sit in the second place, so both are counted.
 """
@@ -39,12 +38,7 @@ repeat
   local kv = reply[2]
   for i = 2, #kv, 2 do
     local v = kv[i]
-    local tail = string.sub(v, -512)
-    local rk = string.match(tail, '"([^"]*)"%]%s*$')
-    -- registered at publish, still in its queue (sophia_tasks.broker): counted as ready, not here
-    if rk and string.find(tail, '"sophia_queued":%s*true') then
-      rk = nil
-    end
+    local rk = string.match(string.sub(v, -512), '"([^"]*)"%]%s*$')
     if rk then
       sizes[rk] = (sizes[rk] or 0) + #v
       counts[rk] = (counts[rk] or 0) + 1

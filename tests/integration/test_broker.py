@@ -1,5 +1,6 @@
 """The Redis broker transport: a message taken off the queue by a consumer that dies before
-kombu records it as unacked is restored, not lost; nothing is left behind after an ack."""
+kombu records it is put back; a message merely waiting in a backlog is never duplicated;
+nothing is left behind after an ack."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,8 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Queue
 
-from sophia_tasks.broker import Transport, transport_options
+from sophia_tasks import broker as guard
+from sophia_tasks.broker import Transport, side_keys, transport_options
 from sophia_tasks.stack import free_port, port_open, wait_for
 
 PREFIX = "t.sophia."
@@ -34,7 +36,14 @@ def broker(tmp_path: Path) -> Iterator[str]:
         proc.wait(10)
 
 
-def connection(url: str, vt: int = 1) -> Connection:
+@pytest.fixture()
+def no_margins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep's clock-skew margin and empty-queue grace are seconds long; tests cannot wait them out."""
+    monkeypatch.setattr(guard, "SKEW_MARGIN", 0.0)
+    monkeypatch.setattr(guard, "EMPTY_GRACE", 0.0)
+
+
+def connection(url: str, vt: int = 60) -> Connection:
     opts = transport_options(SimpleNamespace(visibility_timeout=vt), (PREFIX,))
     return Connection(url, transport="sophia_tasks.broker:Transport", transport_options=opts)
 
@@ -62,37 +71,58 @@ def drain(conn: Connection, queue: Queue, timeout: float = 3.0) -> list[dict]:
     return got
 
 
-def test_message_lost_in_the_delivery_window_is_restored(broker: str) -> None:
+def sweep_twice(conn: Connection) -> int:
+    """A lost message must be seen on two sweeps in a row before it is put back."""
+    channel = conn.default_channel
+    channel._last_sweep = 0.0
+    first = channel.sweep_lost()
+    channel._last_sweep = 0.0
+    return first + channel.sweep_lost()
+
+
+def test_a_message_lost_in_the_delivery_window_is_put_back_once(broker: str, no_margins: None) -> None:
     raw = redis.Redis.from_url(broker)
     queue = Queue(PREFIX + "validate", routing_key=PREFIX + "validate")
+    index, payloads = side_keys(queue.name)
     with connection(broker) as conn:
         publish(conn, queue, {"events": [1, 2, 3]})
-        assert raw.hlen("unacked") == 1 and raw.llen(queue.name) == 1
+        assert raw.zcard(index) == 1 and raw.llen(queue.name) == 1
         # A consumer that popped the message and died before recording it (what BRPOP + SIGKILL does):
         assert raw.brpop([queue.name], 1) is not None
-        assert raw.llen(queue.name) == 0
-        time.sleep(1.2)  # older than the visibility timeout
-        conn.channel().qos.restore_visible(num=None, interval=1)
+        channel = conn.default_channel
+        channel._last_sweep = 0.0
+        assert channel.sweep_lost() == 0  # first sighting: it could be a delivery in progress
+        channel._last_sweep = 0.0
+        assert channel.sweep_lost() == 1
+        channel._last_sweep = 0.0
+        assert channel.sweep_lost() == 0  # put back once, not again while it waits in the queue
         assert raw.llen(queue.name) == 1
         assert drain(conn, queue) == [{"events": [1, 2, 3]}]
-    assert raw.hlen("unacked") == 0 and raw.zcard("unacked_index") == 0 and raw.llen(queue.name) == 0
-
-
-def test_acked_messages_leave_nothing_behind_and_are_not_restored(broker: str) -> None:
-    raw = redis.Redis.from_url(broker)
-    queue = Queue(PREFIX + "derive", routing_key=PREFIX + "derive")
-    with connection(broker) as conn:
-        for i in range(5):
-            publish(conn, queue, {"n": i})
-        got: list[dict] = []
-        while len(got) < 5:
-            batch = drain(conn, queue)
-            assert batch, "the published messages never arrived"
-            got += batch
-        assert sorted(b["n"] for b in got) == [0, 1, 2, 3, 4]
-        time.sleep(1.2)
-        conn.channel().qos.restore_visible(num=None, interval=1)
+    assert raw.zcard(index) == 0 and raw.hlen(payloads) == 0
     assert raw.hlen("unacked") == 0 and raw.llen(queue.name) == 0
+
+
+def test_a_backlog_is_never_duplicated_and_only_the_lost_message_comes_back(broker: str, no_margins: None) -> None:
+    raw = redis.Redis.from_url(broker)
+    queue = Queue(PREFIX + "ingest", routing_key=PREFIX + "ingest")
+    with connection(broker, vt=1) as conn:
+        for i in range(4):
+            publish(conn, queue, {"n": i})
+            time.sleep(0.01)
+        time.sleep(1.5)  # every message is now older than the visibility timeout, still waiting
+        assert sweep_twice(conn) == 0
+        conn.default_channel.qos.restore_visible(num=None, interval=1)  # kombu's own sweep too
+        assert raw.llen(queue.name) == 4  # nothing duplicated
+        assert raw.brpop([queue.name], 1) is not None  # message 0 taken by a consumer that then died
+        assert sweep_twice(conn) == 1
+        got: list[dict] = []
+        while len(got) < 4:
+            batch = drain(conn, queue)
+            assert batch, "the messages never arrived"
+            got += batch
+        assert sorted(b["n"] for b in got) == [0, 1, 2, 3]
+    assert raw.llen(queue.name) == 0 and raw.hlen("unacked") == 0
+    assert raw.zcard(side_keys(queue.name)[0]) == 0
 
 
 def test_queues_outside_the_prefix_are_published_as_kombu_does(broker: str) -> None:
@@ -101,7 +131,7 @@ def test_queues_outside_the_prefix_are_published_as_kombu_does(broker: str) -> N
     with connection(broker) as conn:
         publish(conn, queue, {"x": 1})
     assert raw.llen(queue.name) == 1
-    assert raw.hlen("unacked") == 0
+    assert raw.zcard(side_keys(queue.name)[0]) == 0 and raw.hlen("unacked") == 0
 
 
 def test_the_celery_app_uses_the_guarded_transport_for_redis() -> None:
@@ -123,7 +153,7 @@ def test_the_celery_app_uses_the_guarded_transport_for_redis() -> None:
     assert opts["unacked_restore_interval"] == 10 and opts["unacked_mutex_expire"] == 40
 
 
-def test_queue_depth_counts_a_registered_message_once_as_ready(broker: str) -> None:
+def test_queue_depth_counts_ready_and_reserved_messages(broker: str) -> None:
     from celery import Celery
 
     from sophia_tasks.celery_app import configure
@@ -138,12 +168,11 @@ def test_queue_depth_counts_a_registered_message_once_as_ready(broker: str) -> N
     queue = settings.queue("sophia.materialize.redis")
     app.send_task("sophia.materialize", args=["redis", "gong_calls_enriched", [{"x": 1}]], queue=queue)
     raw = redis.Redis.from_url(broker)
-    assert raw.hlen("unacked") == 1  # registered at publish
     info = broker_snapshot(settings, spec).queues[queue]
     assert info.ready == 1 and not info.reserved
-    # A worker takes it: kombu overwrites the entry with the unmarked payload; now it is reserved.
+    # A worker takes it: kombu records the delivery in unacked; now it is reserved.
     _, payload = raw.brpop([queue], 1)
-    (tag,) = raw.hkeys("unacked")
-    raw.hset("unacked", tag, json.dumps([json.loads(payload), "", queue]))
+    message = json.loads(payload)
+    raw.hset("unacked", message["properties"]["delivery_tag"], json.dumps([message, "", queue]))
     info = broker_snapshot(settings, spec).queues[queue]
     assert info.ready == 0 and info.reserved == 1
