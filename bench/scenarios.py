@@ -1066,13 +1066,19 @@ def soak(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
         res: loadgen.LoadResult = box["res"]
         n = len(accepted)
         log(f"soak: load done, {n} accepted of {res.sent}; waiting for every target")
-        deadline = time.monotonic() + max(600.0, 3 * vt + 120)
+        # Until every target holds every accepted event, or nothing has moved for 3 minutes (a
+        # stall: what is missing then is reported as lost), at most 45 minutes.
+        deadline = time.monotonic() + 2700
         counts: dict[str, int] = {}
-        while time.monotonic() < deadline:
+        last_change, last_counts = time.monotonic(), None
+        while time.monotonic() < deadline and time.monotonic() - last_change < 180:
             counts = {t: count_target(bench, t, prefix) for t in TARGETS}
             if all(c >= n for c in counts.values()):
                 break
-            time.sleep(2)
+            if counts != last_counts:
+                last_change, last_counts = time.monotonic(), counts
+                log(f"soak: draining, {counts} of {n}")
+            time.sleep(5)
         drained_after = round(time.monotonic() - t0 - sizes.soak_seconds, 1)
         with bench.pg().cursor() as cur:
             cur.execute(f"SELECT count(*), count(DISTINCT call_id) FROM {OUR_PG_TABLE} WHERE call_id LIKE %s",
