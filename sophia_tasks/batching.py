@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds a batch may keep filling while more events wait in the ingest queue.
 BACKLOG_MAX_WAIT = 1.0
+#: Validate tasks waiting beyond which the pipeline counts as backlogged (a few per pool process is normal).
+VALIDATE_BACKLOG = 8
 
 
 def events_of(body: Any) -> list[dict[str, Any]]:
@@ -107,7 +109,8 @@ class IngestBatcher(bootsteps.ConsumerStep):
         self.flush()
 
     def _backlogged(self) -> bool:
-        """Messages are waiting in the ingest queue (Redis broker; elsewhere never).
+        """Messages are waiting in the ingest queue, or batches in the validate queue (Redis broker;
+        elsewhere never).
 
         Why: fetching takes one message per round trip, so within the 50 ms flush age a worker
         catching up on a backlog of single-event requests gathered ~25 events a batch, and
@@ -128,7 +131,13 @@ class IngestBatcher(bootsteps.ConsumerStep):
                 import redis as redis_lib
 
                 self._redis = redis_lib.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
-            self._backlog = int(self._redis.llen(self.settings.queue("sophia.ingest"))) > 0
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.llen(self.settings.queue("sophia.ingest"))
+            pipe.llen(stage_queue(self.settings, "validate"))
+            waiting_ingest, waiting_validate = pipe.execute()
+            # Events wait to be gathered, or batches already wait to be validated: either way a
+            # small batch now would only queue behind them.
+            self._backlog = int(waiting_ingest) > 0 or int(waiting_validate) > VALIDATE_BACKLOG
         except Exception as exc:  # cannot tell: send what we have
             log.debug("ingest backlog check failed: %s", exc)
             self._backlog = False

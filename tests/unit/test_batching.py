@@ -48,3 +48,12 @@ def test_flushes_at_the_flush_age_when_nothing_waits_and_holds_while_a_backlog_w
     b._backlog_checked = 0.0  # the check is cached for 0.1 s
     b.flush_if_due()
     assert b.flushed == 2  # the queue is empty again: light traffic, send now
+    validate = b.settings.queue("sophia.validate")
+    client.rpush(validate, *[b"batch"] * 9)  # batches already wait to be validated
+    try:
+        b.buffer, b.messages, b.first_at = [{"e": 3}], [object()], time.monotonic() - 0.06
+        b._backlog_checked = 0.0
+        b.flush_if_due()
+        assert b.flushed == 2
+    finally:
+        client.delete(validate)
