@@ -48,10 +48,15 @@ class ClaimStore:
         self.client = client
         self.ttl = int(ttl_seconds)
 
-    def put(self, documents: list[dict[str, Any]], targets: Iterable[str]) -> dict[str, Any]:
-        """Store ``documents`` for ``targets``; the reference every target's message carries."""
+    def put(self, documents: list[dict[str, Any]], targets: Iterable[str], name: str | None = None) -> dict[str, Any]:
+        """Store ``documents`` for ``targets``; the reference every target's message carries.
+
+        ``name`` (the producing task's id and what it made) makes the key deterministic: a task
+        redelivered after a crash overwrites its own batch instead of leaving an orphan that
+        only the expiry would remove.
+        """
         targets = sorted(set(targets))
-        key = PREFIX + uuid.uuid4().hex
+        key = PREFIX + (name or uuid.uuid4().hex)
         blob = orjson.dumps(documents)
         pipe = self.client.pipeline(transaction=True)
         pipe.set(key, blob, ex=self.ttl)

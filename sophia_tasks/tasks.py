@@ -209,7 +209,7 @@ def validate(events: list[dict[str, Any]], lane: str = "live", targets: list[str
     # Derive in the same task: one broker hop fewer (an encode, two decodes and a pickle of the
     # whole batch). ``sophia.derive`` stays for dead letters replayed at the derive stage.
     for collection, documents in result.documents.items():
-        derive_and_fan_out(ctx, collection, documents, lane, targets)
+        derive_and_fan_out(ctx, collection, documents, lane, targets, validate.request.id)
 
 
 def record_test_deliveries(ctx: pipeline.Context, documents: list[dict[str, Any]]) -> None:
@@ -232,11 +232,11 @@ def journal_hook(ctx: pipeline.Context, events: list[dict[str, Any]], lane: str)
 @app.task(name="sophia.derive", base=StageTask)
 def derive(collection: str, documents: list[dict[str, Any]], lane: str = "live",
            targets: list[str] | None = None) -> None:
-    derive_and_fan_out(context(), collection, documents, lane, targets)
+    derive_and_fan_out(context(), collection, documents, lane, targets, derive.request.id)
 
 
 def derive_and_fan_out(ctx: pipeline.Context, collection: str, documents: list[dict[str, Any]], lane: str,
-                       targets: list[str] | None) -> None:
+                       targets: list[str] | None, batch_id: str | None = None) -> None:
     """Run the derivations of ``collection`` and hand each derived batch to its targets' queues."""
     result = pipeline.derive_documents(ctx.spec, collection, documents)
     if result.letters:
@@ -248,19 +248,19 @@ def derive_and_fan_out(ctx: pipeline.Context, collection: str, documents: list[d
         names = [m.name for m in ctx.spec.materializations_of(name) if targets is None or m.name in targets]
         if not names:
             continue
-        batch = claim(ctx, docs, names)
+        batch = claim(ctx, docs, names, f"{batch_id}:{name}" if batch_id else None)
         for target in names:
             send_materialize(target, name, batch, lane=lane)
     ctx.stats.incr([("documents_derived", {"collection": c}, len(d)) for c, d in result.documents.items()])
     ctx.stats.tick({"derive": len(documents)})
 
 
-def claim(ctx: pipeline.Context, documents: list[dict[str, Any]], targets: list[str]) -> Any:
+def claim(ctx: pipeline.Context, documents: list[dict[str, Any]], targets: list[str], name: str | None = None) -> Any:
     """What a materialize message carries: a claim check on a Redis broker, else the documents."""
     if ctx.claims is None:
         return documents
     try:
-        return ctx.claims.put(documents, targets)
+        return ctx.claims.put(documents, targets, name)
     except Exception as exc:  # the broker's Redis refused the blob: send inline, lose nothing
         log.warning("could not store a batch of %d document(s), sending it inline: %s", len(documents), exc)
         return documents
@@ -308,13 +308,13 @@ def materialize(self: Task, target: str, collection: str, documents: Any, attemp
         send_materialize(target, collection, batch, attempt=attempt, lane=lane,
                          countdown=0.2 + random.random() * 0.3)
         return
-    write_and_settle(ctx, node, slot, target, collection, loaded, attempt, lane)
+    write_and_settle(ctx, node, slot, target, collection, loaded, attempt, lane, self.request.id)
     if is_ref(batch):
         ctx.claims.release(batch, target)  # type: ignore[union-attr]
 
 
 def write_and_settle(ctx: pipeline.Context, node: str, slot: str, target: str, collection: str,
-                     documents: list[dict[str, Any]], attempt: int, lane: str) -> None:
+                     documents: list[dict[str, Any]], attempt: int, lane: str, task_id: str | None = None) -> None:
     """Write; then each failed document is re-sent (new claim) or dead-lettered."""
     try:
         try:
@@ -340,7 +340,8 @@ def write_and_settle(ctx: pipeline.Context, node: str, slot: str, target: str, c
         log.warning("%s: %d document(s) of %s failed (attempt %d of %d), retrying in %.1fs: %s", target,
                     len(retryable), collection, attempt, ctx.settings.retry_max, countdown, retryable[0][1][:300])
         again = [d for d, _ in retryable]
-        send_materialize(target, collection, claim(ctx, again, [target]), attempt=attempt + 1,
+        send_materialize(target, collection, claim(ctx, again, [target], f"{task_id}:retry" if task_id else None),
+                         attempt=attempt + 1,
                          countdown=countdown, lane=lane)
     else:
         letters += [Letter(stage="materialize", target=target, collection=collection, payload=d, error=e,
