@@ -22,8 +22,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
-from itertools import accumulate, count
-import operator
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from sophia_tasks.derivations.pii import DEFAULT_EMAIL_FIELDS, DEFAULT_PHONE_FIELDS, PiiMasker
@@ -198,7 +196,7 @@ class ResolvedConfig:
     scan_pattern: re.Pattern[str] | None  # every text keyword of every signal, as one trie, lower-case
     scan_keywords: tuple[str, ...]  # for the case-insensitive scanner, compiled on first need
     match_cache: dict[str, tuple[tuple[str, ...], str | None]]  # matched text -> (signals, competitor)
-    tracker_cache: dict[str, tuple[str, ...]]  # lower-cased "name type" of a tracker -> its signals
+    tracker_cache: dict[tuple[str, str], tuple[str, ...]]  # a tracker's (name, type) -> its signals
     rep_dominated_talk_ratio: float
     long_monologue_seconds: float
     short_call_seconds: float
@@ -274,23 +272,32 @@ def _compile_keywords(keywords: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{p})" for p in parts), re.IGNORECASE)
 
 
-def _trie_regex(keywords: Iterable[str], lower: bool = True) -> str:
-    """Lower-cased (or, with ``lower=False``, as written) keywords as one regex shaped like
-    a trie (shared prefixes factored out).
+def _trie_regex(keywords: Iterable[str], as_written: bool = False) -> str:
+    """Lower-cased keywords as one regex shaped like a trie (shared prefixes factored out).
 
     Why: Python's ``re`` tries alternatives one by one, so 130 flat alternatives cost
     130 attempts per text position; a trie costs one attempt per distinct next character.
+
+    When two keywords differ only by a trailing * ("VP", "VP*"), the last one's ending
+    is used. ``as_written=True`` keeps the keywords' case and every ending, so the regex
+    finds a keyword wherever ``_compile_keywords``'s pattern finds one.
     """
     trie: dict[str, Any] = {}
     for keyword in keywords:
-        kw, wildcard = _split_keyword(keyword.lower() if lower else keyword)
+        kw, wildcard = _split_keyword(keyword if as_written else keyword.lower())
         if not kw:
             continue
         node = trie
         for ch in kw:
             node = node.setdefault(ch, {})
         end_edge = _edge(kw[-1])
-        node[""] = _WILDCARD[end_edge] if wildcard else _AFTER[end_edge]
+        end = _WILDCARD[end_edge] if wildcard else _AFTER[end_edge]
+        if as_written:
+            ends = node.setdefault("", [])
+            if end not in ends:
+                ends.append(end)
+        else:
+            node[""] = end
 
     def build(node: dict[str, Any]) -> str:
         alts = []
@@ -298,7 +305,11 @@ def _trie_regex(keywords: Iterable[str], lower: bool = True) -> str:
             atom = r"\s+" if ch == " " else "['\u2019]" if ch == "'" else re.escape(ch)
             alts.append(atom + build(node[ch]))
         if "" in node:
-            alts.append(node[""])
+            end = node[""]
+            if isinstance(end, list):
+                alts.extend(end)
+            else:
+                alts.append(end)
         if len(alts) == 1:
             return alts[0]
         return "(?:" + "|".join(alts) + ")"
@@ -306,10 +317,11 @@ def _trie_regex(keywords: Iterable[str], lower: bool = True) -> str:
     return build(trie) if trie else ""
 
 
-def _scan_regex(keywords: Iterable[str], flags: int = 0, lower: bool = True) -> re.Pattern[str] | None:
-    """The one-pass scanner, run on the lower-cased text with one leading space
-    (``lower=False`` keeps the keywords as written, for a case-insensitive scanner that
-    must match exactly what ``_compile_keywords`` matches).
+def _scan_regex(keywords: Iterable[str], flags: int = 0, as_written: bool = False) -> re.Pattern[str] | None:
+    """The one-pass scanner, run on the lower-cased text after one leading non-word
+    character (a separator, or the space before a title); ``as_written``: see
+    ``_trie_regex``, for a case-insensitive scanner that must find a keyword wherever
+    ``_compile_keywords``'s pattern does.
 
     A keyword must not continue a word, so the pattern consumes the character before
     it (a class such as ``[^a-z0-9_]``) instead of using a lookbehind: a pattern that
@@ -332,9 +344,9 @@ def _scan_regex(keywords: Iterable[str], flags: int = 0, lower: bool = True) -> 
         if kws:
             lead = _LEAD[edge]
             if edge == "ascii":  # first letters are ASCII letters, digits or _, matched as plain literals
-                firsts = sorted({_split_keyword(k.lower() if lower else k)[0][0] for k in kws})
+                firsts = sorted({_split_keyword(k if as_written else k.lower())[0][0] for k in kws})
                 lead += "(?=[" + "".join(re.escape(ch) for ch in firsts) + "])"
-            parts.append(f"{lead}({_trie_regex(kws, lower)})")
+            parts.append(f"{lead}({_trie_regex(kws, as_written)})")
     return re.compile("|".join(parts), flags) if parts else None
 
 
@@ -442,7 +454,7 @@ def _build(merged: dict[str, Any]) -> ResolvedConfig:
         competitor_tracker_keywords=tuple(k.lower() for k in merged["competitor_tracker_keywords"]),
         signals=signals,
         senior_title_pattern=_compile_keywords(merged["senior_title_keywords"]),
-        senior_title_scan=_scan_regex(merged["senior_title_keywords"], re.IGNORECASE, lower=False),
+        senior_title_scan=_scan_regex(merged["senior_title_keywords"], re.IGNORECASE, as_written=True),
         senior_title_exclude_pattern=_compile_keywords(merged["senior_title_exclude_keywords"]),
         risk_order={code: (-weight_of[severity[code]], _CODE_ORDER[code]) for code in RISK_CODES},
         risk_labels={code: f"{code.replace('_', ' ')} ({severity[code]})" for code in RISK_CODES},
@@ -518,7 +530,15 @@ def _key(value: Any) -> str | None:
 
 
 def _clean(text: str) -> str:
-    """Whitespace runs to one space, ends trimmed."""
+    """Whitespace runs to one space, ends trimmed.
+
+    Most texts (briefs, snippets) are clean already, and for a long one three scans in C
+    cost less than splitting it into words: every whitespace character other than the
+    space is unprintable (a test checks all of Unicode), so a printable text without a
+    double space or an edge space has nothing to collapse.
+    """
+    if len(text) > 40 and text.isprintable() and "  " not in text and text[0] != " " and text[-1] != " ":
+        return text
     return " ".join(text.split())
 
 
@@ -590,7 +610,7 @@ def _add_strings(value: Any, label: str, add: Callable[[str, str], Any], depth: 
 
 
 # -- the call's text, scanned once -------------------------------------------------------
-@dataclass
+@dataclass(slots=True)
 class _Hits:
     """Where each keyword signal first matched, and which competitors were named."""
 
@@ -600,7 +620,12 @@ class _Hits:
 
 
 class _Text:
-    """All conversational text of a call joined once, so every keyword list costs one regex pass."""
+    """All conversational text of a call joined once, so every keyword list costs one regex pass.
+
+    The blob starts with a separator too: the scanner consumes the character before a
+    keyword, and this one lets a keyword start the text, with match offsets that are
+    blob offsets (no second copy of the text with a leading space).
+    """
 
     __slots__ = ("blob", "starts", "labels")
 
@@ -610,30 +635,37 @@ class _Text:
         so each distinct text is joined once)."""
         parts = list(segments)
         self.labels = list(segments.values())
-        # segment i starts after the i earlier segments and their i separators
-        self.starts = list(map(operator.add, accumulate(map(len, parts), initial=0), count()))[:-1]
-        self.blob = _SEGMENT_SEP.join(parts)
+        self.starts = starts = []
+        pos = 1
+        for text in parts:
+            starts.append(pos)
+            pos += len(text) + 1  # the text and its separator
+        self.blob = _SEGMENT_SEP.join(["", *parts]) if parts else ""
 
     def evidence(self, start: int, end: int) -> str:
         """``label: "…snippet…"`` around a match, within its own segment, cut at spaces."""
-        i = bisect_right(self.starts, start) - 1
-        seg_start = self.starts[i]
-        seg_end = self.starts[i + 1] - 1 if i + 1 < len(self.starts) else len(self.blob)
+        starts = self.starts
         blob = self.blob
-        a = max(seg_start, start - _SNIPPET_WIDTH)
-        b = min(seg_end, end + _SNIPPET_WIDTH)
-        if a > seg_start:
+        i = bisect_right(starts, start) - 1
+        seg_start = starts[i]
+        seg_end = starts[i + 1] - 1 if i + 1 < len(starts) else len(blob)
+        a = start - _SNIPPET_WIDTH
+        if a > seg_start:  # cut inside the segment: at a space, marked with an ellipsis
             space = blob.find(" ", a, start)
-            a = space + 1 if space != -1 else a
+            if space != -1:
+                a = space + 1
+            lead = "\u2026"
+        else:
+            a, lead = seg_start, ""
+        b = end + _SNIPPET_WIDTH
         if b < seg_end:
             space = blob.rfind(" ", end, b)
-            b = space if space != -1 else b
-        snippet = _clean(blob[a:b])
-        if a > seg_start:
-            snippet = "\u2026" + snippet
-        if b < seg_end:
-            snippet += "\u2026"
-        return f'{self.labels[i]}: "{snippet}"'
+            if space != -1:
+                b = space
+            trail = "\u2026"
+        else:
+            b, trail = seg_end, ""
+        return f'{self.labels[i]}: "{lead}{_clean(blob[a:b])}{trail}"'
 
     def scan(self, cfg: ResolvedConfig) -> _Hits:
         """One regex pass over the text; each distinct matched string is classified once per config."""
@@ -642,31 +674,25 @@ class _Text:
         pattern = cfg.scan_pattern
         if not blob or pattern is None:
             return hits
-        low = " " + blob.lower()  # the leading space lets a keyword start the text
+        low = blob.lower()
         # lower() changes the length of a few characters (e.g. U+0130): then offsets would drift
-        if len(low) != len(blob) + 1:
+        if len(low) != len(blob):
             pattern = _scan_regex_ci(cfg.scan_keywords)
-            low = " " + blob
-        # Only the first occurrence of each distinct keyword can be first for a signal,
-        # so the per-match work is one dict lookup; classification happens per distinct text.
-        # Spans are of the scanned text (one leading space): shifted back below.
-        firsts: dict[str, tuple[int, int]] = {}
-        if pattern.groups == 1:  # type: ignore[union-attr]
-            for m in pattern.finditer(low):  # type: ignore[union-attr]
-                text = m[1]
-                if text not in firsts:
-                    firsts[text] = m.span(1)
-        else:
-            for m in pattern.finditer(low):  # type: ignore[union-attr]
-                group = m.lastindex or 0
-                text = m[group]
-                if text not in firsts:
-                    firsts[text] = m.span(group)
-        cache = cfg.match_cache
+            low = blob
+        # Only the first occurrence of each distinct keyword can be first for a signal, so a
+        # repeated keyword costs one set lookup; a new one is classified once per config (and
+        # matches come in order of position, so the first span seen for a signal is its earliest).
         first = hits.first
         competitors = hits.competitors
-        # firsts is in order of position, so the first span seen for a signal is its earliest
-        for text, (start, end) in firsts.items():
+        cache = cfg.match_cache
+        seen: set[str] = set()
+        group = 1 if pattern.groups == 1 else 0  # type: ignore[union-attr]  # 0: whichever group matched
+        for m in pattern.finditer(low):  # type: ignore[union-attr]
+            g = group or m.lastindex or 0
+            text = m[g]
+            if text in seen:
+                continue
+            seen.add(text)
             found = cache.get(text)
             if found is None:
                 found = _classify(text, cfg)
@@ -674,13 +700,15 @@ class _Text:
                     cache.clear()
                 cache[text] = found
             signals, competitor = found
-            span = (start - 1, end - 1)
+            span = None
             for name in signals:
                 if name not in first:
+                    if span is None:
+                        span = m.span(g)
                     first[name] = span
             if competitor is not None:
                 if hits.competitor_span is None:
-                    hits.competitor_span = span
+                    hits.competitor_span = span or m.span(g)
                 if competitor not in competitors:
                     competitors.append(competitor)
         return hits
@@ -701,23 +729,25 @@ def _classify(matched: str, cfg: ResolvedConfig) -> tuple[tuple[str, ...], str |
     return signals, competitor
 
 
-def _tracker_signals(hay: str, cfg: ResolvedConfig) -> tuple[str, ...]:
-    """Signals whose tracker keywords occur in a tracker's lower-cased "name type" (cached:
-    the same few tracker names come back on every call of a workspace)."""
-    found = cfg.tracker_cache.get(hay)
+def _tracker_signals(tracker_name: str, tracker_type: str, cfg: ResolvedConfig) -> tuple[str, ...]:
+    """Signals whose tracker keywords occur in a tracker's lower-cased "name type" (cached
+    on (name, type): the same few tracker names come back on every call of a workspace)."""
+    key = (tracker_name, tracker_type)
+    found = cfg.tracker_cache.get(key)
     if found is None:
+        hay = f"{tracker_name} {tracker_type}".lower()
         names = [name for name, signal in cfg.signals.items() if any(k in hay for k in signal.tracker_keywords)]
         if any(k in hay for k in cfg.competitor_tracker_keywords):
             names.append("competitor")
         found = tuple(names)
         if len(cfg.tracker_cache) >= _MATCH_CACHE_MAX:
             cfg.tracker_cache.clear()
-        cfg.tracker_cache[hay] = found
+        cfg.tracker_cache[key] = found
     return found
 
 
 # -- the call, read once -----------------------------------------------------------------
-@dataclass
+@dataclass(slots=True)
 class _Call:
     """The parts of a (masked) call the rules need, extracted once."""
 
@@ -751,9 +781,15 @@ def _read_call(call: Mapping[str, Any], cfg: ResolvedConfig) -> _Call:
     affiliation_by_speaker: dict[str, str] = {}
     affiliation_by_user: dict[str, str] = {}
     for p in parties:
-        aff = _s(p.get("affiliation")).lower()
-        sid = _key(p.get("speakerId"))
-        identity = (_key(p.get("id")), _s(p.get("emailAddress")), _s(p.get("name")), sid)
+        aff = p.get("affiliation")
+        aff = aff.lower() if type(aff) is str else ""
+        sid = p.get("speakerId")
+        if type(sid) is not str or not sid:  # _key, inlined for the usual non-empty string
+            sid = _key(sid)
+        pid, email, name = p.get("id"), p.get("emailAddress"), p.get("name")
+        if type(pid) is not str or not pid:
+            pid = _key(pid)
+        identity = (pid, email if type(email) is str else "", name if type(name) is str else "", sid)
         if identity == (None, "", "", None) or identity not in seen:
             seen.add(identity)
             if aff == "external":
@@ -762,7 +798,9 @@ def _read_call(call: Mapping[str, Any], cfg: ResolvedConfig) -> _Call:
                 internals += 1
         if sid is not None and sid not in affiliation_by_speaker:
             affiliation_by_speaker[sid] = aff
-        uid = _key(p.get("userId"))
+        uid = p.get("userId")
+        if uid is not None and (type(uid) is not str or not uid):
+            uid = _key(uid)
         if uid is not None and uid not in affiliation_by_user:
             affiliation_by_user[uid] = aff
 
@@ -789,7 +827,9 @@ def _read_call(call: Mapping[str, Any], cfg: ResolvedConfig) -> _Call:
     for t in _l(c.get("trackers")):
         if type(t) is not dict:
             continue
-        count = _num(t.get("count"))
+        count = t.get("count")
+        if type(count) is not int:  # _num, inlined for the usual int
+            count = _num(count)
         active = count > 0 if count is not None else bool(_l(t.get("occurrences")))
         # Gong lists every configured tracker: only a hit (count > 0) is evidence
         for item in _l(t.get("phrases")):
@@ -798,22 +838,29 @@ def _read_call(call: Mapping[str, Any], cfg: ResolvedConfig) -> _Call:
                     add_segment(item, "trackers")
             elif type(item) is dict:
                 phrase = item.get("phrase")
-                phrase_count = _num(item.get("count"))
-                if (type(phrase) is str and phrase
-                        and (phrase_count > 0 if phrase_count is not None else active)):
-                    add_segment(phrase, "trackers")
+                if type(phrase) is str and phrase:
+                    phrase_count = item.get("count")
+                    if type(phrase_count) is not int:
+                        phrase_count = _num(phrase_count)
+                    if phrase_count > 0 if phrase_count is not None else active:
+                        add_segment(phrase, "trackers")
         if active:
-            name, ttype = _s(t.get("name")), _s(t.get("type"))
-            for signal in _tracker_signals(f"{name} {ttype}".lower(), cfg):
+            name, ttype = t.get("name"), t.get("type")
+            name = name if type(name) is str else ""
+            ttype = ttype if type(ttype) is str else ""
+            for signal in _tracker_signals(name, ttype, cfg):
                 if signal not in tracker_evidence:
                     times = f" {_fmt(count)} time(s)" if count is not None else ""
                     tracker_evidence[signal] = f'tracker "{name or ttype}" hit{times}'
     for topic in _l(c.get("topics")):
         if type(topic) is dict:
             name = topic.get("name")
-            duration = _num(topic.get("duration"))
-            if type(name) is str and name and (duration is None or duration > 0):
-                add_segment(name, "topics")
+            if type(name) is str and name:
+                duration = topic.get("duration")
+                if type(duration) is not int:
+                    duration = _num(duration)
+                if duration is None or duration > 0:
+                    add_segment(name, "topics")
     for comment in _l(_d(call.get("collaboration")).get("publicComments")):
         text = comment.get("comment") if type(comment) is dict else comment
         if type(text) is str and text:
@@ -825,17 +872,24 @@ def _read_call(call: Mapping[str, Any], cfg: ResolvedConfig) -> _Call:
     stats: dict[str, Any] = {}
     for stat in _l(interaction.get("interactionStats")):
         if type(stat) is dict:
-            name = _s(stat.get("name")).strip().lower()
+            name = stat.get("name")
+            name = name.strip().lower() if type(name) is str else ""
             if name and name not in stats:
                 stats[name] = stat.get("value")
     internal_time = total_time = 0.0
     for sp in _l(interaction.get("speakers")):
         if type(sp) is not dict:
             continue
-        talk = _num(sp.get("talkTime"))
+        talk = sp.get("talkTime")
+        if type(talk) is not float or not math.isfinite(talk):  # _num, inlined for the usual float
+            talk = _num(talk)
         if talk is None or talk < 0:
             continue
-        sid, uid = _key(sp.get("id")), _key(sp.get("userId"))
+        sid, uid = sp.get("id"), sp.get("userId")
+        if type(sid) is not str or not sid:
+            sid = _key(sid)
+        if uid is not None:
+            uid = _key(uid)
         aff = affiliation_by_speaker.get(sid) if sid is not None else None
         if aff is None and uid is not None:
             # a speaker with a Gong userId is a Gong user, i.e. internal, even without a party
@@ -860,10 +914,9 @@ def _read_call(call: Mapping[str, Any], cfg: ResolvedConfig) -> _Call:
         v = _num(q.get(in_key))
         questions[out_key] = int(v) if v is not None and v >= 0 else None
 
-    return _Call(metadata=metadata, content=content, parties=parties, externals=externals, internals=internals,
-                 tracker_evidence=tracker_evidence, action_items=action_items, text=text_index,
-                 hits=text_index.scan(cfg), talk_ratio=talk_ratio, talk_ratio_source=source, stats=stats,
-                 questions=questions)
+    # positional, in field order: 13 keyword arguments cost more than building the object
+    return _Call(metadata, content, parties, externals, internals, tracker_evidence, action_items, text_index,
+                 text_index.scan(cfg), talk_ratio, source, stats, questions)
 
 
 # -- rules -------------------------------------------------------------------------------
@@ -968,9 +1021,11 @@ def _context_timeline(call_doc: Mapping[str, Any], fields: frozenset[str]) -> st
             for f in _l(obj.get("fields")):
                 if type(f) is not dict:
                     continue
-                name = _s(f.get("name"))
+                name = f.get("name")
+                if type(name) is not str or name.casefold() not in fields:  # (fields holds no "")
+                    continue
                 value = f.get("value")
-                if name.casefold() in fields and value not in (None, "", [], {}):
+                if value not in (None, "", [], {}):
                     shown = value if type(value) is str else json.dumps(value, ensure_ascii=False)
                     where = " ".join(x for x in (_s(ctx.get("system")), _s(obj.get("objectType"))) if x)
                     return _cap(f"{where + ' ' if where else ''}{name} = {_clean(shown)}")
@@ -1007,7 +1062,7 @@ def _summary(call: _Call, risks: list[tuple[str, str]], cfg: ResolvedConfig) -> 
     if max_points:
         for kp in _l(c.get("keyPoints")):
             text = kp.get("text") if type(kp) is dict else kp
-            text = " ".join(text.split()).rstrip(".;") if type(text) is str else ""
+            text = _clean(text).rstrip(".;") if type(text) is str else ""
             if text:
                 points.append(text)
                 if len(points) >= max_points:
@@ -1101,7 +1156,7 @@ def _timestamp(now: datetime | None) -> str:
 
 
 def _enrich(call: Mapping[str, Any], cfg: ResolvedConfig, enriched_at: str) -> dict[str, Any]:
-    if not isinstance(call, Mapping):
+    if type(call) is not dict and not isinstance(call, Mapping):  # (typing.Mapping's check is slow)
         raise TypeError(f"a Gong call must be a mapping, got {type(call).__name__}")
     masked = cfg.masker.mask_document(call)
     masked.pop("enrichment", None)  # a re-run replaces, never merges with, an old enrichment
