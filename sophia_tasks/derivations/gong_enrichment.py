@@ -200,6 +200,7 @@ class ResolvedConfig:
     rep_dominated_talk_ratio: float
     long_monologue_seconds: float
     short_call_seconds: float
+    threshold_labels: Mapping[str, str]  # the three thresholds above as evidence shows them ("0.65", "150")
     multi_threaded_min_external_parties: int
     summary_max_chars: int
     summary_max_key_points: int
@@ -433,15 +434,20 @@ def _build(merged: dict[str, Any]) -> ResolvedConfig:
         for name in _SIGNALS
     }
     keep = _number(merged, "pii_phone_keep_last_digits", 0, 2, integer=True)
+    talk_ratio = _number(merged, "rep_dominated_talk_ratio", 0.0, 1.0)
+    monologue = _number(merged, "long_monologue_seconds", 0, 86400)
+    short_call = _number(merged, "short_call_seconds", 0, 86400)
     return ResolvedConfig(
         values=merged,
         scan_pattern=_scan_regex(scan_keywords),
         scan_keywords=tuple(scan_keywords),
         match_cache={},
         tracker_cache={},
-        rep_dominated_talk_ratio=_number(merged, "rep_dominated_talk_ratio", 0.0, 1.0),
-        long_monologue_seconds=_number(merged, "long_monologue_seconds", 0, 86400),
-        short_call_seconds=_number(merged, "short_call_seconds", 0, 86400),
+        rep_dominated_talk_ratio=talk_ratio,
+        long_monologue_seconds=monologue,
+        short_call_seconds=short_call,
+        threshold_labels={"rep_dominated": f"{talk_ratio:.2f}", "long_monologue": _fmt(monologue),
+                          "short_call": _fmt(short_call)},
         multi_threaded_min_external_parties=_number(merged, "multi_threaded_min_external_parties", 1, 1000,
                                                     integer=True),
         summary_max_chars=_number(merged, "summary_max_chars", 100, 600, integer=True),
@@ -832,7 +838,8 @@ def _read_call(call: Mapping[str, Any], cfg: ResolvedConfig) -> _Call:
             count = _num(count)
         active = count > 0 if count is not None else bool(_l(t.get("occurrences")))
         # Gong lists every configured tracker: only a hit (count > 0) is evidence
-        for item in _l(t.get("phrases")):
+        phrases = t.get("phrases")
+        for item in phrases if type(phrases) is list else ():
             if type(item) is str:
                 if active and item:
                     add_segment(item, "trackers")
@@ -928,7 +935,8 @@ def _signal(call: _Call, name: str) -> str | None:
     """Evidence for a keyword signal: the first text match, else the first hit tracker."""
     span = call.hits.first.get(name)
     if span is not None:
-        return _cap(call.text.evidence(*span))
+        evidence = call.text.evidence(*span)
+        return evidence if len(evidence) <= _EVIDENCE_MAX else truncate(evidence, _EVIDENCE_MAX)
     return call.tracker_evidence.get(name)
 
 
@@ -992,18 +1000,18 @@ def _risks(call: _Call, cfg: ResolvedConfig) -> list[tuple[str, str]]:
     if competitor:
         found.append(("competitor_mentioned", competitor))
 
+    labels = cfg.threshold_labels
     if call.talk_ratio is not None and call.talk_ratio > cfg.rep_dominated_talk_ratio and not internal_meeting:
         found.append(("rep_dominated", f"internal talk ratio {call.talk_ratio:.2f} > "
-                                       f"{cfg.rep_dominated_talk_ratio:.2f} (from {call.talk_ratio_source})"))
+                                       f"{labels['rep_dominated']} (from {call.talk_ratio_source})"))
 
     monologue = _num(call.stats.get("longest monologue"))
     if monologue is not None and monologue > cfg.long_monologue_seconds:
-        found.append(("long_monologue",
-                      f"longest monologue {_fmt(monologue)} s > {_fmt(cfg.long_monologue_seconds)} s"))
+        found.append(("long_monologue", f"longest monologue {_fmt(monologue)} s > {labels['long_monologue']} s"))
 
     duration = _num(md.get("duration"))
     if duration is not None and 0 <= duration < cfg.short_call_seconds:
-        found.append(("short_call", f"duration {_fmt(duration)} s < {_fmt(cfg.short_call_seconds)} s"))
+        found.append(("short_call", f"duration {_fmt(duration)} s < {labels['short_call']} s"))
 
     return found
 
@@ -1012,13 +1020,16 @@ def _context_timeline(call_doc: Mapping[str, Any], fields: frozenset[str]) -> st
     """A CRM date such as Opportunity CloseDate also counts as a defined timeline."""
     if not fields:
         return None
-    for ctx in _l(call_doc.get("context")):
+    contexts = call_doc.get("context")
+    for ctx in contexts if type(contexts) is list else ():
         if type(ctx) is not dict:
             continue
-        for obj in _l(ctx.get("objects")):
+        objects = ctx.get("objects")
+        for obj in objects if type(objects) is list else ():
             if type(obj) is not dict:
                 continue
-            for f in _l(obj.get("fields")):
+            fields_ = obj.get("fields")
+            for f in fields_ if type(fields_) is list else ():
                 if type(f) is not dict:
                     continue
                 name = f.get("name")
@@ -1109,7 +1120,10 @@ def _next_best_actions(risks: list[tuple[str, str]], opportunities: list[tuple[s
     out = []
     for code in sorted(evidence, key=_ACTION_RANK.__getitem__):
         priority, action = actions[code]
-        out.append({"action": action, "reason": _cap(f"{code}: {evidence[code]}"), "priority": priority})
+        reason = f"{code}: {evidence[code]}"
+        if len(reason) > _EVIDENCE_MAX:
+            reason = truncate(reason, _EVIDENCE_MAX)
+        out.append({"action": action, "reason": reason, "priority": priority})
     return out
 
 

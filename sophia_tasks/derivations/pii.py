@@ -70,6 +70,29 @@ _GROUP = rf"(?:(?:{_SEP}{{1,3}}|(?<=\)))\(?\d+\)?)"
 # ISO-8601 date, optionally with time, fraction and offset.
 _ISO = r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
 _ISO_DATETIME = re.compile(_ISO)
+
+
+def _iso_shapes() -> frozenset[bytes]:
+    """The usual ISO timestamps as shapes: ASCII digits as 0x00 (see ``_ISO_SHAPE_BYTES``).
+
+    Every shape is a string ``_ISO_DATETIME`` fullmatches with ASCII digits (checked
+    below), so a string with one of these shapes is a lone ISO timestamp without a regex
+    call; any other string still goes to the regex (fractions of any length, other digits).
+    """
+    d = "\x00"
+    date = f"{d * 4}-{d * 2}-{d * 2}"
+    seconds = ["", f":{d * 2}"] + [f":{d * 2}{mark}{d * n}" for mark in ".," for n in (1, 3, 6)]
+    offsets = ["", "Z"] + [f"{sign}{d * 2}{minutes}" for sign in "+-" for minutes in ("", f":{d * 2}", d * 2)]
+    shapes = {date}
+    for sep in "T ":
+        shapes.update(f"{date}{sep}{d * 2}:{d * 2}{sec}{off}" for sec in seconds for off in offsets)
+    assert all(_ISO_DATETIME.fullmatch(shape.replace(d, "7")) for shape in shapes)
+    return frozenset(shape.encode() for shape in shapes)
+
+
+# bytes.translate table for _ISO_SHAPES: ASCII digits to 0x00, a literal 0x00 to 0x01, the rest kept
+_ISO_SHAPE_BYTES = bytes(0 if 0x30 <= b <= 0x39 else 1 if b == 0 else b for b in range(256))
+_ISO_SHAPES = _iso_shapes()
 _KEEP = (
     r"(?P<keep>" + _ISO +
     # 25/11/2026, 11-25-26, 25.11.2026
@@ -132,17 +155,39 @@ def may_hold_phone(text: str) -> bool:
     return encoded.translate(_PHONEISH_BYTES).find(b"00000000") != -1
 
 
-def _search_run(text: str, pos: int, phoneish: bytes | None) -> re.Match[str] | None:
-    """``_RUN.search(text, pos)``. ``phoneish``: for an ASCII ``text`` (byte and character
-    offsets agree), its bytes translated by ``_PHONEISH_BYTES``; a ``_RUN`` match is 8+
-    phone-ish characters, so the regex starts at the first 8 phone-ish bytes from ``pos``,
-    and does not run at all when there are none (in the walk, each regex call costs about
-    a microsecond: the text after the last phone of a brief is usually such a case)."""
+_RUN_FIRST = frozenset("0123456789(+")  # the ASCII characters a _RUN match can start with
+
+
+def _next_run(text: str, pos: int, encoded: bytes | None, phoneish: bytes | None) -> tuple[int, int] | None:
+    """The span of ``_RUN.search(text, pos)``, or None.
+
+    ``encoded``: ``text`` as UTF-8 (strict: no lone surrogates), ``phoneish``: those bytes
+    translated by ``_PHONEISH_BYTES`` (both None: the regex alone). A ``_RUN`` match is 8+
+    characters of its repeated class, all of whose bytes translate to '0', so the regex
+    need not run where there are no 8 '0's: from the first ones it starts, and when there
+    are none after ``pos`` it does not run at all (inside the walk each regex call costs
+    about a microsecond; the text after the last phone of a brief is the usual case).
+
+    For ASCII text, byte and character offsets agree and the '0's are exactly the
+    characters of the repeated class, so a run starting with one of ``_RUN_FIRST`` is the
+    match itself, ending at the next 'x' (greedy): most runs (ids in URLs, phone numbers)
+    need no regex call.
+    """
     if phoneish is not None:
-        pos = phoneish.find(b"00000000", pos)
-        if pos == -1:
+        ascii_ = len(encoded) == len(text)  # type: ignore[arg-type]
+        byte_pos = pos if ascii_ or not pos else len(text[:pos].encode())
+        byte_pos = phoneish.find(b"00000000", byte_pos)
+        if byte_pos == -1:
             return None
-    return _RUN.search(text, pos)
+        if ascii_:
+            pos = byte_pos
+            if text[pos] in _RUN_FIRST:
+                end = phoneish.find(b"x", pos + 8)
+                return pos, len(text) if end == -1 else end
+        else:  # the character that holds that byte: no match starts between pos and it
+            pos = len(encoded[:byte_pos].decode("utf-8", "ignore"))  # type: ignore[index]
+    m = _RUN.search(text, pos)
+    return None if m is None else m.span()
 
 
 # The characters of a phone match besides its digits (see _PHONE): translated to spaces, the
@@ -204,17 +249,20 @@ class PiiMasker:
         tail = digits[-keep:] if keep and digits else ""
         return "***-***-" + "*" * (4 - len(tail)) + tail
 
-    def _phone_sub(self, match: re.Match[str]) -> str:
-        """``_phone_sub_reference`` without its two regex calls: a phone match holds only digits
-        and ``_PHONE_NON_DIGITS``, so str.translate and str.split find its digit groups, and a
-        set intersection its separators (a test holds them to the regexes)."""
-        text = match.group()
+    def _phone_replacement(self, match: re.Match[str]) -> str | None:
+        """What ``_phone_sub_reference`` replaces ``match`` with, None when it keeps it (a
+        token never equals the match it replaces), without its two regex calls: a phone
+        match holds only digits and ``_PHONE_NON_DIGITS``, so str.translate and str.split
+        find its digit groups, and a set intersection its separators (a test holds them to
+        the regexes); a '+' number of 7 digits or more needs no further decision."""
         if match.lastgroup == "keep":
-            return text
+            return None
+        text = match.group()
         groups = text.translate(_PHONE_TO_SPACES).split()
-        if not _is_phone(text, groups, set(text) & _PHONE_SEPARATORS):
-            return text
-        return self._digits_token("".join(groups))
+        digits = "".join(groups)
+        if len(digits) < 7 or (text[0] != "+" and not _is_phone(text, groups, set(text) & _PHONE_SEPARATORS)):
+            return None
+        return self._digits_token(digits)
 
     def _phone_sub_reference(self, match: re.Match[str]) -> str:
         text = match.group(0)
@@ -222,31 +270,32 @@ class PiiMasker:
             return text
         return self.phone_token(text)
 
-    def _phone_edits(self, text: str, run: re.Match[str] | None,
+    def _phone_edits(self, text: str, run: tuple[int, int] | None, encoded: bytes | None = None,
                      phoneish: bytes | None = None) -> list[tuple[int, int, str]]:
-        """Where ``PHONE_OR_DATE_RE.sub(self._phone_sub, text)`` would change ``text``, found by
+        """Where ``PHONE_OR_DATE_RE.sub(self._phone_sub_reference, text)`` would change ``text``, found by
         trying only positions inside phone-ish runs (same result, a test holds both to it)
         instead of running the lookbehind-led pattern over every character. ``run`` is the
-        first ``_RUN`` match in ``text``; ``phoneish`` as for ``_search_run``."""
+        span of the first ``_RUN`` match in ``text``; ``encoded`` and ``phoneish`` as for ``_next_run``."""
         edits: list[tuple[int, int, str]] = []
         match_at = PHONE_OR_DATE_RE.match
         restart = _RESTART_AFTER
         done = 0  # the equivalent sub() has consumed the text up to here
         while run is not None:
-            start, end = run.span()
-            if text[start] == "+" or not run.group().isdigit():  # a bare digit run (an id) is neither
+            start, end = run
+            if text[start] == "+" or not text[start:end].isdigit():  # a bare digit run (an id) is neither
                 p = max(start, done)
                 while p < end:
                     if p == start or text[p - 1] in restart:
                         m = match_at(text, p)
                         if m is not None:
-                            replacement = self._phone_sub(m)
-                            if replacement != m.group():
-                                edits.append((p, m.end(), replacement))
-                            done = p = m.end()
+                            m_end = m.end()
+                            replacement = self._phone_replacement(m)
+                            if replacement is not None:
+                                edits.append((p, m_end, replacement))
+                            done = p = m_end
                             continue
                     p += 1
-            run = _search_run(text, max(end, done), phoneish)
+            run = _next_run(text, max(end, done), encoded, phoneish)
         return edits
 
     def mask_text(self, text: str) -> str:
@@ -255,19 +304,19 @@ class PiiMasker:
             text = _apply(text, _email_edits(text))
         if len(text) < 8:
             return text  # the shortest phone, 555-0132, has 8 characters
-        try:  # may_hold_phone(text), keeping the translation for _search_run
-            encoded = text.encode()
+        try:  # may_hold_phone(text), keeping the bytes for _next_run
+            encoded: bytes | None = text.encode()
         except UnicodeEncodeError:
-            encoded = text.encode("utf-8", "surrogatepass")
-        phoneish = encoded.translate(_PHONEISH_BYTES)
+            encoded = None
+        phoneish = (encoded or text.encode("utf-8", "surrogatepass")).translate(_PHONEISH_BYTES)
         if phoneish.find(b"00000000") == -1:
             return text
-        if len(encoded) != len(text):
-            phoneish = None  # not ASCII: byte offsets are not character offsets
-        run = _search_run(text, 0, phoneish)
+        if encoded is None:
+            phoneish = None  # a lone surrogate: its bytes are not UTF-8, search with the regex alone
+        run = _next_run(text, 0, encoded, phoneish)
         if run is None:
             return text
-        return _apply(text, self._phone_edits(text, run, phoneish))
+        return _apply(text, self._phone_edits(text, run, encoded, phoneish))
 
     def mask_text_reference(self, text: str) -> str:
         """The plain-regex definition of :meth:`mask_text`, kept for equivalence tests."""
@@ -317,28 +366,30 @@ class PiiMasker:
         def mask_field(name: str, value: Any) -> Any:
             return mask_phone_value(value) if name in phone_fields else mask_email_value(value)
 
-        search_run = _search_run
+        next_run = _next_run
         iso_full = _ISO_DATETIME.fullmatch
+        iso_shape, iso_shapes = _ISO_SHAPE_BYTES, _ISO_SHAPES
         phone_edits = self._phone_edits
         phoneish = _PHONEISH_BYTES
         str_, dict_, list_ = str, dict, list
 
-        def mask_phoneish(v: str, phoneish: bytes | None) -> str:
+        def mask_phoneish(v: str, encoded: bytes | None, phoneish: bytes | None) -> str:
             """``mask_text`` for a string without '@' that ``may_hold_phone`` and is no lone
-            ISO timestamp (the date rule keeps one whole); ``phoneish`` as for ``_search_run``."""
-            run = search_run(v, 0, phoneish)
+            ISO timestamp (the date rule keeps one whole); ``encoded``, ``phoneish`` as for
+            ``_next_run``."""
+            run = next_run(v, 0, encoded, phoneish)
             # bare digit runs (ids in URLs) are skipped by _phone_edits too: skip them here
             # and most such strings need no edit list at all
-            while run is not None and run.group().isdigit():
-                run = search_run(v, run.end(), phoneish)
-            return v if run is None else _apply(v, phone_edits(v, run, phoneish))
+            while run is not None and v[run[0]:run[1]].isdigit():
+                run = next_run(v, run[1], encoded, phoneish)
+            return v if run is None else _apply(v, phone_edits(v, run, encoded, phoneish))
 
         def mask_str(v: str) -> str:
             """``mask_text`` for a string that is not all letters and digits."""
             if "@" in v:
                 return mask_text(v)
             if len(v) < 8 or (v[4] == "-" and iso_full(v) is not None):
-                return v  # the shortest phone, 555-0132, has 8 characters
+                return v  # the shortest phone, 555-0132, has 8 characters; the date rule keeps a timestamp
             return mask_text(v)
 
         def walk_dict(value: dict[Any, Any]) -> dict[Any, Any]:
@@ -352,23 +403,26 @@ class PiiMasker:
                 if cls is str_:
                     if k in contact_fields:
                         out[k] = mask_phone_value(v) if k in phone_fields else mask_email_value(v)
-                    elif len(v) > 4 and not v.isalnum() and not (pair and k == "value"):
+                    elif not v.isalnum() and (n := len(v)) > 4 and not (pair and k == "value"):
                         # mask_str(v), inlined
                         if "@" in v:
                             masked = mask_text(v)
-                        elif len(v) < 8:
+                        elif n < 8:
                             continue
-                        elif v[4] == "-" and iso_full(v) is not None:
-                            continue  # a lone ISO timestamp (it has its "-" there): kept whole, like a date
                         else:
-                            try:  # may_hold_phone(v), inlined
+                            try:
                                 encoded = v.encode()
-                            except UnicodeEncodeError:
-                                encoded = v.encode("utf-8", "surrogatepass")
-                            translated = encoded.translate(phoneish)
-                            if translated.find(b"00000000") == -1:
-                                continue
-                            masked = mask_phoneish(v, translated if len(encoded) == len(v) else None)
+                            except UnicodeEncodeError:  # a lone surrogate: the plain path
+                                masked = mask_str(v)
+                            else:
+                                # a lone ISO timestamp (it has its "-" there) is kept whole, like a date
+                                if v[4] == "-" and (encoded.translate(iso_shape) in iso_shapes
+                                                    or iso_full(v) is not None):
+                                    continue
+                                translated = encoded.translate(phoneish)  # may_hold_phone(v), inlined
+                                if translated.find(b"00000000") == -1:
+                                    continue
+                                masked = mask_phoneish(v, encoded, translated)
                         if masked is not v:
                             out[k] = masked
                 elif cls is dict_:
@@ -395,7 +449,7 @@ class PiiMasker:
                 if cls is dict_:
                     out[i] = walk_dict(v)
                 elif cls is str_:
-                    if len(v) > 4 and not v.isalnum():
+                    if not v.isalnum() and len(v) > 4:
                         masked = mask_str(v)
                         if masked is not v:
                             out[i] = masked

@@ -164,8 +164,8 @@ def _deep(value: Any, levels: int) -> Any:
 
 
 @_SETTINGS
-@given(st.lists(st.tuples(st.sampled_from(["highlights", "outline"]), st.one_of(_JSON, _JSON.map(lambda v: _deep(v, 4)))),
-                max_size=3))
+@given(st.lists(st.tuples(st.sampled_from(["highlights", "outline"]),
+                          st.one_of(_JSON, _JSON.map(lambda v: _deep(v, 4)))), max_size=3))
 def test_text_index_equals_its_definition(blocks: list[tuple[str, Any]]) -> None:
     segments: list[tuple[str, str]] = []
     index: dict[str, str] = {}
@@ -222,7 +222,7 @@ def test_letters_and_digits_only_mask_to_themselves(text: str) -> None:
 
 _URLISH = st.lists(st.sampled_from(["https://app.gong.io/call?id=", "7018159083016613186", "+1 415-555-0132", "/j/",
                                     "2186252760", " ", "-", ".", "(", ")", "x", "2026-01-05T17:37:00+00:00", "@",
-                                    "a.b@c.io", "555", "٠٥٠١٢٣٤٥٦٧", "🚀", "\u00a0", "\u2013"]),
+                                    "a.b@c.io", "555", "٠٥٠١٢٣٤٥٦٧", "🚀", "\u00a0", "\u2013", "\ud800", "ناقشنا"]),
                    max_size=8).map("".join)
 
 
@@ -289,7 +289,7 @@ def test_meta_keeps_its_place_and_media_is_dropped(keys: list[str]) -> None:
 
 # -- phone matching without extra regex calls ----------------------------------------------------
 _PHONE_TEXT = st.one_of(
-    st.text(alphabet="0123456789 ()+-./:T Z_ab\u00a0\u2010\u2013\u2015٠٥", max_size=40),
+    st.text(alphabet="0123456789 ()+-./:T Z_ab\u00a0\u2010\u2013\u2015٠٥ناé🚀社", max_size=40),
     st.lists(st.sampled_from(["+1 415-555-0132", "(415) 555-0198", "415.555.0143", "2025-2026", "1.234.567",
                               "10.0.0.1", "2026-11-25", "+44 (0)20 7946 0958", " ", "x", "-", "7018159083016613186"]),
              max_size=6).map("".join),
@@ -314,13 +314,11 @@ def test_phone_groups_and_separators_equal_their_regexes(text: str) -> None:
 def test_run_search_guided_by_bytes_equals_the_regex(text: str, pos: int) -> None:
     from sophia_tasks.derivations import pii
 
-    expected = pii._RUN.search(text, pos)
-    found = pii._search_run(text, pos, None)
-    assert (found and found.span()) == (expected and expected.span())
-    if text.isascii():
-        phoneish = text.encode().translate(pii._PHONEISH_BYTES)
-        found = pii._search_run(text, pos, phoneish)
-        assert (found and found.span()) == (expected and expected.span())
+    match = pii._RUN.search(text, pos)
+    expected = None if match is None else match.span()
+    assert pii._next_run(text, pos, None, None) == expected
+    encoded = text.encode()
+    assert pii._next_run(text, pos, encoded, encoded.translate(pii._PHONEISH_BYTES)) == expected
 
 
 @_SETTINGS
@@ -329,3 +327,17 @@ def test_ascii_digits_by_translate_equal_the_regex(text: str) -> None:
     from sophia_tasks.derivations import pii
 
     assert text.translate(pii._ASCII_NON_DIGITS) == "".join(pii._DIGITS.findall(text))
+
+
+_ISOISH = st.lists(st.sampled_from(["2026", "-", "01", "05", "T", " ", "17", ":", "37", "00", "+", "Z", ".", ",", "000",
+                                    "٠٥", "\x00", "d", "7", "1234567"]), max_size=12).map("".join)
+
+
+@_SETTINGS
+@given(_ISOISH)
+def test_iso_shapes_are_iso_timestamps(text: str) -> None:
+    from sophia_tasks.derivations import pii
+
+    if text.encode().translate(pii._ISO_SHAPE_BYTES) in pii._ISO_SHAPES:
+        assert pii._ISO_DATETIME.fullmatch(text) is not None
+    assert DEFAULT_MASKER.mask_document({"t": text}) == {"t": DEFAULT_MASKER.mask_text_reference(text)}
