@@ -67,6 +67,26 @@ class Peak:
     processes: int = 0
 
 
+def tree_rss_mb(pid: int | None) -> list[float]:
+    """RSS in MB of each process of the tree rooted at ``pid`` (empty if it is gone)."""
+    import psutil
+
+    if pid is None:
+        return []
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return []
+    sizes = []
+    for p in procs:
+        try:
+            sizes.append(p.memory_info().rss / 1e6)
+        except psutil.Error:
+            pass
+    return sizes
+
+
 class RssSampler(threading.Thread):
     """Samples the RSS of named process trees every ``interval`` seconds; keeps peaks per window."""
 
@@ -97,22 +117,10 @@ class RssSampler(threading.Thread):
                         "processes": p.processes} for k, p in self.peaks.items()}
 
     def sample(self) -> None:
-        import psutil
-
         with self.lock:
             roots = dict(self.roots)
         for name, pid in roots.items():
-            try:
-                root = psutil.Process(pid)
-                procs = [root] + root.children(recursive=True)
-            except psutil.Error:
-                continue
-            sizes = []
-            for p in procs:
-                try:
-                    sizes.append(p.memory_info().rss / 1e6)
-                except psutil.Error:
-                    pass
+            sizes = tree_rss_mb(pid)
             if not sizes:
                 continue
             with self.lock:

@@ -68,24 +68,13 @@ def sizes_from(args: argparse.Namespace) -> Any:
     if args.events:
         s.drain_events = args.events
         s.sf_raw_events = min(s.sf_raw_events, args.events)
-    if args.naive_events:
-        s.naive_events = args.naive_events
-    if args.latency_rate:
-        s.latency_rate = args.latency_rate
-    if args.latency_seconds:
-        s.latency_seconds = args.latency_seconds
-    if args.backfill_events:
-        s.backfill_events = args.backfill_events
-    if args.ingest_seconds:
-        s.ingest_seconds = args.ingest_seconds
+    for name in ("naive_events", "latency_rate", "latency_seconds", "backfill_events", "ingest_seconds",
+                 "soak_rate", "soak_seconds", "soak_kill_every"):
+        value = getattr(args, name)
+        if value:
+            setattr(s, name, value)
     if args.concurrency:
         s.ingest_concurrency = tuple(int(c) for c in args.concurrency.split(","))
-    if args.soak_rate:
-        s.soak_rate = args.soak_rate
-    if args.soak_seconds:
-        s.soak_seconds = args.soak_seconds
-    if args.soak_kill_every:
-        s.soak_kill_every = args.soak_kill_every
     return s
 
 

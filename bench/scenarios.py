@@ -22,7 +22,7 @@ import orjson
 
 from bench import loadgen
 from bench.calls import Calls
-from bench.harness import OUR_PG_TABLE, OUR_PREFIX, OUR_SF_TABLE, Bench
+from bench.harness import OUR_PG_TABLE, OUR_PREFIX, OUR_SF_TABLE, Bench, tree_rss_mb
 from sophia_tasks.stack import BIN
 
 WEBHOOK = "/estuary/webhook"
@@ -979,21 +979,7 @@ SCENARIOS = ("ingest", "drain", "naive", "latency", "backfill")
 # -- 6. soak (not in the default set: `python -m bench --scenario soak`) ----------------------
 def _tree_rss(pid: int | None) -> tuple[float, float]:
     """(summed RSS, largest single process RSS) in MB of a process tree; (0, 0) if it is gone."""
-    import psutil
-
-    if pid is None:
-        return 0.0, 0.0
-    try:
-        root = psutil.Process(pid)
-        procs = [root] + root.children(recursive=True)
-    except psutil.Error:
-        return 0.0, 0.0
-    sizes = []
-    for p in procs:
-        try:
-            sizes.append(p.memory_info().rss / 1e6)
-        except psutil.Error:
-            pass
+    sizes = tree_rss_mb(pid)
     return sum(sizes), max(sizes, default=0.0)
 
 
