@@ -219,3 +219,26 @@ def test_batches_travel_by_claim_check_and_nothing_is_left_behind(harness: Harne
     harness.wait(lambda: settled in log.read_text(errors="replace"), 30, "the worker to take the message")
     assert len(harness.dead_letters()) == letters_before
     assert harness.counter("documents_written", target="postgres", collection="gong_calls_enriched") == done_before
+
+
+def test_large_documents_are_stored_lz4_compressed(harness: Harness) -> None:
+    """Documents over PostgreSQL's TOAST threshold are compressed with lz4 (cheaper than pglz)."""
+    from tests.fixtures.gong_generator import generate_calls
+
+    call = max(generate_calls(64), key=lambda c: len(json.dumps(c)))
+    cid = str(7_000_000_000_000 + uuid.uuid4().int % 10**9)
+    call["metaData"]["id"] = cid
+    assert len(json.dumps(call)) > 4000
+    assert harness.post(envelope(call)).status_code == 202
+    harness.wait(lambda: harness.pg_rows(cid), 30, "the call in PostgreSQL")
+    conn = harness.pg()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_column_compression(flow_document) FROM gong_calls_enriched WHERE call_id = %s",
+                        (cid,))
+            assert cur.fetchone() == ("lz4",)
+            cur.execute("SELECT pg_column_compression(event) FROM sophia_journal WHERE event->'document'->"
+                        "'metaData'->>'id' = %s", (cid,))
+            assert cur.fetchone() == ("lz4",)
+    finally:
+        conn.close()
