@@ -11,6 +11,12 @@ is idempotent).
 
 ``sophia.ingest`` is also a plain task, so a message consumed some other way
 (``celery call``, an old worker) still goes through, one message per batch.
+
+On a Redis broker the webhook does not publish ingest messages at all: it appends to
+the ingest buffer (``sophia_tasks.ingest_buffer``), and this step's timer cuts the
+buffer into batches inside Redis and publishes one validate task per cut, carrying only
+the batch's key. The queue consumer stays for other brokers and for messages already
+queued by an older web process.
 """
 from __future__ import annotations
 
@@ -22,6 +28,12 @@ from celery import bootsteps
 from kombu import Consumer, Queue
 
 from sophia_tasks.celery_app import stage_queue
+from sophia_tasks.ingest_buffer import IngestBuffer, buffer_for
+
+#: At most this many cuts are published per timer tick (the main process also fetches tasks).
+MAX_CUTS_PER_TICK = 20
+#: Seconds between sweeps for cuts whose validate task was never published.
+CUT_SWEEP_EVERY = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +66,10 @@ class IngestBatcher(bootsteps.ConsumerStep):
         self._redis: Any = None
         self._backlog = False
         self._backlog_checked = 0.0
+        self.cut_timer: Any = None
+        self.events_buffer: IngestBuffer | None = None
+        self._last_cut_sweep = 0.0
+        self._last_cut_error = -1e9
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
         queue = Queue(self.settings.queue("sophia.ingest"), routing_key=self.settings.queue("sophia.ingest"))
@@ -65,6 +81,12 @@ class IngestBatcher(bootsteps.ConsumerStep):
         super().start(c)
         interval = max(0.005, self.settings.ingest_flush_seconds / 2)
         self.timer_entry = c.timer.call_repeatedly(interval, self.flush_if_due)
+        try:
+            self.events_buffer = buffer_for(self.settings)
+        except Exception as exc:  # a later start (reconnect) tries again
+            log.error("ingest buffer unavailable: %s", exc)
+        if self.events_buffer is not None and self.cut_timer is None:
+            self.cut_timer = c.timer.call_repeatedly(interval, self.cut_due)
 
     def stop(self, c: Any) -> None:
         self._drop_timer()
@@ -77,12 +99,42 @@ class IngestBatcher(bootsteps.ConsumerStep):
         super().shutdown(c)
 
     def _drop_timer(self) -> None:
-        if self.timer_entry is not None:
-            try:
-                self.timer_entry.cancel()
-            except Exception:
-                pass
-            self.timer_entry = None
+        for name in ("timer_entry", "cut_timer"):
+            entry = getattr(self, name)
+            if entry is not None:
+                try:
+                    entry.cancel()
+                except Exception:
+                    pass
+                setattr(self, name, None)
+
+    def cut_due(self) -> None:
+        """Cut what is due from the ingest buffer and publish a validate task per cut."""
+        buf = self.events_buffer
+        if buf is None:
+            return
+        validate_queue = stage_queue(self.settings, "validate")
+        try:
+            for _ in range(MAX_CUTS_PER_TICK):
+                ref = buf.cut(self.settings.ingest_batch_size, self.settings.ingest_flush_seconds,
+                              BACKLOG_MAX_WAIT, validate_queue, VALIDATE_BACKLOG)
+                if ref is None:
+                    break
+                self.app.send_task("sophia.validate", args=[ref], queue=validate_queue)
+                buf.published(ref)
+            now = time.monotonic()
+            if now - self._last_cut_sweep >= CUT_SWEEP_EVERY:
+                self._last_cut_sweep = now
+                for ref in buf.stale_cuts():
+                    log.warning("publishing ingest batch %s (%d events): its cut was never published",
+                                ref["$events"], ref["n"])
+                    self.app.send_task("sophia.validate", args=[ref], queue=validate_queue)
+                    buf.published(ref)
+        except Exception as exc:  # Redis or the broker is away: the next tick tries again; cuts stay pending
+            now = time.monotonic()
+            if now - self._last_cut_error >= 10.0:  # once per 10 s, not once per tick
+                self._last_cut_error = now
+                log.warning("cutting the ingest buffer failed (retrying every tick): %s", exc)
 
     def on_message(self, body: Any, message: Any) -> None:
         try:

@@ -21,6 +21,7 @@ from sophia_tasks.stats import Stats
 
 if TYPE_CHECKING:  # pragma: no cover
     from sophia_tasks.claims import ClaimStore
+    from sophia_tasks.ingest_buffer import IngestBuffer
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,18 @@ class Context:
     dlq: DeadLetterStore
     stats: Stats
     claims: "ClaimStore | None" = None
+    events: "IngestBuffer | None" = None
 
 
 def build_context(settings: Settings, spec: FlowSpec | None = None) -> Context:
     from sophia_tasks.claims import store_for
+    from sophia_tasks.ingest_buffer import buffer_for
 
     spec = spec or load_spec(settings.flow_path)
+    claims = store_for(settings)
+    events = buffer_for(settings, claims.client) if claims is not None else None
     return Context(settings=settings, spec=spec, dlq=DeadLetterStore(settings.postgres_dsn),
-                   stats=Stats(settings.redis_url), claims=store_for(settings))
+                   stats=Stats(settings.redis_url), claims=claims, events=events)
 
 
 def make_event(collection: str, document: Any, event_id: str, received_at: str, published_at: str | None,

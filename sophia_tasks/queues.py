@@ -16,6 +16,7 @@ import redis as redis_lib
 
 from sophia_tasks.celery_app import INGEST_QUEUE, LANES, STAGE_QUEUES, materialize_queue
 from sophia_tasks.flowspec import FlowSpec
+from sophia_tasks.ingest_buffer import BUFFER_PREFIX
 from sophia_tasks.settings import Settings
 
 # kombu's Redis transport keeps priorities 3, 6 and 9 in sibling lists named with this separator.
@@ -134,7 +135,9 @@ def _redis_snapshot(url: str, queues: dict[str, QueueInfo]) -> None:
         pipe = client.pipeline(transaction=False)
         keys: list[str] = []
         for q in queues:
-            for key in (q, *(f"{q}{_PRIORITY_SEP}{p}" for p in _PRIORITIES)):
+            # The ingest queue's events also wait in the ingest buffer (sophia_tasks.ingest_buffer).
+            extra = (BUFFER_PREFIX + q,) if q.endswith(INGEST_QUEUE) else ()
+            for key in (q, *(f"{q}{_PRIORITY_SEP}{p}" for p in _PRIORITIES), *extra):
                 pipe.llen(key)
                 # SAMPLES 0: walk every node (no copying), exact for lists of big batches.
                 pipe.execute_command("MEMORY", "USAGE", key, "SAMPLES", "0")

@@ -20,6 +20,7 @@ from celery.exceptions import Retry
 from sophia_tasks import pipeline
 from sophia_tasks.bulkhead import Bulkhead, clear_node
 from sophia_tasks.claims import is_ref
+from sophia_tasks.ingest_buffer import is_ref as is_events_ref
 from sophia_tasks.celery_app import app, materialize_queue, stage_queue
 from sophia_tasks.deadletter import Letter
 from sophia_tasks.documents import meta
@@ -105,6 +106,19 @@ class StageTask(Task):
     reject_on_worker_lost = True
 
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        cut = args[0] if self.name == "sophia.validate" and args and is_events_ref(args[0]) else None
+        if cut is not None:  # an ingest-buffer cut: dead-letter its events, then let it go
+            try:
+                events = context().events.load(cut)  # type: ignore[union-attr]
+            except Exception as load_exc:
+                log.critical("%s[%s] failed (%r) and its ingest batch %s could not be read (%r)", self.name,
+                             task_id, exc, cut.get("$events"), load_exc)
+                return
+            if events is None:
+                log.error("%s[%s] failed (%r); its ingest batch %s is already gone", self.name, task_id, exc,
+                          cut.get("$events"))
+                return
+            args = (events, *args[1:])
         batch = args[2] if self.name == "sophia.materialize" and len(args) >= 3 else None
         if is_ref(batch):  # a claim check: dead-letter the documents it stands for, then let it go
             try:
@@ -134,6 +148,8 @@ class StageTask(Task):
             return
         if is_ref(batch) and ctx.claims is not None:
             ctx.claims.release(batch, str(args[0]))
+        if cut is not None and ctx.events is not None:
+            ctx.events.release(cut)
 
 
 def letters_for_failed_task(name: str, args: tuple, kwargs: dict, exc: BaseException) -> list[Letter]:
@@ -195,8 +211,37 @@ def ingest(events: list[dict[str, Any]]) -> None:
 
 
 @app.task(name="sophia.validate", base=StageTask)
-def validate(events: list[dict[str, Any]], lane: str = "live", targets: list[str] | None = None) -> None:
+def validate(events: Any, lane: str = "live", targets: list[str] | None = None) -> None:
+    """``events`` is the list itself, or the key of a batch cut from the ingest buffer."""
     ctx = context()
+    cut = events if is_events_ref(events) else None
+    if cut is not None:
+        events = events_of_cut(ctx, cut)
+        if events is None:
+            return
+    validate_events_batch(ctx, events, lane, targets, validate.request.id)
+    if cut is not None:
+        ctx.events.release(cut)  # type: ignore[union-attr]
+
+
+def events_of_cut(ctx: pipeline.Context, cut: dict[str, Any]) -> list[Any] | None:
+    """The events of an ingest-buffer cut; None (logged) when it is gone."""
+    if ctx.events is None:
+        raise RuntimeError(f"an ingest batch {cut.get('$events')} reached a worker with no ingest buffer")
+    events = ctx.events.load(cut)
+    if events is None:
+        if ctx.events.expired(cut):
+            log.error("ingest batch %s (%s events) expired after %d s before it was validated; the events "
+                      "are lost unless the sender redelivers them", cut.get("$events"), cut.get("n"),
+                      ctx.settings.batch_ttl_seconds)
+            pipeline.record_error(ctx, "validate", None, "expired", int(cut.get("n") or 0))
+        else:  # released by the run that validated it: this message is a redelivery
+            log.info("ingest batch %s already validated; redelivery acknowledged", cut.get("$events"))
+    return events
+
+
+def validate_events_batch(ctx: pipeline.Context, events: list[dict[str, Any]], lane: str,
+                          targets: list[str] | None, task_id: str | None) -> None:
     journal_hook(ctx, events, lane)
     result = pipeline.validate_events(ctx.spec, events)
     if result.letters:
@@ -209,7 +254,7 @@ def validate(events: list[dict[str, Any]], lane: str = "live", targets: list[str
     # Derive in the same task: one broker hop fewer (an encode, two decodes and a pickle of the
     # whole batch). ``sophia.derive`` stays for dead letters replayed at the derive stage.
     for collection, documents in result.documents.items():
-        derive_and_fan_out(ctx, collection, documents, lane, targets, validate.request.id)
+        derive_and_fan_out(ctx, collection, documents, lane, targets, task_id)
 
 
 def record_test_deliveries(ctx: pipeline.Context, documents: list[dict[str, Any]]) -> None:

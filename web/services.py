@@ -66,6 +66,7 @@ class Services:
         # redis client closes its connection pool, sockets in use by the other thread included.
         self._lock = threading.Lock()
         self._claim_script: Any = None
+        self._buffer: Any = None
 
     def _fork_check(self) -> None:
         if os.getpid() != self._pid:  # gunicorn forked us: never share sockets across processes
@@ -75,6 +76,7 @@ class Services:
                     self._redis = None
                     self._stats = None
                     self._claim_script = None
+                    self._buffer = None
                     self._pid = os.getpid()
 
     @property
@@ -105,8 +107,42 @@ class Services:
                                                            socket_timeout=5)
         return self._redis
 
+    @property
+    def buffer(self) -> Any:
+        """The ingest buffer on a plain Redis broker (``sophia_tasks.ingest_buffer``), else None."""
+        self._fork_check()
+        if self._buffer is None:
+            from sophia_tasks.ingest_buffer import IngestBuffer, enabled_for
+
+            if not enabled_for(self.settings):
+                return None
+            with self._lock:
+                if self._buffer is None:
+                    from redis.backoff import ExponentialBackoff
+                    from redis.retry import Retry
+
+                    # Like the Celery publish it replaces: two quick retries, then a 503.
+                    client = redis_lib.Redis.from_url(
+                        self.settings.broker_url, socket_connect_timeout=2, socket_timeout=5,
+                        retry=Retry(ExponentialBackoff(cap=0.5, base=0.2), 2))
+                    self._buffer = IngestBuffer(client, self.settings.queue("sophia.ingest"),
+                                                self.settings.batch_ttl_seconds)
+        return self._buffer
+
     def publish(self, events: list[dict[str, Any]]) -> None:
-        """Put one ingest message on the broker; raise BrokerUnavailable if it did not get there."""
+        """Hand the events to the broker; raise BrokerUnavailable if they did not get there.
+
+        On a plain Redis broker: one append to the ingest buffer. Elsewhere: one ``sophia.ingest``
+        message (with publisher confirms on RabbitMQ).
+        """
+        buffer = self.buffer
+        if buffer is not None:
+            try:
+                buffer.append(events)
+                return
+            except redis_lib.RedisError as exc:
+                log.error("broker unavailable: %s", exc)
+                raise BrokerUnavailable(str(exc)) from exc
         try:
             self.celery.send_task(
                 "sophia.ingest", args=[events], queue=self.settings.queue("sophia.ingest"),
