@@ -109,16 +109,59 @@ class RssSampler(threading.Thread):
     def reset(self) -> None:
         with self.lock:
             self.peaks = {}
+            self.cpu_first = {}
+            self.cpu_last = {}
+
+    #: Shared services and the benchmark itself, whose CPU is reported beside the stack's trees.
+    SERVICES = {"postgres": ("postgres",), "redis": ("redis-server",)}
+    cpu_first: dict[tuple[str, int], float] = {}
+    cpu_last: dict[tuple[str, int], float] = {}
 
     def snapshot(self) -> dict[str, dict[str, float]]:
+        """Peak RSS per tree, and CPU seconds per tree and service since the last reset (sampled
+        every ``interval``: a process that lived less than that is missed)."""
         self.sample()
         with self.lock:
-            return {k: {"peak_tree_rss_mb": round(p.tree_mb, 1), "peak_process_rss_mb": round(p.max_process_mb, 1),
-                        "processes": p.processes} for k, p in self.peaks.items()}
+            out: dict[str, dict[str, float]] = {
+                k: {"peak_tree_rss_mb": round(p.tree_mb, 1), "peak_process_rss_mb": round(p.max_process_mb, 1),
+                    "processes": p.processes} for k, p in self.peaks.items()}
+            cpu: dict[str, float] = {}
+            for (name, pid), last in self.cpu_last.items():
+                cpu[name] = cpu.get(name, 0.0) + last - self.cpu_first.get((name, pid), last)
+        for name, seconds in cpu.items():
+            out.setdefault(name, {})["cpu_s"] = round(seconds, 2)
+        return out
+
+    def _cpu(self, name: str, procs: list[Any]) -> None:
+        for p in procs:
+            try:
+                t = p.cpu_times()
+            except Exception:
+                continue
+            key = (name, p.pid)
+            with self.lock:
+                self.cpu_first.setdefault(key, t.user + t.system)
+                self.cpu_last[key] = t.user + t.system
 
     def sample(self) -> None:
+        import psutil
+
         with self.lock:
             roots = dict(self.roots)
+        for name, pid in roots.items():
+            try:
+                root = psutil.Process(pid)
+                self._cpu(name, [root] + root.children(recursive=True))
+            except psutil.Error:
+                pass
+        by_service: dict[str, list[Any]] = {k: [] for k in self.SERVICES}
+        for p in psutil.process_iter(["name"]):
+            for service, names in self.SERVICES.items():
+                if (p.info.get("name") or "") in names:
+                    by_service[service].append(p)
+        for service, procs in by_service.items():
+            self._cpu(service, procs)
+        self._cpu("bench (load generator)", [psutil.Process()])
         for name, pid in roots.items():
             sizes = tree_rss_mb(pid)
             if not sizes:
@@ -355,7 +398,13 @@ class Bench:
                     raise
 
     def queue_length(self, queue: str) -> int:
-        return int(self.broker.llen(queue))
+        """Messages in ``queue``; for the ingest queue, plus the events in the ingest buffer."""
+        n = int(self.broker.llen(queue))
+        if queue.endswith("sophia.ingest"):
+            from sophia_tasks.ingest_buffer import BUFFER_PREFIX
+
+            n += int(self.broker.llen(BUFFER_PREFIX + queue))
+        return n
 
     def dead_letters(self) -> int:
         with self.pg().cursor() as cur:

@@ -229,6 +229,12 @@ def target_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
         row("worker process tree RSS (peak, summed)", _fmt(tree, " MB", 1), "", None)
     if web_max:
         row("web process tree RSS (peak, summed)", _fmt(web_max, " MB", 1), "", None)
+    for name, res in s.items():
+        mem = res.get("memory") if isinstance(res, dict) else None
+        cpu = {role: m["cpu_s"] for role, m in (mem or {}).items() if m.get("cpu_s")}
+        if cpu:
+            row(f"CPU seconds by process, {name}", ", ".join(f"{r} {v:g}" for r, v in
+                                                             sorted(cpu.items(), key=lambda kv: -kv[1])), "", None)
     return rows
 
 

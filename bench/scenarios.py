@@ -80,7 +80,9 @@ def purge_broker(bench: Bench) -> None:
             continue
         # sophia:queued:* is the broker guard's record of published messages: purged with them, or its
         # sweep would put the purged messages back as lost deliveries.
-        if bench.broker.type(key) == b"list" or k.startswith(("unacked", "sophia:queued")):
+        # The ingest buffer's bookkeeping (arrival stamp, pending cuts) goes with its events.
+        if bench.broker.type(key) == b"list" or k.startswith(("unacked", "sophia:queued", "sophia:ingest-buffer",
+                                                                "sophia:events", "sophia:batch")):
             bench.broker.delete(key)
 
 
@@ -410,7 +412,7 @@ def drain(bench: Bench, calls: Calls, sizes: Sizes, profile: dict[str, Any] | No
     log("drain: " + ", ".join(f"{t} {v['events_per_s']} ev/s" for t, v in per_target.items()))
     result = {
         "method": f"{n} events POSTed as JSON arrays of {sizes.batch_body_events} with the worker stopped, so they "
-                  "sit on the broker as accepted ingest messages; then one worker starts "
+                  "sit on the broker as accepted events (in the ingest buffer on a Redis broker); then one worker starts "
                   f"(--concurrency {bench.worker_concurrency}); each target's time runs from the worker's "
                   "'ready.' log line to the moment the target holds all N documents (pipeline counters read every "
                   "20 ms, confirmed by Redis SCAN / SELECT count(*) / Snowflake SELECT COUNT(*))",

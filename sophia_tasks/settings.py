@@ -137,6 +137,9 @@ class Settings:
     bulkhead_wait_seconds: float = 2.0
     # Derived batches stored beside a Redis broker (claim checks): backstop expiry; 0 = send inline.
     batch_ttl_seconds: int = 7 * 24 * 3600
+    # Materializations written by the validate task itself, right after the derivation (a failure
+    # or a slow write hands them to their queue for a while); the others always go through theirs.
+    inline_targets: tuple[str, ...] = ("redis", "postgres")
     # Gong API (backfill --gong): Basic auth with an access key and its secret.
     gong_api_url: str = "https://api.gong.io"
     gong_access_key: str | None = None
@@ -198,6 +201,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         queue_prefix=env.get("SOPHIA_QUEUE_PREFIX", ""),
         target_concurrency=_int(env, "SOPHIA_TARGET_CONCURRENCY", Settings.target_concurrency),
         bulkhead_wait_seconds=_float(env, "SOPHIA_BULKHEAD_WAIT", Settings.bulkhead_wait_seconds),
+        inline_targets=(_list(env, "SOPHIA_INLINE_TARGETS") if env.get("SOPHIA_INLINE_TARGETS") is not None
+                        else Settings.inline_targets),
         batch_ttl_seconds=_int(env, "SOPHIA_BATCH_TTL_SECONDS", Settings.batch_ttl_seconds),
         gong_api_url=(env.get("SOPHIA_GONG_API_URL") or Settings.gong_api_url).rstrip("/"),
         gong_access_key=env.get("SOPHIA_GONG_ACCESS_KEY") or None,

@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import random
+import time
 from typing import Any
 
 from celery import Task
@@ -282,7 +283,8 @@ def derive(collection: str, documents: list[dict[str, Any]], lane: str = "live",
 
 def derive_and_fan_out(ctx: pipeline.Context, collection: str, documents: list[dict[str, Any]], lane: str,
                        targets: list[str] | None, batch_id: str | None = None) -> None:
-    """Run the derivations of ``collection`` and hand each derived batch to its targets' queues."""
+    """Run the derivations of ``collection``; queue each derived batch for its queued targets, then
+    write its inline targets here (``SOPHIA_INLINE_TARGETS``)."""
     result = pipeline.derive_documents(ctx.spec, collection, documents)
     if result.letters:
         ctx.dlq.record(result.letters)
@@ -293,11 +295,59 @@ def derive_and_fan_out(ctx: pipeline.Context, collection: str, documents: list[d
         names = [m.name for m in ctx.spec.materializations_of(name) if targets is None or m.name in targets]
         if not names:
             continue
-        batch = claim(ctx, docs, names, f"{batch_id}:{name}" if batch_id else None)
-        for target in names:
-            send_materialize(target, name, batch, lane=lane)
+        inline = [t for t in names if inline_now(ctx, t)]
+        queued = [t for t in names if t not in inline]
+        if queued:  # first, so a slow target's write starts in another process while this one writes
+            batch = claim(ctx, docs, queued, f"{batch_id}:{name}" if batch_id else None)
+            for target in queued:
+                send_materialize(target, name, batch, lane=lane)
+        for target in inline:
+            write_inline(ctx, target, name, docs, lane, batch_id)
     ctx.stats.incr([("documents_derived", {"collection": c}, len(d)) for c, d in result.documents.items()])
     ctx.stats.tick({"derive": len(documents)})
+
+
+#: Per process: target -> monotonic time until which its writes go through its queue instead.
+_inline_off: dict[str, float] = {}
+#: Seconds an inline write may wait on its target (lock, statement) before giving up.
+INLINE_DEADLINE = 2.0
+#: An inline write that failed, or took longer than this, sends the target's batches to its queue...
+INLINE_SLOW = 2.0
+#: ...for this many seconds.
+INLINE_BACKOFF = 30.0
+
+
+def inline_now(ctx: pipeline.Context, target: str) -> bool:
+    return target in ctx.settings.inline_targets and _inline_off.get(target, 0.0) <= time.monotonic()
+
+
+def write_inline(ctx: pipeline.Context, target: str, collection: str, documents: list[dict[str, Any]], lane: str,
+                 task_id: str | None) -> None:
+    """Write one target from the validate task: no claim check, no second decode, no queue wait.
+
+    Its failures take the queued path (``write_and_settle`` re-sends them with backoff or
+    dead-letters them), and a failed or slow write turns inline writing of that target off in
+    this process for ``INLINE_BACKOFF`` seconds, so a sick target costs the others one
+    batch's wait, not one per batch.
+    """
+    from sophia_tasks.materializers import write_deadline
+
+    started = time.monotonic()
+    try:
+        with write_deadline(INLINE_DEADLINE):
+            result = write_and_settle(ctx, None, None, target, collection, documents, 1, lane,
+                                      f"{task_id}:{target}" if task_id else None)
+    except Exception as exc:  # not a target error (those are settled above): let the queued path retry it
+        log.warning("%s: inline write of %d document(s) failed, queueing them: %r", target, len(documents), exc)
+        _inline_off[target] = time.monotonic() + INLINE_BACKOFF
+        send_materialize(target, collection, claim(ctx, documents, [target], f"{task_id}:{target}:inline"
+                                                   if task_id else None), lane=lane)
+        return
+    took = time.monotonic() - started
+    if result.failed or took > INLINE_SLOW:
+        _inline_off[target] = time.monotonic() + INLINE_BACKOFF
+        log.warning("%s: inline write %s (%.1f s); its batches go through its queue for %.0f s", target,
+                    f"had {len(result.failed)} failure(s)" if result.failed else "was slow", took, INLINE_BACKOFF)
 
 
 def claim(ctx: pipeline.Context, documents: list[dict[str, Any]], targets: list[str], name: str | None = None) -> Any:
@@ -358,9 +408,11 @@ def materialize(self: Task, target: str, collection: str, documents: Any, attemp
         ctx.claims.release(batch, target)  # type: ignore[union-attr]
 
 
-def write_and_settle(ctx: pipeline.Context, node: str, slot: str, target: str, collection: str,
-                     documents: list[dict[str, Any]], attempt: int, lane: str, task_id: str | None = None) -> None:
-    """Write; then each failed document is re-sent (new claim) or dead-lettered."""
+def write_and_settle(ctx: pipeline.Context, node: str | None, slot: str | None, target: str, collection: str,
+                     documents: list[dict[str, Any]], attempt: int, lane: str,
+                     task_id: str | None = None) -> pipeline.WriteResult:
+    """Write; then each failed document is re-sent (new claim) or dead-lettered. ``slot``: the
+    bulkhead slot to give back (None for an inline write, which holds none)."""
     try:
         try:
             result = pipeline.materialize_documents(ctx, target, collection, documents)
@@ -369,12 +421,13 @@ def write_and_settle(ctx: pipeline.Context, node: str, slot: str, target: str, c
             result = pipeline.WriteResult(failed=[(d, str(exc)[:2000]) for d in documents])
             error_reason = "unreachable"
     finally:
-        bulkhead(ctx).release(node, target, slot)
+        if slot is not None and node is not None:
+            bulkhead(ctx).release(node, target, slot)
     if len(result.failed) < len(documents):
         pipeline.record_written(ctx, target, collection, documents, result)
         ctx.stats.tick({"materialize": len(documents) - len(result.failed)})
     if not result.failed:
-        return
+        return result
     keyless = [(d, e) for d, e in result.failed if e.startswith("document has no key")]
     retryable = [(d, e) for d, e in result.failed if not e.startswith("document has no key")]
     pipeline.record_error(ctx, "materialize", target, error_reason, len(retryable))
@@ -397,6 +450,7 @@ def write_and_settle(ctx: pipeline.Context, node: str, slot: str, target: str, c
                       collection, attempt, retryable[0][1][:300])
     if letters:
         ctx.dlq.record(letters)
+    return result
 
 
 @app.task(name="sophia.replay", base=StageTask)

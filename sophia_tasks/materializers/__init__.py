@@ -6,8 +6,10 @@ a factory under its name; the pipeline only knows ``write_batch(binding, documen
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from sophia_tasks.flowspec import Binding, FlowSpec
 from sophia_tasks.settings import Settings
@@ -34,6 +36,29 @@ class Materializer(Protocol):
     def fetch(self, binding: Binding, key: str) -> dict[str, Any] | None: ...
 
     def close(self) -> None: ...
+
+
+_deadline: ContextVar[float | None] = ContextVar("sophia_write_deadline", default=None)
+
+
+@contextmanager
+def write_deadline(seconds: float) -> Iterator[None]:
+    """Writes inside give up (with a transient error) after about ``seconds`` waiting on a target.
+
+    Why: the validate task writes some targets itself (``SOPHIA_INLINE_TARGETS``); a locked
+    table or a hung server must cost it seconds, then the batch goes to the target's queue,
+    whose writes keep their long limits.
+    """
+    token = _deadline.set(seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def deadline() -> float | None:
+    """The current write deadline in seconds (None: the target's own limits)."""
+    return _deadline.get()
 
 
 Factory = Callable[[Settings, FlowSpec], Materializer]

@@ -15,7 +15,7 @@ from psycopg2 import sql
 from sophia_tasks.db import Connections, connections
 from sophia_tasks.documents import latest_per_key, version_of
 from sophia_tasks.flowspec import Binding, FlowSpec
-from sophia_tasks.materializers import TransientTargetError, WriteResult, register
+from sophia_tasks.materializers import TransientTargetError, WriteResult, deadline, register
 from sophia_tasks.materializers.projection import keyed, project
 from sophia_tasks.settings import Settings
 
@@ -115,8 +115,11 @@ class PostgresMaterializer:
                 self.ensure_table(binding)
                 try:
                     with self.conns.transaction(self.dsn) as cur:
-                        cur.execute("SET LOCAL lock_timeout = '10s'")
-                        cur.execute("SET LOCAL statement_timeout = '120s'")
+                        limit = deadline()
+                        lock_ms, statement_ms = (10_000, 120_000) if limit is None else (
+                            int(min(10.0, limit) * 1000), int(min(120.0, limit) * 1000))
+                        cur.execute("SELECT set_config('lock_timeout', %s, true), "
+                                    "set_config('statement_timeout', %s, true)", (f"{lock_ms}ms", f"{statement_ms}ms"))
                         stmt = self._upsert_statement(binding).as_string(cur)
                         psycopg2.extras.execute_values(cur, stmt, rows, template=template, page_size=len(rows))
                         result.written = cur.rowcount if cur.rowcount >= 0 else len(rows)

@@ -1,0 +1,119 @@
+"""Inline targets (SOPHIA_INLINE_TARGETS): written by the validate task itself, on real Redis and
+PostgreSQL; a failed or slow write hands the batch to the target's queue."""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Iterator
+
+import psycopg2
+import pytest
+
+from sophia_tasks import pipeline, tasks
+from sophia_tasks.settings import load_settings
+from tests.integration.conftest import Harness, gong_call
+
+
+@pytest.fixture
+def ctx(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[pipeline.Context, list[tuple]]]:
+    """A pipeline context on the test stack's databases, in this process; publishes are recorded
+    (this process's Celery app may point at another broker), writes are real."""
+    context = pipeline.build_context(load_settings())
+    sent: list[tuple] = []
+    monkeypatch.setattr(tasks, "send_materialize",
+                        lambda target, collection, documents, attempt=1, countdown=None, lane="live":
+                        sent.append((target, collection, documents, attempt)))
+    monkeypatch.setattr(tasks, "_inline_off", {})
+    yield context, sent
+
+
+def validated(context: pipeline.Context, n: int) -> list[dict[str, Any]]:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    events = [pipeline.make_event("gong_calls", gong_call(), uuid.uuid4().hex, stamp, None, "webhook")
+              for _ in range(n)]
+    return pipeline.validate_events(context.spec, events).documents["gong_calls"]
+
+
+def in_pg(h: Harness, ids: list[str]) -> int:
+    conn = h.pg()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM gong_calls_enriched WHERE call_id = ANY(%s)", (ids,))
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_inline_targets_are_written_before_the_task_returns(harness: Harness, ctx: Any) -> None:
+    context, sent = ctx
+    docs = validated(context, 5)
+    ids = [d["metaData"]["id"] for d in docs]
+    tasks.derive_and_fan_out(context, "gong_calls", docs, "live", None, f"t-{uuid.uuid4().hex[:8]}")
+    # Written here, synchronously: no worker was involved for these two.
+    assert all(harness.redis_doc(i) for i in ids)
+    assert in_pg(harness, ids) == 5
+    # Only the queued target got a message, carrying a claim check for itself alone.
+    assert [(t, c) for t, c, _, _ in sent] == [("snowflake", "gong_calls_enriched")]
+    ref = sent[0][2]
+    assert ref["n"] == 5
+    assert context.claims.client.smembers(ref["$batch"] + ":pending") == {b"snowflake"}
+
+
+def test_a_locked_table_sends_postgres_to_its_queue_and_redis_is_not_held_back(harness: Harness, ctx: Any) -> None:
+    context, sent = ctx
+    warm = validated(context, 1)  # the table exists before it is locked
+    tasks.derive_and_fan_out(context, "gong_calls", warm, "live", None, None)
+    sent.clear()
+    docs = validated(context, 3)
+    ids = [d["metaData"]["id"] for d in docs]
+    locker = psycopg2.connect(harness.env["SOPHIA_POSTGRES_DSN"])
+    try:
+        with locker.cursor() as cur:
+            cur.execute("LOCK TABLE gong_calls_enriched IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            tasks.derive_and_fan_out(context, "gong_calls", docs, "live", None, None)
+            took = time.monotonic() - started
+            assert all(harness.redis_doc(i) for i in ids)
+        locker.rollback()
+    finally:
+        locker.close()
+    assert took < tasks.INLINE_DEADLINE + 3
+    assert in_pg(harness, ids) == 0
+    # The failed write went the queued way: a retry (attempt 2) of exactly these documents...
+    retries = [(t, d, a) for t, _, d, a in sent if t == "postgres"]
+    assert len(retries) == 1 and retries[0][2] == 2
+    assert sorted(x["metaData"]["id"] for x in context.claims.get(retries[0][1])) == sorted(ids)
+    # ...and the next batches skip the inline write for a while.
+    assert not tasks.inline_now(context, "postgres") and tasks.inline_now(context, "redis")
+    sent.clear()
+    more = validated(context, 2)
+    tasks.derive_and_fan_out(context, "gong_calls", more, "live", None, None)
+    assert sorted(t for t, *_ in sent) == ["postgres", "snowflake"]
+
+
+def test_an_unexpected_error_in_an_inline_write_queues_the_batch(harness: Harness, ctx: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    context, sent = ctx
+    real = tasks.write_and_settle
+
+    def broken(c: Any, node: Any, slot: Any, target: str, *args: Any, **kwargs: Any) -> Any:
+        if target == "redis":
+            raise RuntimeError("stats store went away")
+        return real(c, node, slot, target, *args, **kwargs)
+
+    monkeypatch.setattr(tasks, "write_and_settle", broken)
+    docs = validated(context, 2)
+    tasks.derive_and_fan_out(context, "gong_calls", docs, "live", None, None)
+    queued = [(t, d, a) for t, _, d, a in sent if t == "redis"]
+    assert len(queued) == 1 and queued[0][2] == 1
+    assert len(context.claims.get(queued[0][1])) == 2
+    assert in_pg(harness, [d["metaData"]["id"] for d in docs]) == 2
+
+
+def test_no_inline_targets_means_every_target_is_queued(harness: Harness, ctx: Any) -> None:
+    context, sent = ctx
+    context.settings = context.settings.with_overrides(inline_targets=())
+    docs = validated(context, 2)
+    tasks.derive_and_fan_out(context, "gong_calls", docs, "live", None, None)
+    assert sorted(t for t, *_ in sent) == ["postgres", "redis", "snowflake"]
+    assert len({id(d) for _, _, d, _ in sent}) == 1  # one claim for the three
