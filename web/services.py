@@ -42,6 +42,54 @@ return out
 """
 
 
+# When the broker's Redis and the cache's Redis are one server (two databases), the claim, the count
+# and the append to the ingest buffer are one round trip: this script selects each database itself.
+# KEYS: dedupe keys..., buffer, since. ARGV: cache db, broker db, window, counters hash, counter field,
+# throughput key, its expiry, then one encoded event per dedupe key. Answers 1/0 per event as above.
+_CLAIM_COUNT_AND_APPEND = """
+local n = #KEYS - 2
+local buf, since = KEYS[n + 1], KEYS[n + 2]
+redis.call('SELECT', ARGV[1])
+local out, fresh = {}, {}
+for i = 1, n do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[3]) then
+    out[i] = 1
+    fresh[#fresh + 1] = ARGV[7 + i]
+  else
+    out[i] = 0
+  end
+end
+if #fresh > 0 then
+  redis.call('HINCRBYFLOAT', ARGV[4], ARGV[5], #fresh)
+  redis.call('INCRBYFLOAT', ARGV[6], #fresh)
+  redis.call('EXPIRE', ARGV[6], ARGV[7])
+  redis.call('SELECT', ARGV[2])
+  local before = redis.call('LLEN', buf)
+  for i = 1, #fresh, 500 do
+    redis.call('RPUSH', buf, unpack(fresh, i, math.min(i + 499, #fresh)))
+  end
+  if before == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', since, t[1] * 1000 + math.floor(t[2] / 1000))
+  end
+end
+return out
+"""
+
+
+def same_server(url_a: str, url_b: str) -> tuple[int, int] | None:
+    """The two database numbers when both URLs name one plain Redis server with one login, else None."""
+    if not (url_a.startswith(("redis://", "unix://")) and url_b.startswith(("redis://", "unix://"))):
+        return None
+    from redis.connection import parse_url
+
+    a, b = parse_url(url_a), parse_url(url_b)
+    who = ("host", "port", "path", "username", "password")
+    if any(a.get(k) for k in ("ssl",)) or [a.get(k) for k in who] != [b.get(k) for k in who]:
+        return None
+    return int(a.get("db") or 0), int(b.get("db") or 0)
+
+
 class BrokerUnavailable(RuntimeError):
     pass
 
@@ -67,6 +115,9 @@ class Services:
         self._lock = threading.Lock()
         self._claim_script: Any = None
         self._buffer: Any = None
+        self._accept_script: Any = None
+        # (cache db, broker db) when one script can claim, count and append; else None.
+        self._one_trip = same_server(settings.redis_url, settings.broker_url)
 
     def _fork_check(self) -> None:
         if os.getpid() != self._pid:  # gunicorn forked us: never share sockets across processes
@@ -77,6 +128,7 @@ class Services:
                     self._stats = None
                     self._claim_script = None
                     self._buffer = None
+                    self._accept_script = None
                     self._pid = os.getpid()
 
     @property
@@ -151,6 +203,53 @@ class Services:
         except Exception as exc:  # kombu raises OperationalError, socket errors, amqp errors...
             log.error("broker unavailable: %s", exc)
             raise BrokerUnavailable(str(exc)) from exc
+
+    def accept(self, events: list[dict[str, Any]], collection: str) -> list[bool]:
+        """Claim the events' ids for the dedupe window, hand the first deliveries to the broker and
+        count them as accepted; answers True per first delivery. Raises BrokerUnavailable when the
+        broker did not take them (then nothing is claimed or counted, so the sender's retry is new).
+
+        One round trip when the broker and the cache are one Redis server; else a claim-and-count
+        script, then the publish.
+        """
+        if self._one_trip is not None and self.buffer is not None:
+            return self._claim_count_and_append(events, collection)
+        fresh, counted_at = self.claim_and_count([e["event_id"] for e in events], collection)
+        new_events = [e for e, is_new in zip(events, fresh) if is_new]
+        if not new_events:
+            return fresh
+        try:
+            self.publish(new_events)
+        except BrokerUnavailable:
+            self.release([e["event_id"] for e in new_events])
+            if counted_at is not None:
+                self.uncount(collection, len(new_events), counted_at)
+            raise
+        if counted_at is None:
+            self.count_accepted(collection, len(new_events))
+        return fresh
+
+    def _claim_count_and_append(self, events: list[dict[str, Any]], collection: str) -> list[bool]:
+        import orjson
+
+        from sophia_tasks.stats import COUNTERS, THROUGHPUT_WINDOW, field
+
+        assert self._one_trip is not None
+        buffer = self.buffer
+        now = int(time.time())
+        try:
+            script = self._accept_script
+            if script is None:
+                script = self._accept_script = buffer.client.register_script(_CLAIM_COUNT_AND_APPEND)
+            flags = script(
+                keys=[DEDUPE_PREFIX + e["event_id"] for e in events] + [buffer.buffer_key, buffer.since_key],
+                args=[self._one_trip[0], self._one_trip[1], self.settings.dedupe_window_seconds, COUNTERS,
+                      field("events_accepted", {"collection": collection}), f"sophia:stats:tp:capture:{now}",
+                      THROUGHPUT_WINDOW * 2, *[orjson.dumps(e) for e in events]])
+        except redis_lib.RedisError as exc:
+            log.error("broker unavailable: %s", exc)
+            raise BrokerUnavailable(str(exc)) from exc
+        return [bool(f) for f in flags]
 
     def claim_and_count(self, event_ids: list[str], collection: str) -> tuple[list[bool], int | None]:
         """Mark ids as seen for the dedupe window (True where this is the first delivery) and count

@@ -82,7 +82,10 @@ def receive() -> Any:
                                  source="webhook", is_test=ev.is_test))
 
     ids = [e["event_id"] for e in events]
-    fresh, counted_at = svc.claim_and_count(ids, COLLECTION)
+    try:
+        fresh = svc.accept(events, COLLECTION)
+    except BrokerUnavailable:
+        return error(503, "broker unavailable, retry later", retry_after=5)
     new_events = [e for e, is_new in zip(events, fresh) if is_new]
     if not new_events:
         body: dict[str, Any] = {"status": "duplicate"}
@@ -91,16 +94,7 @@ def receive() -> Any:
         else:
             body["event_ids"] = ids
         return jsonify(body), 200
-    try:
-        svc.publish(new_events)
-    except BrokerUnavailable:
-        svc.release([e["event_id"] for e in new_events])
-        if counted_at is not None:
-            svc.uncount(COLLECTION, len(new_events), counted_at)
-        return error(503, "broker unavailable, retry later", retry_after=5)
 
-    if counted_at is None:
-        svc.count_accepted(COLLECTION, len(new_events))
     body = {"status": "accepted"}
     if len(parsed) == 1 and parsed[0].index is None:
         body["event_id"] = ids[0]

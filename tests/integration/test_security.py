@@ -372,11 +372,11 @@ def test_sentry_events_carry_no_credentials(harness: Harness, monkeypatch: pytes
     real_init = sentry_sdk.init
     monkeypatch.setattr(sentry_sdk, "init", lambda *a, **kw: real_init(*a, transport=Capture(), **kw))
 
-    def failing_claim(self: Services, ids: list[str], collection: str) -> tuple[list[bool], int | None]:
+    def failing_claim(self: Services, events: list[dict], collection: str) -> list[bool]:
         raise RuntimeError(f"dedupe store refused AUTH for 'Authorization: Bearer {TOKEN}' "
                            f"(secret {WEBHOOK_SECRET}, token2 {TOKEN2})")
 
-    monkeypatch.setattr(Services, "claim_and_count", failing_claim)
+    monkeypatch.setattr(Services, "accept", failing_claim)
     settings = load_settings().with_overrides(sentry_dsn="http://public@127.0.0.1:9/1")
     try:
         client = create_app(settings).test_client()
