@@ -249,22 +249,26 @@ def _type_name(value: Any) -> str:
 def _check_depth(doc: Any, raw: bytes, where: str | None) -> None:
     """Refuse documents nested deeper than MAX_DEPTH (the top level is depth 1).
 
-    Cheap path first: a body with at most MAX_DEPTH brackets cannot be that deep, so the
-    walk only runs on bodies that could be; it is iterative, never recursive.
+    Cheap path first: a body with at most MAX_DEPTH brackets cannot be that deep. Otherwise
+    only containers are visited (the document comes from orjson: plain dicts and lists), and
+    the recursion stops one level past the limit, so it is bounded.
     """
     if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
         return
-    stack: list[tuple[Any, int]] = [(doc, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise EnvelopeError(
-                "body is nested too deeply", _at(where, f"more than {MAX_DEPTH} levels of arrays/objects")
-            )
-        children = value.values() if isinstance(value, dict) else value
-        for child in children:
-            if isinstance(child, (dict, list)):
-                stack.append((child, depth + 1))
+    if _deeper_than_limit(doc, 1):
+        raise EnvelopeError(
+            "body is nested too deeply", _at(where, f"more than {MAX_DEPTH} levels of arrays/objects")
+        )
+
+
+def _deeper_than_limit(value: Any, depth: int) -> bool:
+    if depth > MAX_DEPTH:
+        return True
+    for child in (value.values() if type(value) is dict else value):
+        t = type(child)
+        if (t is dict or t is list) and _deeper_than_limit(child, depth + 1):
+            return True
+    return False
 
 
 def _looks_like_ndjson(raw: bytes) -> bool:

@@ -454,3 +454,34 @@ def test_arbitrary_json_never_raises_anything_else(
     else:
         raw = json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
     _check(raw, content_type, webhook_id)
+
+
+def _reference_depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max([_reference_depth(v) for v in value.values()] or [0])
+    if isinstance(value, list):
+        return 1 + max([_reference_depth(v) for v in value] or [0])
+    return 0
+
+
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**60, 2**60),
+                  st.text(alphabet=st.sampled_from('ab"\\[]{}\n\u2028é'), max_size=6))
+_tree = st.recursive(_leaf, lambda ch: st.one_of(
+    st.lists(ch, max_size=3), st.dictionaries(st.text(alphabet='"\\[]{}ab', max_size=4), ch, max_size=3)),
+    max_leaves=200)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_tree, st.integers(0, 70))
+def test_depth_check_agrees_with_the_nesting_of_any_document(value: object, wrap: int) -> None:
+    from sophia_tasks.envelope import MAX_DEPTH, _check_depth
+
+    for _ in range(wrap):
+        value = [value] if wrap % 2 else {'k"[': value}
+    raw = orjson.dumps(value)
+    try:
+        _check_depth(orjson.loads(raw), raw, None)
+        refused = False
+    except EnvelopeError:
+        refused = True
+    assert refused == (_reference_depth(value) > MAX_DEPTH)
