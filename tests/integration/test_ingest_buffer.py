@@ -131,3 +131,19 @@ def test_a_cut_whose_worker_died_before_publishing_is_swept_and_lands(harness: H
         harness.wait(lambda c=call: landed_everywhere(harness, c["metaData"]["id"]), 40, "the swept cut's calls")
     harness.wait(lambda: broker.exists(key) == 0, 10, "the swept cut released")
     assert broker.zscore(f"sophia:ingest-buffer:{ingest_queue}:cuts", key) is None
+
+
+def test_queue_length_of_the_ingest_queue_counts_the_buffered_events(harness: Harness, broker: redis.Redis) -> None:
+    """sophia_queue_length{queue="sophia.ingest"} must show events accepted but not yet cut."""
+    from sophia_tasks.flowspec import load_spec
+    from sophia_tasks.queues import broker_snapshot
+    from sophia_tasks.settings import load_settings
+
+    settings = load_settings().with_overrides(queue_prefix="qlen-test-")
+    spec = load_spec(settings.flow_path)
+    b = IngestBuffer(broker, settings.queue("sophia.ingest"), ttl_seconds=60)  # no worker serves this prefix
+    try:
+        b.append(events(7))
+        assert broker_snapshot(settings, spec).lengths()["qlen-test-sophia.ingest"] == 7
+    finally:
+        broker.delete(b.buffer_key, b.since_key)
