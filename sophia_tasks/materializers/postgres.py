@@ -129,6 +129,12 @@ class PostgresMaterializer:
                     if attempt == 2:
                         raise
                     self._ready = {m for m in self._ready if m[1] != str(binding.table)}
+                except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                    # A kept connection the server closed while idle (a restart, pg_terminate_backend):
+                    # transaction() has discarded it; try once more on a fresh one. The upsert is
+                    # idempotent, so a retry after an unknown outcome is safe. Timeouts are not retried.
+                    if attempt == 2 or getattr(exc, "pgcode", None):
+                        raise
         except psycopg2.Error as exc:
             if _transient(exc):
                 raise TransientTargetError(f"postgres: {str(exc).strip()}") from exc

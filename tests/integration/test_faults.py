@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import re
 import threading
 import time
 import uuid
@@ -218,8 +219,8 @@ def test_two_worker_nodes_share_the_work_and_survive_one_killed(faults: FaultSta
         final = faults.wait(lambda: all_landed(faults, ids), 180, "all events in every target")
         exactly_once(final, len(ids))
         logs = {n: faults.stack.workdir.joinpath(f"{n}.log").read_text(errors="replace") for n in ("fw1", "fw2")}
-        for name, text in logs.items():
-            assert "sophia.materialize" in text and "succeeded" in text, f"{name} did no work"
+        for name, text in logs.items():  # validate writes Redis and PostgreSQL inline; Snowflake is queued
+            assert re.search(r"Task sophia\.(validate|materialize)\[[^\]]+\] succeeded", text), f"{name} did no work"
     finally:
         if "fw2" in faults.stack.processes:
             faults.stack.stop("fw2")

@@ -53,14 +53,15 @@ def test_flower_sees_the_worker_and_its_task_events(harness: Harness, flower: st
     call = gong_call()
     assert harness.post({"type": "call_completed", "data": call}).status_code == 202
 
-    def materialize_events() -> float:
+    def succeeded(task: str) -> float:
         text = requests.get(flower + "/metrics", auth=auth, timeout=10).text
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("flower_events_total{") and 'task="sophia.materialize"' in line
+                   if line.startswith("flower_events_total{") and f'task="{task}"' in line
                    and 'type="task-succeeded"' in line)
 
-    # One materialize task per target.
-    harness.wait(lambda: materialize_events() >= 3, 30, "sophia.materialize task-succeeded events in Flower")
+    # The validate task (which writes Redis and PostgreSQL inline) and Snowflake's materialize task.
+    harness.wait(lambda: succeeded("sophia.validate") >= 1 and succeeded("sophia.materialize") >= 1, 30,
+                 "sophia.validate and sophia.materialize task-succeeded events in Flower")
 
     tasks = requests.get(flower + "/api/tasks", params={"taskname": "sophia.materialize", "limit": 50},
                          auth=auth, timeout=10)

@@ -20,11 +20,20 @@ def ctx(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[pip
     (this process's Celery app may point at another broker), writes are real."""
     context = pipeline.build_context(load_settings())
     sent: list[tuple] = []
-    monkeypatch.setattr(tasks, "send_materialize",
-                        lambda target, collection, documents, attempt=1, countdown=None, lane="live":
-                        sent.append((target, collection, documents, attempt)))
+    refs: list[Any] = []  # every claim sent, for the clean-up (tests clear ``sent``)
+
+    def record(target: str, collection: str, documents: Any, attempt: int = 1, countdown: Any = None,
+               lane: str = "live") -> None:
+        sent.append((target, collection, documents, attempt))
+        refs.append(documents)
+
+    monkeypatch.setattr(tasks, "send_materialize", record)
     monkeypatch.setattr(tasks, "_inline_off", {})
     yield context, sent
+    # Nothing delivers the recorded messages: drop their claim checks, as their tasks would have.
+    for ref in refs:
+        if isinstance(ref, dict) and "$batch" in ref:
+            context.claims.client.delete(ref["$batch"], ref["$batch"] + ":pending")
 
 
 def validated(context: pipeline.Context, n: int) -> list[dict[str, Any]]:
