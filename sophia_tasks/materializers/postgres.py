@@ -112,8 +112,8 @@ class PostgresMaterializer:
         template = "(" + ", ".join(["%s", "%s::jsonb", "%s::timestamptz"] + ["%s"] * len(binding.projections)) + ")"
         try:
             for attempt in (1, 2):
-                self.ensure_table(binding)
                 try:
+                    self.ensure_table(binding)
                     with self.conns.transaction(self.dsn) as cur:
                         limit = deadline()
                         lock_ms, statement_ms = (10_000, 120_000) if limit is None else (

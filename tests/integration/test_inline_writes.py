@@ -126,3 +126,24 @@ def test_no_inline_targets_means_every_target_is_queued(harness: Harness, ctx: A
     tasks.derive_and_fan_out(context, "gong_calls", docs, "live", None, None)
     assert sorted(t for t, *_ in sent) == ["postgres", "redis", "snowflake"]
     assert len({id(d) for _, _, d, _ in sent}) == 1  # one claim for the three
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_within_the_write(harness: Harness, ctx: Any) -> None:
+    """After a PostgreSQL restart or pg_terminate_backend, the next write must not fail (and so not
+    turn inline writing off): it retries once on a fresh connection."""
+    import os
+
+    context, sent = ctx
+    tasks.derive_and_fan_out(context, "gong_calls", validated(context, 1), "live", None, None)
+    admin = psycopg2.connect(harness.env["SOPHIA_POSTGRES_DSN"])
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+                    (f"sophia-tasks:{os.getpid()}",))
+        assert cur.fetchone()[0] >= 1
+    admin.close()
+    sent.clear()
+    docs = validated(context, 3)
+    tasks.derive_and_fan_out(context, "gong_calls", docs, "live", None, None)
+    assert in_pg(harness, [d["metaData"]["id"] for d in docs]) == 3
+    assert [t for t, *_ in sent] == ["snowflake"] and tasks.inline_now(context, "postgres")
