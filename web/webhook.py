@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+import orjson
+from flask import Blueprint, Response, jsonify, request
 
 from sophia_tasks.documents import format_version, normalize_version, utcnow
 from sophia_tasks.envelope import EnvelopeError, UnsupportedMediaType, parse_body
@@ -52,7 +53,7 @@ def receive() -> Any:
         return error(413, "body too large", f"limit is {settings.max_body_bytes} bytes")
 
     try:
-        principal = authenticate(svc.auth, request.headers, raw, request.base_url, request.path)
+        principal = authenticate(svc.auth, request.headers, raw, lambda: request.base_url, request.path)
     except AuthError as exc:
         response = error(exc.status, exc.message)
         if exc.status == 401:
@@ -93,7 +94,7 @@ def receive() -> Any:
             body["event_id"] = ids[0]
         else:
             body["event_ids"] = ids
-        return jsonify(body), 200
+        return answer(body, 200)
 
     body = {"status": "accepted"}
     if len(parsed) == 1 and parsed[0].index is None:
@@ -105,5 +106,10 @@ def receive() -> Any:
             body["duplicates"] = dups
     if any(e["is_test"] for e in new_events):
         body["test"] = True
-    return jsonify(body), 202
+    return answer(body, 202)
+
+
+def answer(body: dict[str, Any], status: int) -> Response:
+    """The common answers, encoded by orjson (Flask's jsonify is a tenth of the handler's CPU)."""
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
