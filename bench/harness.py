@@ -67,17 +67,23 @@ class Peak:
     processes: int = 0
 
 
-def tree_rss_mb(pid: int | None) -> list[float]:
-    """RSS in MB of each process of the tree rooted at ``pid`` (empty if it is gone)."""
+def tree_procs(pid: int | None) -> list[Any]:
+    """The processes of the tree rooted at ``pid`` (empty if it is gone)."""
     import psutil
 
     if pid is None:
         return []
     try:
         root = psutil.Process(pid)
-        procs = [root] + root.children(recursive=True)
+        return [root] + root.children(recursive=True)
     except psutil.Error:
         return []
+
+
+def rss_mb(procs: list[Any]) -> list[float]:
+    """RSS in MB of each of ``procs`` still alive."""
+    import psutil
+
     sizes = []
     for p in procs:
         try:
@@ -85,6 +91,11 @@ def tree_rss_mb(pid: int | None) -> list[float]:
         except psutil.Error:
             pass
     return sizes
+
+
+def tree_rss_mb(pid: int | None) -> list[float]:
+    """RSS in MB of each process of the tree rooted at ``pid`` (empty if it is gone)."""
+    return rss_mb(tree_procs(pid))
 
 
 class RssSampler(threading.Thread):
@@ -95,6 +106,9 @@ class RssSampler(threading.Thread):
         self.interval = interval
         self.roots: dict[str, int] = {}
         self.peaks: dict[str, Peak] = {}
+        # (tree or service, pid) -> CPU seconds at the first and the last sample since the reset.
+        self.cpu_first: dict[tuple[str, int], float] = {}
+        self.cpu_last: dict[tuple[str, int], float] = {}
         self.lock = threading.Lock()
         self.stopped = threading.Event()
 
@@ -114,8 +128,6 @@ class RssSampler(threading.Thread):
 
     #: Shared services and the benchmark itself, whose CPU is reported beside the stack's trees.
     SERVICES = {"postgres": ("postgres",), "redis": ("redis-server",)}
-    cpu_first: dict[tuple[str, int], float] = {}
-    cpu_last: dict[tuple[str, int], float] = {}
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         """Peak RSS per tree, and CPU seconds per tree and service since the last reset (sampled
@@ -149,11 +161,16 @@ class RssSampler(threading.Thread):
         with self.lock:
             roots = dict(self.roots)
         for name, pid in roots.items():
-            try:
-                root = psutil.Process(pid)
-                self._cpu(name, [root] + root.children(recursive=True))
-            except psutil.Error:
-                pass
+            procs = tree_procs(pid)  # one walk of the tree for both its CPU and its memory
+            self._cpu(name, procs)
+            sizes = rss_mb(procs)
+            if not sizes:
+                continue
+            with self.lock:
+                peak = self.peaks.setdefault(name, Peak())
+                peak.tree_mb = max(peak.tree_mb, sum(sizes))
+                peak.max_process_mb = max(peak.max_process_mb, max(sizes))
+                peak.processes = max(peak.processes, len(sizes))
         by_service: dict[str, list[Any]] = {k: [] for k in self.SERVICES}
         for p in psutil.process_iter(["name"]):
             for service, names in self.SERVICES.items():
@@ -162,15 +179,6 @@ class RssSampler(threading.Thread):
         for service, procs in by_service.items():
             self._cpu(service, procs)
         self._cpu("bench (load generator)", [psutil.Process()])
-        for name, pid in roots.items():
-            sizes = tree_rss_mb(pid)
-            if not sizes:
-                continue
-            with self.lock:
-                peak = self.peaks.setdefault(name, Peak())
-                peak.tree_mb = max(peak.tree_mb, sum(sizes))
-                peak.max_process_mb = max(peak.max_process_mb, max(sizes))
-                peak.processes = max(peak.processes, len(sizes))
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):

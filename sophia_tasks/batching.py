@@ -120,21 +120,24 @@ class IngestBatcher(bootsteps.ConsumerStep):
                               BACKLOG_MAX_WAIT, validate_queue, VALIDATE_BACKLOG)
                 if ref is None:
                     break
-                self.app.send_task("sophia.validate", args=[ref], queue=validate_queue)
-                buf.published(ref)
+                self._publish_cut(buf, ref, validate_queue)
             now = time.monotonic()
             if now - self._last_cut_sweep >= CUT_SWEEP_EVERY:
                 self._last_cut_sweep = now
                 for ref in buf.stale_cuts():
                     log.warning("publishing ingest batch %s (%d events): its cut was never published",
                                 ref["$events"], ref["n"])
-                    self.app.send_task("sophia.validate", args=[ref], queue=validate_queue)
-                    buf.published(ref)
+                    self._publish_cut(buf, ref, validate_queue)
         except Exception as exc:  # Redis or the broker is away: the next tick tries again; cuts stay pending
             now = time.monotonic()
             if now - self._last_cut_error >= 10.0:  # once per 10 s, not once per tick
                 self._last_cut_error = now
                 log.warning("cutting the ingest buffer failed (retrying every tick): %s", exc)
+
+    def _publish_cut(self, buf: IngestBuffer, ref: dict[str, Any], validate_queue: str) -> None:
+        """One validate task for the cut; only then may the sweep forget it."""
+        self.app.send_task("sophia.validate", args=[ref], queue=validate_queue)
+        buf.published(ref)
 
     def on_message(self, body: Any, message: Any) -> None:
         try:

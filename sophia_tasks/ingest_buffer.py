@@ -44,18 +44,25 @@ BUFFER_PREFIX = "sophia:ingest-buffer:"
 #: Seconds a cut may stay unpublished before a sweep publishes it (a cut-to-publish takes milliseconds).
 STALE_CUT_SECONDS = 30.0
 
-# KEYS: buffer, since. ARGV: encoded events. Answers the buffer's length.
-_APPEND = """
-local before = redis.call('LLEN', KEYS[1])
-for i = 1, #ARGV, 500 do
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 499, #ARGV)))
+#: Lua: ``append(buffer, since, items)`` pushes encoded events and stamps the arrival of the first event
+#: into an empty buffer (Redis' clock, ms); answers the buffer's length. Shared by every script that
+#: appends (the web's one-round-trip accept includes it), so the buffer has one set of rules.
+APPEND_LUA = """
+local function append(buf, since, items)
+  local before = redis.call('LLEN', buf)
+  for i = 1, #items, 500 do
+    redis.call('RPUSH', buf, unpack(items, i, math.min(i + 499, #items)))
+  end
+  if before == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', since, t[1] * 1000 + math.floor(t[2] / 1000))
+  end
+  return before + #items
 end
-if before == 0 then
-  local t = redis.call('TIME')
-  redis.call('SET', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000))
-end
-return before + #ARGV
 """
+
+# KEYS: buffer, since. ARGV: encoded events. Answers the buffer's length.
+_APPEND = APPEND_LUA + "return append(KEYS[1], KEYS[2], ARGV)\n"
 
 # KEYS: buffer, since, seq, pending cuts, validate queue. ARGV: batch size, flush ms, max wait ms,
 # validate backlog, events key prefix, ttl seconds. Answers {events key, count, age ms} or nil.

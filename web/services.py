@@ -13,6 +13,7 @@ from flask import current_app
 
 from sophia_tasks.celery_app import configure
 from sophia_tasks.flowspec import FlowSpec
+from sophia_tasks.ingest_buffer import APPEND_LUA, IngestBuffer, buffer_for
 from sophia_tasks.settings import Settings
 from web.auth import AuthConfig
 
@@ -21,57 +22,50 @@ log = logging.getLogger(__name__)
 DEDUPE_PREFIX = "sophia:dedupe:"
 
 
-# KEYS: dedupe keys; ARGV: window, counters hash, counter field, throughput key, its expiry.
-# Answers 1 per first delivery (claimed now), 0 per duplicate; counts the first deliveries.
-_CLAIM_AND_COUNT = """
-local out, n = {}, 0
-for i, key in ipairs(KEYS) do
-  if redis.call('SET', key, '1', 'NX', 'EX', ARGV[1]) then
-    out[i] = 1
-    n = n + 1
-  else
-    out[i] = 0
+# Lua: ``claim_and_count(keys, window, counters, field, tp_key, tp_expiry)`` claims each dedupe key for the
+# window; answers 1 per first delivery (claimed now), 0 per duplicate, and counts the first deliveries.
+_CLAIM_AND_COUNT_LUA = """
+local function claim_and_count(keys, window, counters, field, tp_key, tp_expiry)
+  local out, n = {}, 0
+  for i, key in ipairs(keys) do
+    if redis.call('SET', key, '1', 'NX', 'EX', window) then
+      out[i] = 1
+      n = n + 1
+    else
+      out[i] = 0
+    end
   end
+  if n > 0 then
+    redis.call('HINCRBYFLOAT', counters, field, n)
+    redis.call('INCRBYFLOAT', tp_key, n)
+    redis.call('EXPIRE', tp_key, tp_expiry)
+  end
+  return out
 end
-if n > 0 then
-  redis.call('HINCRBYFLOAT', ARGV[2], ARGV[3], n)
-  redis.call('INCRBYFLOAT', ARGV[4], n)
-  redis.call('EXPIRE', ARGV[4], ARGV[5])
-end
-return out
 """
 
+# KEYS: dedupe keys; ARGV: window, counters hash, counter field, throughput key, its expiry.
+_CLAIM_AND_COUNT = _CLAIM_AND_COUNT_LUA + """
+return claim_and_count(KEYS, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+"""
 
 # When the broker's Redis and the cache's Redis are one server (two databases), the claim, the count
 # and the append to the ingest buffer are one round trip: this script selects each database itself.
 # KEYS: dedupe keys..., buffer, since. ARGV: cache db, broker db, window, counters hash, counter field,
 # throughput key, its expiry, then one encoded event per dedupe key. Answers 1/0 per event as above.
-_CLAIM_COUNT_AND_APPEND = """
+_CLAIM_COUNT_AND_APPEND = _CLAIM_AND_COUNT_LUA + APPEND_LUA + """
 local n = #KEYS - 2
-local buf, since = KEYS[n + 1], KEYS[n + 2]
+local keys = {}
+for i = 1, n do keys[i] = KEYS[i] end
 redis.call('SELECT', ARGV[1])
-local out, fresh = {}, {}
+local out = claim_and_count(keys, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+local fresh = {}
 for i = 1, n do
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[3]) then
-    out[i] = 1
-    fresh[#fresh + 1] = ARGV[7 + i]
-  else
-    out[i] = 0
-  end
+  if out[i] == 1 then fresh[#fresh + 1] = ARGV[7 + i] end
 end
 if #fresh > 0 then
-  redis.call('HINCRBYFLOAT', ARGV[4], ARGV[5], #fresh)
-  redis.call('INCRBYFLOAT', ARGV[6], #fresh)
-  redis.call('EXPIRE', ARGV[6], ARGV[7])
   redis.call('SELECT', ARGV[2])
-  local before = redis.call('LLEN', buf)
-  for i = 1, #fresh, 500 do
-    redis.call('RPUSH', buf, unpack(fresh, i, math.min(i + 499, #fresh)))
-  end
-  if before == 0 then
-    local t = redis.call('TIME')
-    redis.call('SET', since, t[1] * 1000 + math.floor(t[2] / 1000))
-  end
+  append(KEYS[n + 1], KEYS[n + 2], fresh)
 end
 return out
 """
@@ -160,11 +154,11 @@ class Services:
         return self._redis
 
     @property
-    def buffer(self) -> Any:
+    def buffer(self) -> IngestBuffer | None:
         """The ingest buffer on a plain Redis broker (``sophia_tasks.ingest_buffer``), else None."""
         self._fork_check()
         if self._buffer is None:
-            from sophia_tasks.ingest_buffer import IngestBuffer, enabled_for
+            from sophia_tasks.ingest_buffer import enabled_for
 
             if not enabled_for(self.settings):
                 return None
@@ -177,8 +171,7 @@ class Services:
                     client = redis_lib.Redis.from_url(
                         self.settings.broker_url, socket_connect_timeout=2, socket_timeout=5,
                         retry=Retry(ExponentialBackoff(cap=0.5, base=0.2), 2))
-                    self._buffer = IngestBuffer(client, self.settings.queue("sophia.ingest"),
-                                                self.settings.batch_ttl_seconds)
+                    self._buffer = buffer_for(self.settings, client)
         return self._buffer
 
     def publish(self, events: list[dict[str, Any]]) -> None:
