@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,11 @@ def main() -> int:
                       "-d '{\"type\": \"call_completed\", \"data\": {...}}'")
         accepted = 0
         for call in calls:
-            r = requests.post(url, data=json.dumps({"type": "call_completed", "data": call}),
+            # A fresh event id per run: with none, the id is the body's hash, so a second demo within the
+            # dedupe window (24 h) was answered "duplicate" and never reached a target that had been reset
+            # (a new clone's emulator data), and the demo failed.
+            envelope = {"type": "call_completed", "id": f"demo-{uuid.uuid4().hex}", "data": call}
+            r = requests.post(url, data=json.dumps(envelope),
                               headers={"Authorization": f"Bearer {token}"}, timeout=30)
             if r.status_code not in (200, 202):
                 console.print(f"[red]webhook answered {r.status_code}: {r.text}[/red]")
