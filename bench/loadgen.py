@@ -1,4 +1,4 @@
-"""A small pure-Python HTTP load generator on aiohttp (asyncio).
+"""A small pure-Python HTTP/1.1 load generator on asyncio protocols.
 
 * ``closed_loop``: ``concurrency`` connections, each sending its next request as soon as the
   previous answer arrived, for a fixed duration (throughput at a concurrency).
@@ -7,7 +7,11 @@
   silently lowering the offered load (no coordinated omission).
 
 Both record the CPU the generator itself used: on a 2-core machine it shares the cores
-with the server, and the report says how much.
+with the server, and the report says how much. Why not aiohttp: its client spent ~0.5 ms
+of CPU per request here, a quarter of a core at 500 requests/s taken from the stack it
+measures. This client writes a pre-built head and the body on a kept-alive connection and
+reads only the status line and Content-Length of the answer (~0.1 ms per request), as
+wrk does; a connection the server closed while idle is replaced and the request resent once.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-import aiohttp
+from urllib.parse import urlsplit
 
 BodyFn = Callable[[], tuple[bytes, Any]]
 
@@ -72,18 +76,148 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 2)
 
 
-def session(limit: int) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=30)
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60),
-                                 skip_auto_headers=("User-Agent",))
+class _Conn(asyncio.Protocol):
+    """One kept-alive connection; at most one request in flight."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bool]] | None = None
+        self.closed = False
+        self.got_bytes = False
+        self.last_used = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self.got_bytes = True
+        waiter = self.waiter
+        if waiter is None:
+            return
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buf[:end]).lower()
+        try:
+            status = int(head[9:12])
+        except ValueError:
+            self._fail(ConnectionError(f"not an HTTP answer: {head[:60]!r}"))
+            return
+        length = 0
+        i = head.find(b"\r\ncontent-length:")
+        if i >= 0:
+            j = head.find(b"\r\n", i + 2)
+            length = int(head[i + 17:j if j > 0 else None])
+        total = end + 4 + length
+        if len(self.buf) < total:
+            return
+        del self.buf[:total]
+        self.waiter = None
+        if not waiter.done():
+            waiter.set_result((status, b"\r\nconnection: close" in head))
+
+    def _fail(self, exc: BaseException) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError(str(exc) if exc else "connection closed by the server"))
 
 
-async def _post(sess: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], t0: float,
+class Client:
+    """Kept-alive connections to one host, at most ``limit`` open at once."""
+
+    #: A connection idle this long is closed before use (the server's keep-alive is 5 s).
+    IDLE_MAX = 3.0
+
+    def __init__(self, url: str, limit: int, timeout: float = 60.0) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.idle: list[_Conn] = []
+        self.slots = asyncio.Semaphore(limit)
+        self.timeout = timeout
+        self._heads: dict[tuple[int, tuple[tuple[str, str], ...]], bytes] = {}
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        for conn in self.idle:
+            if conn.transport is not None:
+                conn.transport.close()
+        self.idle.clear()
+
+    def _head(self, length: int, headers: dict[str, str]) -> bytes:
+        key = (length, tuple(headers.items()))
+        head = self._heads.get(key)
+        if head is None:
+            lines = [f"POST {self.path} HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {length}"]
+            lines += [f"{k}: {v}" for k, v in headers.items()]
+            head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            if len(self._heads) < 4096:
+                self._heads[key] = head
+        return head
+
+    async def _connection(self) -> tuple[_Conn, bool]:
+        now = time.monotonic()
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed and now - conn.last_used < self.IDLE_MAX:
+                return conn, True
+            if conn.transport is not None:
+                conn.transport.close()
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(_Conn, self.host, self.port)
+        return conn, False
+
+    async def post(self, body: bytes, headers: dict[str, str]) -> int:
+        """The answer's status; raises on a connection error or a timeout."""
+        request = self._head(len(body), headers) + body
+        async with self.slots:
+            for attempt in (1, 2):
+                conn, reused = await self._connection()
+                conn.got_bytes = False
+                conn.waiter = asyncio.get_running_loop().create_future()
+                assert conn.transport is not None
+                conn.transport.write(request)
+                try:
+                    status, close = await asyncio.wait_for(conn.waiter, self.timeout)
+                except ConnectionResetError:
+                    # The server closed a kept-alive connection as we wrote on it: resend once.
+                    if reused and not conn.got_bytes and attempt == 1:
+                        continue
+                    raise
+                except BaseException:
+                    conn._fail(ConnectionAbortedError("request abandoned"))
+                    raise
+                if close or conn.closed:
+                    if conn.transport is not None:
+                        conn.transport.close()
+                else:
+                    conn.last_used = time.monotonic()
+                    self.idle.append(conn)
+                return status
+        raise AssertionError("unreachable")
+
+
+def session(url: str, limit: int) -> Client:
+    return Client(url, limit)
+
+
+async def _post(sess: Client, url: str, body: bytes, headers: dict[str, str], t0: float,
                 res: LoadResult, on_done: Callable[[Any, int, float], None] | None, tag: Any) -> None:
     try:
-        async with sess.post(url, data=body, headers=headers) as resp:
-            await resp.read()
-            status = resp.status
+        status = await sess.post(body, headers)
     except Exception as exc:  # connection refused/reset, timeout
         res.errors += 1
         if res.first_error is None:
@@ -102,7 +236,7 @@ async def _post(sess: aiohttp.ClientSession, url: str, body: bytes, headers: dic
 async def closed_loop(url: str, headers: dict[str, str], body: BodyFn, concurrency: int, duration: float,
                       warmup: float = 0.0) -> LoadResult:
     res = LoadResult()
-    async with session(concurrency) as sess:
+    async with session(url, concurrency) as sess:
         if warmup > 0:
             await closed_loop_in(sess, url, headers, body, concurrency, warmup, LoadResult())
         cpu0 = _cpu()
@@ -113,7 +247,7 @@ async def closed_loop(url: str, headers: dict[str, str], body: BodyFn, concurren
     return res
 
 
-async def closed_loop_in(sess: aiohttp.ClientSession, url: str, headers: dict[str, str], body: BodyFn,
+async def closed_loop_in(sess: Client, url: str, headers: dict[str, str], body: BodyFn,
                          concurrency: int, duration: float, res: LoadResult) -> None:
     deadline = time.monotonic() + duration
 
@@ -134,7 +268,7 @@ async def open_loop(url: str, headers: dict[str, str], body: BodyFn, rate: float
                     background: Callable[[], Awaitable[None]] | None = None) -> LoadResult:
     """``rate`` requests/s for ``duration`` s (or until ``stop()`` is true when duration is 0)."""
     res = LoadResult()
-    async with session(max_connections) as sess:
+    async with session(url, max_connections) as sess:
         loop_tasks: set[asyncio.Task[None]] = set()
         bg = asyncio.create_task(background()) if background else None
         cpu0 = _cpu()
@@ -174,7 +308,7 @@ async def post_batches(url: str, headers: dict[str, str], bodies: list[bytes], c
     """Send prepared bodies with ``concurrency`` connections (loading the broker for the drain)."""
     res = LoadResult()
     queue = list(reversed(bodies))
-    async with session(concurrency) as sess:
+    async with session(url, concurrency) as sess:
         t0 = time.monotonic()
 
         async def one_connection() -> None:

@@ -138,7 +138,7 @@ def ingest(bench: Bench, calls: Calls, sizes: Sizes, profile: dict[str, Any] | N
     best_floor = max(s["floor"]["accepted_per_s"] or 0 for s in steps)
     best_ours = max(s["ours"]["accepted_per_s"] or 0 for s in steps)
     return {
-        "method": "closed loop (aiohttp), one envelope per POST with a fresh event id and call id, "
+        "method": "closed loop (bench.loadgen, asyncio), one envelope per POST with a fresh event id and call id, "
                   f"{sizes.ingest_seconds:g}s per step after {sizes.ingest_warmup:g}s warm-up; floor app and "
                   "webhook alternate at each step under the same gunicorn config; worker stopped",
         "gunicorn": {"workers": bench.web_workers, "threads": bench.web_threads},
@@ -839,7 +839,7 @@ def latency(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
     log(f"latency: offered {web['sent']} accepted {accepted}; web p99 {web['p99_ms']} ms; lag p99 "
         + ", ".join(f"{t} {hist[t]['p99_s']}s" for t in TARGETS))
     return {
-        "method": "open-loop webhook load (one event per POST, aiohttp, response time from the scheduled send "
+        "method": "open-loop webhook load (one event per POST, bench.loadgen on asyncio, response time from the scheduled send "
                   "time); receipt-to-materialized lag per target from the pipeline's own lag histogram "
                   "(sophia:stats:counters lag_seconds_bucket deltas, received_at in _meta to the write, "
                   "quantiles interpolated inside buckets 0.05/0.1/0.25/0.5/1/2/5 s as status.quantile does; "

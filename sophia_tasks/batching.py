@@ -27,13 +27,15 @@ from typing import Any
 from celery import bootsteps
 from kombu import Consumer, Queue
 
-from sophia_tasks.celery_app import stage_queue
-from sophia_tasks.ingest_buffer import IngestBuffer, buffer_for
+from sophia_tasks.celery_app import LANES, materialize_queue, stage_queue
+from sophia_tasks.ingest_buffer import IngestBuffer, buffer_for, coalesces, target_buffer
 
 #: At most this many cuts are published per timer tick (the main process also fetches tasks).
 MAX_CUTS_PER_TICK = 20
 #: Seconds between sweeps for cuts whose validate task was never published.
 CUT_SWEEP_EVERY = 5.0
+#: Seconds between looks at the target buffers (their batches wait for rows or a second anyway).
+TARGET_CUT_EVERY = 0.05
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,9 @@ class IngestBatcher(bootsteps.ConsumerStep):
         self.events_buffer: IngestBuffer | None = None
         self._last_cut_sweep = 0.0
         self._last_cut_error = -1e9
+        #: (target, collection, lane, buffer) for every coalesced target's buffer.
+        self.target_buffers: list[tuple[str, str, str, IngestBuffer]] = []
+        self._last_target_cut = 0.0
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
         queue = Queue(self.settings.queue("sophia.ingest"), routing_key=self.settings.queue("sophia.ingest"))
@@ -85,6 +90,12 @@ class IngestBatcher(bootsteps.ConsumerStep):
             self.events_buffer = buffer_for(self.settings)
         except Exception as exc:  # a later start (reconnect) tries again
             log.error("ingest buffer unavailable: %s", exc)
+        if self.events_buffer is not None:
+            spec = self.app.conf.sophia_spec
+            self.target_buffers = [
+                (m.name, b.source, lane, target_buffer(self.settings, self.events_buffer.client, m.name, b.source, lane))
+                for m in spec.materializations.values() if coalesces(self.settings, m.name)
+                for b in m.bindings for lane in LANES]
         if self.events_buffer is not None and self.cut_timer is None:
             self.cut_timer = c.timer.call_repeatedly(interval, self.cut_due)
 
@@ -122,17 +133,43 @@ class IngestBatcher(bootsteps.ConsumerStep):
                     break
                 self._publish_cut(buf, ref, validate_queue)
             now = time.monotonic()
+            if self.target_buffers and now - self._last_target_cut >= TARGET_CUT_EVERY:
+                self._last_target_cut = now
+                self.cut_targets()
             if now - self._last_cut_sweep >= CUT_SWEEP_EVERY:
                 self._last_cut_sweep = now
                 for ref in buf.stale_cuts():
                     log.warning("publishing ingest batch %s (%d events): its cut was never published",
                                 ref["$events"], ref["n"])
                     self._publish_cut(buf, ref, validate_queue)
+                for target, collection, lane, tbuf in self.target_buffers:
+                    for ref in tbuf.stale_cuts():
+                        log.warning("publishing %s batch %s (%d documents): its cut was never published", target,
+                                    ref["$events"], ref["n"])
+                        self._publish_target_cut(tbuf, ref, target, collection, lane)
         except Exception as exc:  # Redis or the broker is away: the next tick tries again; cuts stay pending
             now = time.monotonic()
             if now - self._last_cut_error >= 10.0:  # once per 10 s, not once per tick
                 self._last_cut_error = now
                 log.warning("cutting the ingest buffer failed (retrying every tick): %s", exc)
+
+    def cut_targets(self) -> None:
+        """One materialize task per due cut of a coalesced target's buffer (rows or age)."""
+        for target, collection, lane, tbuf in self.target_buffers:
+            for _ in range(MAX_CUTS_PER_TICK):
+                ref = tbuf.cut(self.settings.coalesce_rows, self.settings.coalesce_seconds, 0.0, tbuf.buffer_key, 0)
+                if ref is None:
+                    break
+                self._publish_target_cut(tbuf, ref, target, collection, lane)
+
+    def _publish_target_cut(self, buf: IngestBuffer, ref: dict[str, Any], target: str, collection: str,
+                            lane: str) -> None:
+        kwargs: dict[str, Any] = {"attempt": 1}
+        if lane != "live":
+            kwargs["lane"] = lane
+        self.app.send_task("sophia.materialize", args=[target, collection, ref], kwargs=kwargs,
+                           queue=materialize_queue(self.settings, target, lane))
+        buf.published(ref)
 
     def _publish_cut(self, buf: IngestBuffer, ref: dict[str, Any], validate_queue: str) -> None:
         """One validate task for the cut; only then may the sweep forget it."""

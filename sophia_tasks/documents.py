@@ -24,7 +24,12 @@ def utcnow() -> datetime:
 def format_version(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime(_VERSION_FMT)
+    m = moment.astimezone(timezone.utc)
+    if m.year < 1000:  # strftime's %Y does not pad these; keep its exact text
+        return m.strftime(_VERSION_FMT)
+    # The same text as strftime(_VERSION_FMT) at a tenth of the cost (twice per webhook request).
+    return (f"{m.year}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}."
+            f"{m.microsecond:06d}Z")
 
 
 def parse_time(value: Any) -> datetime | None:

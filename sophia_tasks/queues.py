@@ -16,7 +16,7 @@ import redis as redis_lib
 
 from sophia_tasks.celery_app import INGEST_QUEUE, LANES, STAGE_QUEUES, materialize_queue
 from sophia_tasks.flowspec import FlowSpec
-from sophia_tasks.ingest_buffer import BUFFER_PREFIX
+from sophia_tasks.ingest_buffer import BUFFER_PREFIX, coalesces
 from sophia_tasks.settings import Settings
 
 # kombu's Redis transport keeps priorities 3, 6 and 9 in sibling lists named with this separator.
@@ -123,20 +123,31 @@ def broker_snapshot(settings: Settings, spec: FlowSpec) -> BrokerSnapshot:
     """Every declared queue with ready and reserved messages and their bytes."""
     queues = _declared(settings, spec)
     if _is_redis(settings.broker_url):
-        _redis_snapshot(settings.broker_url, queues)
+        _redis_snapshot(settings.broker_url, queues, _buffers(settings, spec))
         return BrokerSnapshot(queues=queues, measured_bytes=True)
     _amqp_snapshot(settings.broker_url, queues)
     return BrokerSnapshot(queues=queues, measured_bytes=False)
 
 
-def _redis_snapshot(url: str, queues: dict[str, QueueInfo]) -> None:
+def _buffers(settings: Settings, spec: FlowSpec) -> dict[str, tuple[str, ...]]:
+    """Queue -> the buffer lists whose items also wait for it (``sophia_tasks.ingest_buffer``)."""
+    out: dict[str, tuple[str, ...]] = {settings.queue(INGEST_QUEUE): (BUFFER_PREFIX + settings.queue(INGEST_QUEUE),)}
+    for lane in LANES:
+        for m in spec.materializations.values():
+            if coalesces(settings, m.name):
+                q = materialize_queue(settings, m.name, lane)
+                out[q] = tuple(f"{BUFFER_PREFIX}{q}:{b.source}" for b in m.bindings)
+    return out
+
+
+def _redis_snapshot(url: str, queues: dict[str, QueueInfo], buffers: dict[str, tuple[str, ...]]) -> None:
     client = redis_lib.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
     try:
         pipe = client.pipeline(transaction=False)
         keys: list[str] = []
         for q in queues:
-            # The ingest queue's events also wait in the ingest buffer (sophia_tasks.ingest_buffer).
-            extra = (BUFFER_PREFIX + q,) if q.endswith(INGEST_QUEUE) else ()
+            # Events wait in the ingest buffer, a coalesced target's documents in its target buffer.
+            extra = buffers.get(q, ())
             for key in (q, *(f"{q}{_PRIORITY_SEP}{p}" for p in _PRIORITIES), *extra):
                 pipe.llen(key)
                 # SAMPLES 0: walk every node (no copying), exact for lists of big batches.

@@ -126,7 +126,10 @@ class Settings:
     # Redis visibility timeout: retries' countdowns must stay well below it.
     visibility_timeout: int = 3600
     ingest_batch_size: int = 500
-    ingest_flush_seconds: float = 0.05
+    # 100 ms, not 50: each batch has a fixed cost in every stage (a task, a journal insert, an upsert,
+    # a Redis pipeline: ~2-3 ms in-process); at 500 events/s 50 ms batches of ~25 events kept the
+    # 2-core machine saturated (p99 lag 1-5 s), 100 ms ones did not (docs/benchmarks.md).
+    ingest_flush_seconds: float = 0.1
     retry_max: int = 8
     retry_backoff_max: int = 300
     retry_backoff_base: float = 2.0
@@ -140,6 +143,11 @@ class Settings:
     # Materializations written by the validate task itself, right after the derivation (a failure
     # or a slow write hands them to their queue for a while); the others always go through theirs.
     inline_targets: tuple[str, ...] = ("redis", "postgres")
+    # Queued targets whose batches are coalesced in the broker's Redis before the write (a Redis
+    # broker only): one write per SOPHIA_COALESCE_ROWS documents or SOPHIA_COALESCE_SECONDS.
+    coalesce_targets: tuple[str, ...] = ("snowflake",)
+    coalesce_rows: int = 1000
+    coalesce_seconds: float = 1.0
     # Gong API (backfill --gong): Basic auth with an access key and its secret.
     gong_api_url: str = "https://api.gong.io"
     gong_access_key: str | None = None
@@ -204,10 +212,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         inline_targets=(_list(env, "SOPHIA_INLINE_TARGETS") if env.get("SOPHIA_INLINE_TARGETS") is not None
                         else Settings.inline_targets),
         batch_ttl_seconds=_int(env, "SOPHIA_BATCH_TTL_SECONDS", Settings.batch_ttl_seconds),
+        coalesce_targets=(_list(env, "SOPHIA_COALESCE_TARGETS") if env.get("SOPHIA_COALESCE_TARGETS") is not None
+                          else Settings.coalesce_targets),
+        coalesce_rows=_int(env, "SOPHIA_COALESCE_ROWS", Settings.coalesce_rows),
+        coalesce_seconds=_float(env, "SOPHIA_COALESCE_SECONDS", Settings.coalesce_seconds),
         gong_api_url=(env.get("SOPHIA_GONG_API_URL") or Settings.gong_api_url).rstrip("/"),
         gong_access_key=env.get("SOPHIA_GONG_ACCESS_KEY") or None,
         gong_access_key_secret=env.get("SOPHIA_GONG_ACCESS_KEY_SECRET") or None,
     )
+    if settings.coalesce_rows < 1 or not 0 < settings.coalesce_seconds <= 60:
+        raise ConfigError("SOPHIA_COALESCE_ROWS must be at least 1 and SOPHIA_COALESCE_SECONDS between 0 and 60")
     if settings.retry_backoff_max * 2 >= settings.visibility_timeout:
         raise ConfigError(
             "SOPHIA_RETRY_BACKOFF_MAX must stay below half of SOPHIA_VISIBILITY_TIMEOUT, "

@@ -21,6 +21,7 @@ from celery.exceptions import Retry
 from sophia_tasks import pipeline
 from sophia_tasks.bulkhead import Bulkhead, clear_node
 from sophia_tasks.claims import is_ref
+from sophia_tasks.ingest_buffer import IngestBuffer, coalesces, target_buffer
 from sophia_tasks.ingest_buffer import is_ref as is_events_ref
 from sophia_tasks.celery_app import app, materialize_queue, stage_queue
 from sophia_tasks.deadletter import Letter
@@ -121,7 +122,21 @@ class StageTask(Task):
                 return
             args = (events, *args[1:])
         batch = args[2] if self.name == "sophia.materialize" and len(args) >= 3 else None
-        if is_ref(batch):  # a claim check: dead-letter the documents it stands for, then let it go
+        gathered = None
+        if is_events_ref(batch):  # a coalesced cut of a target buffer: dead-letter its documents
+            gathered = buffer_of(context(), str(args[0]), str(args[1]), kwargs.get("lane", "live"))
+            try:
+                docs = gathered.load(batch)
+            except Exception as load_exc:
+                log.critical("%s[%s] failed (%r) and its batch %s could not be read (%r)", self.name, task_id,
+                             exc, batch.get("$events"), load_exc)
+                return
+            if docs is None:
+                log.error("%s[%s] failed (%r); its batch %s is already gone", self.name, task_id, exc,
+                          batch.get("$events"))
+                return
+            args = (args[0], args[1], docs, *args[3:])
+        elif is_ref(batch):  # a claim check: dead-letter the documents it stands for, then let it go
             try:
                 docs = documents_of(context(), batch)
             except Exception as load_exc:
@@ -151,6 +166,8 @@ class StageTask(Task):
             ctx.claims.release(batch, str(args[0]))
         if cut is not None and ctx.events is not None:
             ctx.events.release(cut)
+        if gathered is not None:
+            gathered.release(batch)
 
 
 def letters_for_failed_task(name: str, args: tuple, kwargs: dict, exc: BaseException) -> list[Letter]:
@@ -297,6 +314,15 @@ def derive_and_fan_out(ctx: pipeline.Context, collection: str, documents: list[d
             continue
         inline = [t for t in names if inline_now(ctx, t)]
         queued = [t for t in names if t not in inline]
+        gathered = [t for t in queued if coalesces(ctx.settings, t)]
+        for target in gathered:
+            try:
+                buffer_of(ctx, target, name, lane).append(docs)
+            except Exception as exc:  # the broker's Redis refused: queue this batch on its own instead
+                log.warning("%s: could not add %d document(s) to its buffer, queueing them: %s", target,
+                            len(docs), exc)
+                gathered = [t for t in gathered if t != target]
+        queued = [t for t in queued if t not in gathered]
         if queued:  # first, so a slow target's write starts in another process while this one writes
             batch = claim(ctx, docs, queued, f"{batch_id}:{name}" if batch_id else None)
             for target in queued:
@@ -361,6 +387,25 @@ def claim(ctx: pipeline.Context, documents: list[dict[str, Any]], targets: list[
         return documents
 
 
+#: Per process: (target, collection, lane) -> the target buffer that coalesces its batches.
+_buffers: dict[tuple[int, str, str, str], IngestBuffer] = {}
+
+
+def buffer_of(ctx: pipeline.Context, target: str, collection: str, lane: str) -> IngestBuffer:
+    """The target buffer of ``target`` for ``collection``, on the broker's Redis (the claim store's client)."""
+    key = (os.getpid(), target, collection, lane)
+    buf = _buffers.get(key)
+    if buf is None:
+        if ctx.claims is None:
+            from sophia_tasks.claims import store_for
+
+            ctx.claims = store_for(ctx.settings)
+            if ctx.claims is None:
+                raise RuntimeError(f"{target}: a coalesced batch needs a Redis broker")
+        buf = _buffers[key] = target_buffer(ctx.settings, ctx.claims.client, target, collection, lane)
+    return buf
+
+
 def documents_of(ctx: pipeline.Context, batch: Any) -> list[dict[str, Any]] | None:
     """The documents a materialize message stands for (None: its claim is gone)."""
     if not is_ref(batch):
@@ -385,7 +430,18 @@ def materialize(self: Task, target: str, collection: str, documents: Any, attemp
     """
     ctx = context()
     batch = documents
-    loaded = documents_of(ctx, batch)
+    gathered = buffer_of(ctx, target, collection, lane) if is_events_ref(batch) else None
+    loaded = gathered.load(batch) if gathered is not None else documents_of(ctx, batch)
+    if loaded is None and gathered is not None:
+        if gathered.expired(batch):
+            log.error("%s: batch %s of %s (%s documents) expired after %d s before it was written; restore the "
+                      "target with `sophia-tasks rebuild --target %s`", target, batch.get("$events"), collection,
+                      batch.get("n"), ctx.settings.batch_ttl_seconds, target)
+            pipeline.record_error(ctx, "materialize", target, "expired", int(batch.get("n") or 0))
+        else:
+            log.info("%s: batch %s of %s already written; redelivery acknowledged", target, batch.get("$events"),
+                     collection)
+        return
     if loaded is None:
         if ctx.claims is not None and ctx.claims.expired(batch):
             log.error("%s: batch %s of %s (%s documents) expired after %d s before it was written; restore the "
@@ -397,14 +453,19 @@ def materialize(self: Task, target: str, collection: str, documents: Any, attemp
                      batch.get("$batch"), collection)
         return
     node = self.request.hostname or "local"
-    slot = bulkhead(ctx).acquire(node, target, wait=ctx.settings.bulkhead_wait_seconds)
+    # A coalesced target's cut steps aside at once when its slots are busy: waiting would hold a
+    # pool process that validate needs, and the step aside re-publishes a key, not the documents.
+    wait = 0.0 if gathered is not None else ctx.settings.bulkhead_wait_seconds
+    slot = bulkhead(ctx).acquire(node, target, wait=wait)
     if slot is None:
         # This target already has its share of the pool busy (likely slow): step aside.
         send_materialize(target, collection, batch, attempt=attempt, lane=lane,
                          countdown=0.2 + random.random() * 0.3)
         return
     write_and_settle(ctx, node, slot, target, collection, loaded, attempt, lane, self.request.id)
-    if is_ref(batch):
+    if gathered is not None:
+        gathered.release(batch)
+    elif is_ref(batch):
         ctx.claims.release(batch, target)  # type: ignore[union-attr]
 
 

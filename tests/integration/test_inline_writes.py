@@ -18,7 +18,9 @@ from tests.integration.conftest import Harness, gong_call
 def ctx(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[pipeline.Context, list[tuple]]]:
     """A pipeline context on the test stack's databases, in this process; publishes are recorded
     (this process's Celery app may point at another broker), writes are real."""
-    context = pipeline.build_context(load_settings())
+    # Snowflake through its own message per batch (a claim check), as with SOPHIA_COALESCE_TARGETS="";
+    # the coalesced path is tested at the end of this module and in test_target_buffer.py.
+    context = pipeline.build_context(load_settings().with_overrides(coalesce_targets=()))
     sent: list[tuple] = []
     refs: list[Any] = []  # every claim sent, for the clean-up (tests clear ``sent``)
 
@@ -147,3 +149,18 @@ def test_a_kept_connection_the_server_closed_is_replaced_within_the_write(harnes
     tasks.derive_and_fan_out(context, "gong_calls", docs, "live", None, None)
     assert in_pg(harness, [d["metaData"]["id"] for d in docs]) == 3
     assert [t for t, *_ in sent] == ["snowflake"] and tasks.inline_now(context, "postgres")
+
+
+def test_a_coalesced_target_gets_no_message_its_documents_go_to_its_buffer(
+        harness: Harness, ctx: Any) -> None:
+    """With the default settings Snowflake is coalesced: the batch is appended to its target buffer,
+    which the test stack's worker cuts and writes."""
+    _, sent = ctx
+    context = pipeline.build_context(load_settings())
+    docs = validated(context, 4)
+    ids = [d["metaData"]["id"] for d in docs]
+    tasks.derive_and_fan_out(context, "gong_calls", docs, "live", None, f"t-{uuid.uuid4().hex[:8]}")
+    assert sent == []
+    assert all(harness.redis_doc(i) for i in ids) and in_pg(harness, ids) == 4
+    for i in ids:
+        harness.wait(lambda i=i: harness.sf_rows(i), 30, "the coalesced batch in Snowflake")

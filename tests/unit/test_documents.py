@@ -34,3 +34,19 @@ def test_latest_per_key_keeps_newest_and_later_on_ties() -> None:
     d4 = {"_meta": {"published_at": "2026-01-02T00:00:00.000000Z"}, "n": 4}
     out = dict(latest_per_key([("k", d2), ("k", d1), ("j", d3), ("k", d4)]))
     assert out["k"]["n"] == 4 and out["j"]["n"] == 3
+
+
+from datetime import timedelta  # noqa: E402
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+       st.one_of(st.none(), st.integers(min_value=-23 * 60, max_value=23 * 60)))
+def test_format_version_is_exactly_strftimes_text(moment: datetime, offset_minutes: int | None) -> None:
+    """The hand-written formatting replaced strftime on the webhook's path; the text must not change."""
+    if offset_minutes is not None:
+        moment = moment.replace(tzinfo=timezone(timedelta(minutes=offset_minutes)))
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    assert format_version(moment) == aware.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
