@@ -9,8 +9,10 @@ microseconds and a ``Z``, so comparing two versions as strings orders them in ti
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import orjson
 
@@ -103,3 +105,45 @@ def latest_per_key(keyed: Iterable[tuple[str, dict[str, Any]]]) -> list[tuple[st
         if current is None or version >= current[0]:
             best[key] = (version, doc)
     return [(key, pair[1]) for key, pair in best.items()]
+
+
+# -- encode once ------------------------------------------------------------------------
+#: id(document) -> (document, its orjson text), inside ``encoding_cache()`` only.
+_encodings: ContextVar[dict[int, tuple[Any, bytes]] | None] = ContextVar("sophia_encodings", default=None)
+
+
+@contextmanager
+def encoding_cache() -> Iterator[None]:
+    """Within this block each document is encoded once, whichever target asks first.
+
+    Why: the validate task wrote the same derived documents as JSON three times (the Redis
+    value, the PostgreSQL jsonb, the Snowflake buffer), and the Snowflake task decoded them
+    only to encode them again. The documents must not change inside the block: the fan-out
+    opens it after the derivation, when they are final. The cache holds each document, so
+    an id is never reused while the block lasts.
+    """
+    token = _encodings.set({})
+    try:
+        yield
+    finally:
+        _encodings.reset(token)
+
+
+def remember_encoding(document: Any, raw: bytes) -> None:
+    """``raw`` is the JSON text ``document`` was decoded from (a buffer's item)."""
+    cache = _encodings.get()
+    if cache is not None:
+        cache[id(document)] = (document, raw)
+
+
+def encoded(document: Any) -> bytes:
+    """``orjson.dumps(document)``, once per document inside ``encoding_cache()``."""
+    cache = _encodings.get()
+    if cache is None:
+        return orjson.dumps(document)
+    hit = cache.get(id(document))
+    if hit is not None and hit[0] is document:
+        return hit[1]
+    raw = orjson.dumps(document)
+    cache[id(document)] = (document, raw)
+    return raw

@@ -45,6 +45,8 @@ from typing import Any
 import orjson
 import redis as redis_lib
 
+from sophia_tasks.documents import encoded, remember_encoding
+
 log = logging.getLogger(__name__)
 
 REF_KEY = "$events"
@@ -130,7 +132,7 @@ class IngestBuffer:
     # -- web ---------------------------------------------------------------------------------
     def append(self, events: list[dict[str, Any]]) -> int:
         """Put events in the buffer (one round trip); answers its length. Raises RedisError."""
-        return int(self._append(keys=[self.buffer_key, self.since_key], args=[orjson.dumps(e) for e in events]))
+        return int(self._append(keys=[self.buffer_key, self.since_key], args=[encoded(e) for e in events]))
 
     # -- worker ------------------------------------------------------------------------------
     def cut(self, batch_size: int, flush_seconds: float, max_wait_seconds: float, validate_queue: str,
@@ -168,11 +170,17 @@ class IngestBuffer:
 
     # -- validate task -------------------------------------------------------------------------
     def load(self, ref: dict[str, Any]) -> list[Any] | None:
-        """The events of a cut, or None when the list is gone (released, or the backstop expired)."""
+        """The events of a cut, or None when the list is gone (released, or the backstop expired).
+        Inside ``documents.encoding_cache()`` each item's text is remembered for its next encode."""
         items = self.client.lrange(ref[REF_KEY], 0, -1)
         if not items:
             return None
-        return orjson.loads(b"[" + b",".join(items) + b"]")
+        out = []
+        for item in items:
+            value = orjson.loads(item)
+            remember_encoding(value, item)
+            out.append(value)
+        return out
 
     def release(self, ref: dict[str, Any]) -> None:
         """Every event of the cut is handed on (or dead-lettered): delete the list. Idempotent."""

@@ -139,7 +139,7 @@ def journal_rows(events: list[Any], lane: str, now: datetime | None = None) -> l
         event_id = _event_id(event)
         rows[(event_id, received)] = (
             event_id, received, str(event.get("collection") or ""), event.get("published_at"),
-            event.get("source"), lane, bool(event.get("is_test")), jsonb_text(dict(event)))
+            event.get("source"), lane, bool(event.get("is_test")), jsonb_text(event if type(event) is dict else dict(event)))
     return list(rows.values())
 
 

@@ -25,7 +25,7 @@ from sophia_tasks.ingest_buffer import IngestBuffer, coalesces, target_buffer
 from sophia_tasks.ingest_buffer import is_ref as is_events_ref
 from sophia_tasks.celery_app import app, materialize_queue, stage_queue
 from sophia_tasks.deadletter import Letter
-from sophia_tasks.documents import meta
+from sophia_tasks.documents import encoding_cache, meta
 from sophia_tasks.materializers import TransientTargetError
 
 log = logging.getLogger(__name__)
@@ -234,10 +234,12 @@ def validate(events: Any, lane: str = "live", targets: list[str] | None = None) 
     ctx = context()
     cut = events if is_events_ref(events) else None
     if cut is not None:
-        events = events_of_cut(ctx, cut)
-        if events is None:
-            return
-    validate_events_batch(ctx, events, lane, targets, validate.request.id)
+        with encoding_cache():  # the journal stores each event as the text it was loaded from
+            events = events_of_cut(ctx, cut)
+            if events is None:
+                return
+            journal_hook(ctx, events, lane)
+    validate_events_batch(ctx, events, lane, targets, validate.request.id, journaled=cut is not None)
     if cut is not None:
         ctx.events.release(cut)  # type: ignore[union-attr]
 
@@ -259,8 +261,9 @@ def events_of_cut(ctx: pipeline.Context, cut: dict[str, Any]) -> list[Any] | Non
 
 
 def validate_events_batch(ctx: pipeline.Context, events: list[dict[str, Any]], lane: str,
-                          targets: list[str] | None, task_id: str | None) -> None:
-    journal_hook(ctx, events, lane)
+                          targets: list[str] | None, task_id: str | None, journaled: bool = False) -> None:
+    if not journaled:
+        journal_hook(ctx, events, lane)
     result = pipeline.validate_events(ctx.spec, events)
     if result.letters:
         ctx.dlq.record(result.letters)
@@ -306,7 +309,15 @@ def derive_and_fan_out(ctx: pipeline.Context, collection: str, documents: list[d
     if result.letters:
         ctx.dlq.record(result.letters)
         pipeline.record_error(ctx, "derive", None, "transform", len(result.letters))
-    for name, docs in result.documents.items():
+    with encoding_cache():  # the derived documents are final: each is encoded once for every target
+        fan_out(ctx, result.documents, lane, targets, batch_id)
+    ctx.stats.incr([("documents_derived", {"collection": c}, len(d)) for c, d in result.documents.items()])
+    ctx.stats.tick({"derive": len(documents)})
+
+
+def fan_out(ctx: pipeline.Context, derived: dict[str, list[dict[str, Any]]], lane: str,
+            targets: list[str] | None, batch_id: str | None) -> None:
+    for name, docs in derived.items():
         if not docs:
             continue
         names = [m.name for m in ctx.spec.materializations_of(name) if targets is None or m.name in targets]
@@ -329,8 +340,6 @@ def derive_and_fan_out(ctx: pipeline.Context, collection: str, documents: list[d
                 send_materialize(target, name, batch, lane=lane)
         for target in inline:
             write_inline(ctx, target, name, docs, lane, batch_id)
-    ctx.stats.incr([("documents_derived", {"collection": c}, len(d)) for c, d in result.documents.items()])
-    ctx.stats.tick({"derive": len(documents)})
 
 
 #: Per process: target -> monotonic time until which its writes go through its queue instead.
@@ -431,17 +440,11 @@ def materialize(self: Task, target: str, collection: str, documents: Any, attemp
     ctx = context()
     batch = documents
     gathered = buffer_of(ctx, target, collection, lane) if is_events_ref(batch) else None
-    loaded = gathered.load(batch) if gathered is not None else documents_of(ctx, batch)
-    if loaded is None and gathered is not None:
-        if gathered.expired(batch):
-            log.error("%s: batch %s of %s (%s documents) expired after %d s before it was written; restore the "
-                      "target with `sophia-tasks rebuild --target %s`", target, batch.get("$events"), collection,
-                      batch.get("n"), ctx.settings.batch_ttl_seconds, target)
-            pipeline.record_error(ctx, "materialize", target, "expired", int(batch.get("n") or 0))
-        else:
-            log.info("%s: batch %s of %s already written; redelivery acknowledged", target, batch.get("$events"),
-                     collection)
+    if gathered is not None:
+        with encoding_cache():  # the cut's items are the documents' text: the write reuses it
+            _materialize_cut(self, ctx, gathered, target, collection, batch, attempt, lane)
         return
+    loaded = documents_of(ctx, batch)
     if loaded is None:
         if ctx.claims is not None and ctx.claims.expired(batch):
             log.error("%s: batch %s of %s (%s documents) expired after %d s before it was written; restore the "
@@ -453,20 +456,40 @@ def materialize(self: Task, target: str, collection: str, documents: Any, attemp
                      batch.get("$batch"), collection)
         return
     node = self.request.hostname or "local"
-    # A coalesced target's cut steps aside at once when its slots are busy: waiting would hold a
-    # pool process that validate needs, and the step aside re-publishes a key, not the documents.
-    wait = 0.0 if gathered is not None else ctx.settings.bulkhead_wait_seconds
-    slot = bulkhead(ctx).acquire(node, target, wait=wait)
+    slot = bulkhead(ctx).acquire(node, target, wait=ctx.settings.bulkhead_wait_seconds)
     if slot is None:
         # This target already has its share of the pool busy (likely slow): step aside.
         send_materialize(target, collection, batch, attempt=attempt, lane=lane,
                          countdown=0.2 + random.random() * 0.3)
         return
     write_and_settle(ctx, node, slot, target, collection, loaded, attempt, lane, self.request.id)
-    if gathered is not None:
-        gathered.release(batch)
-    elif is_ref(batch):
+    if is_ref(batch):
         ctx.claims.release(batch, target)  # type: ignore[union-attr]
+
+
+def _materialize_cut(task: Task, ctx: pipeline.Context, gathered: IngestBuffer, target: str, collection: str,
+                     cut: dict[str, Any], attempt: int, lane: str) -> None:
+    """Write one cut of a coalesced target's buffer, then release it."""
+    loaded = gathered.load(cut)
+    if loaded is None:
+        if gathered.expired(cut):
+            log.error("%s: batch %s of %s (%s documents) expired after %d s before it was written; restore the "
+                      "target with `sophia-tasks rebuild --target %s`", target, cut.get("$events"), collection,
+                      cut.get("n"), ctx.settings.batch_ttl_seconds, target)
+            pipeline.record_error(ctx, "materialize", target, "expired", int(cut.get("n") or 0))
+        else:
+            log.info("%s: batch %s of %s already written; redelivery acknowledged", target, cut.get("$events"),
+                     collection)
+        return
+    node = task.request.hostname or "local"
+    # Steps aside at once when the target's slots are busy: waiting would hold a pool process that
+    # validate needs, and a step aside re-publishes a key, not the documents.
+    slot = bulkhead(ctx).acquire(node, target, wait=0.0)
+    if slot is None:
+        send_materialize(target, collection, cut, attempt=attempt, lane=lane, countdown=0.2 + random.random() * 0.3)
+        return
+    write_and_settle(ctx, node, slot, target, collection, loaded, attempt, lane, task.request.id)
+    gathered.release(cut)
 
 
 def write_and_settle(ctx: pipeline.Context, node: str | None, slot: str | None, target: str, collection: str,

@@ -7,13 +7,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import orjson
 import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
 from sophia_tasks.db import Connections, connections
-from sophia_tasks.documents import latest_per_key, version_of
+from sophia_tasks.documents import encoded, latest_per_key, version_of
 from sophia_tasks.flowspec import Binding, FlowSpec
 from sophia_tasks.materializers import TransientTargetError, WriteResult, deadline, register
 from sophia_tasks.materializers.projection import keyed, project
@@ -33,7 +32,7 @@ _NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
 
 
 def jsonb_text(value: Any) -> str:
-    raw = orjson.dumps(value)
+    raw = encoded(value)
     if b"\\u0000" in raw:
         raw = _NUL.sub(rb"\1\\ufffd", raw)
     return raw.decode()

@@ -6,7 +6,7 @@ from typing import Any
 import orjson
 import redis as redis_lib
 
-from sophia_tasks.documents import latest_per_key, version_of
+from sophia_tasks.documents import encoded, latest_per_key, version_of
 from sophia_tasks.flowspec import Binding, FlowSpec
 from sophia_tasks.materializers import TransientTargetError, WriteResult, register
 from sophia_tasks.settings import Settings
@@ -65,7 +65,7 @@ class RedisMaterializer:
                 args: list[Any] = [ttl]
                 for _, doc in chunk:
                     args.append(version_of(doc))
-                    args.append(orjson.dumps(doc))
+                    args.append(encoded(doc))
                 self.script(keys=keys, args=args, client=pipe)
                 calls += len(chunk)
             replies = pipe.execute() if calls else []

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from sophia_tasks.documents import latest_per_key, version_of
+from sophia_tasks.documents import encoded, latest_per_key, version_of
 from sophia_tasks.flowspec import Binding, FlowSpec
 from sophia_tasks.materializers import TransientTargetError, WriteResult, register
 from sophia_tasks.materializers.projection import keyed, project
@@ -168,7 +168,8 @@ class SnowflakeMaterializer:
             return result
         rows = []
         for key, doc in pairs:
-            row: dict[str, Any] = {"k": key, "d": doc, "p": version_of(doc)}
+            # The document's text as the pipeline already has it (``documents.encoded``): no second encode.
+            row: dict[str, Any] = {"k": key, "d": orjson.Fragment(encoded(doc)), "p": version_of(doc)}
             for i, value in enumerate(project(doc, binding.projections)):
                 row[f"x{i}"] = value
             rows.append(orjson.dumps(row))

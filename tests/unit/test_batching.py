@@ -34,7 +34,7 @@ def test_flushes_at_the_flush_age_when_nothing_waits_and_holds_while_a_backlog_w
     b.buffer, b.messages, b.first_at = [{"e": 1}], [object()], time.monotonic()
     b.flush_if_due()
     assert b.flushed == 0  # younger than the flush age
-    b.first_at = time.monotonic() - 0.06
+    b.first_at = time.monotonic() - b.settings.ingest_flush_seconds - 0.01
     client.rpush(queue, b"waiting")
     try:
         b.flush_if_due()
@@ -44,14 +44,14 @@ def test_flushes_at_the_flush_age_when_nothing_waits_and_holds_while_a_backlog_w
         assert b.flushed == 1  # but never longer than BACKLOG_MAX_WAIT
     finally:
         client.delete(queue)
-    b.buffer, b.messages, b.first_at = [{"e": 2}], [object()], time.monotonic() - 0.06
+    b.buffer, b.messages, b.first_at = [{"e": 2}], [object()], time.monotonic() - b.settings.ingest_flush_seconds - 0.01
     b._backlog_checked = 0.0  # the check is cached for 0.1 s
     b.flush_if_due()
     assert b.flushed == 2  # the queue is empty again: light traffic, send now
     validate = b.settings.queue("sophia.validate")
     client.rpush(validate, *[b"batch"] * 9)  # batches already wait to be validated
     try:
-        b.buffer, b.messages, b.first_at = [{"e": 3}], [object()], time.monotonic() - 0.06
+        b.buffer, b.messages, b.first_at = [{"e": 3}], [object()], time.monotonic() - b.settings.ingest_flush_seconds - 0.01
         b._backlog_checked = 0.0
         b.flush_if_due()
         assert b.flushed == 2

@@ -50,3 +50,35 @@ def test_format_version_is_exactly_strftimes_text(moment: datetime, offset_minut
         moment = moment.replace(tzinfo=timezone(timedelta(minutes=offset_minutes)))
     aware = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
     assert format_version(moment) == aware.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_inside_an_encoding_cache_each_document_is_encoded_once() -> None:
+    import orjson
+
+    from sophia_tasks.documents import encoded, encoding_cache, remember_encoding
+
+    doc = {"_meta": {"published_at": "2026-01-01T00:00:00.000000Z"}, "a": [1, 2.5, "x"]}
+    assert encoded(doc) == orjson.dumps(doc)
+    assert encoded(doc) is not encoded(doc)  # no cache outside the block
+    with encoding_cache():
+        first = encoded(doc)
+        assert encoded(doc) is first and first == orjson.dumps(doc)
+        other = {"b": 1}
+        assert encoded(other) == b'{"b":1}'
+        loaded_text = b'{"c": 2}'  # a buffer item keeps its own text
+        loaded = orjson.loads(loaded_text)
+        remember_encoding(loaded, loaded_text)
+        assert encoded(loaded) is loaded_text
+    remember_encoding(loaded, b"ignored")  # outside a block: nothing is kept
+    assert encoded(loaded) == b'{"c":2}'
+
+
+def test_a_fragment_of_the_encoded_document_gives_the_same_row_text() -> None:
+    import orjson
+
+    from sophia_tasks.documents import encoded, encoding_cache
+
+    doc = {"_meta": {"published_at": "2026-01-01T00:00:00.000000Z"}, "t": "é\u0000\"", "n": [None, True, 1e-7]}
+    with encoding_cache():
+        row = {"k": "1", "d": orjson.Fragment(encoded(doc)), "p": "v"}
+        assert orjson.dumps(row) == orjson.dumps({"k": "1", "d": doc, "p": "v"})
