@@ -196,7 +196,7 @@ class Bench:
     cache_db: int = 15
     web_workers: int = 2
     web_threads: int = 4
-    worker_concurrency: int = 4
+    worker_concurrency: int = 6
     token: str = field(default_factory=lambda: "bench-" + uuid.uuid4().hex[:16])
 
     def __post_init__(self) -> None:

@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-db", type=int, default=15, help="Redis db of the cache target (default 15)")
     p.add_argument("--web-workers", type=int, default=2)
     p.add_argument("--web-threads", type=int, default=4)
-    p.add_argument("--worker-concurrency", type=int, default=4)
+    p.add_argument("--worker-concurrency", type=int, default=6)
     p.add_argument("--keep-data", action="store_true",
                    help="keep the benchmark's Redis dbs, emulator data and backfill file after the run "
                         "(default: emptied, the logs and PostgreSQL database sophia_bench stay)")

@@ -1,6 +1,7 @@
 """Backfill: put historical calls through the chain on the bulk lane, resumably and idempotently.
 
-Two sources, one loop (read items -> events -> ``send_validate(events, lane="bulk")`` in
+Two sources, one loop (read items -> events -> ``send_validate(events, lane="bulk")`` through the
+bulk window (``sophia_tasks.bulk_window``) in
 batches -> checkpoint):
 
 * a file: NDJSON (one item a line) or a JSON array (``.json``); an item is a bare
@@ -259,10 +260,18 @@ class BackfillSummary:
         return text + (f" ({self.error})" if self.error else "")
 
 
-def default_publish(events: list[dict[str, Any]]) -> None:
+def paced_publish(settings: Settings, targets: list[str] | None = None) -> Publish:
+    """Publish bulk batches through the bulk window (``sophia_tasks.bulk_window``): at most
+    ``SOPHIA_BULK_INFLIGHT`` in flight, so live events keep pool processes of their own."""
+    from sophia_tasks.bulk_window import window_for
     from sophia_tasks.tasks import send_validate
 
-    send_validate(events, lane="bulk")
+    window = window_for(settings)
+
+    def publish(events: list[dict[str, Any]]) -> None:
+        send_validate(events, lane="bulk", targets=targets, slot=window.acquire())
+
+    return publish
 
 
 class _Pacer:
@@ -421,7 +430,7 @@ def run_file_backfill(settings: Settings, path: str | Path, *, restart: bool = F
         cp = _begin(store, key, "file", str(resolved), {"format": fmt, "size": size}, restart)
         if cp.status == "done":
             return _already_done(cp)
-        run = _Run(store, cp, publish or default_publish, batch_size, progress, rate, strict)
+        run = _Run(store, cp, publish or paced_publish(settings), batch_size, progress, rate, strict)
         try:
             if fmt == "ndjson":
                 _run_ndjson(run, resolved, size)
@@ -526,7 +535,7 @@ def run_gong_backfill(settings: Settings, since: str | datetime, until: str | da
             store.save(cp)
         range_end = parse_time(cp.params["until"])
         assert range_end is not None
-        run = _Run(store, cp, publish or default_publish, batch_size, progress, rate, strict=False)
+        run = _Run(store, cp, publish or paced_publish(settings), batch_size, progress, rate, strict=False)
         fetched = cp.published + cp.skipped
         cursor, page_no = cp.cursor, cp.page
         if cp.page > 0 and not cp.cursor:

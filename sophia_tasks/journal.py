@@ -330,10 +330,9 @@ def rebuild(settings: "Settings", spec: "FlowSpec", target: str, since: datetime
     if target not in spec.materializations:
         raise KeyError(f"unknown target {target!r}; the flow spec has {', '.join(sorted(spec.materializations))}")
     if publish is None:
-        from sophia_tasks.tasks import send_validate
+        from sophia_tasks.backfill import paced_publish
 
-        def publish(events: list[dict[str, Any]]) -> None:
-            send_validate(events, lane="bulk", targets=[target])
+        publish = paced_publish(settings, targets=[target])
 
     summary = RebuildSummary(target=target, since=format_version(since) if since else None)
     summary.tables = prepare_target(settings, spec, target)

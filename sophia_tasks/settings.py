@@ -148,6 +148,9 @@ class Settings:
     coalesce_targets: tuple[str, ...] = ("snowflake",)
     coalesce_rows: int = 1000
     coalesce_seconds: float = 1.0
+    # Backfill and rebuild batches in flight at once (0 = publish without pacing): the rest of the
+    # pool stays free for live events (sophia_tasks.bulk_window).
+    bulk_inflight: int = 2
     # Gong API (backfill --gong): Basic auth with an access key and its secret.
     gong_api_url: str = "https://api.gong.io"
     gong_access_key: str | None = None
@@ -216,6 +219,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                           else Settings.coalesce_targets),
         coalesce_rows=_int(env, "SOPHIA_COALESCE_ROWS", Settings.coalesce_rows),
         coalesce_seconds=_float(env, "SOPHIA_COALESCE_SECONDS", Settings.coalesce_seconds),
+        bulk_inflight=_int(env, "SOPHIA_BULK_INFLIGHT", Settings.bulk_inflight),
         gong_api_url=(env.get("SOPHIA_GONG_API_URL") or Settings.gong_api_url).rstrip("/"),
         gong_access_key=env.get("SOPHIA_GONG_ACCESS_KEY") or None,
         gong_access_key_secret=env.get("SOPHIA_GONG_ACCESS_KEY_SECRET") or None,

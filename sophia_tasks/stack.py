@@ -132,7 +132,7 @@ class Stack:
                             "snowflake emulator")
         return proc
 
-    def start_worker(self, name: str = "worker", concurrency: int = 4, queues: str | None = None,
+    def start_worker(self, name: str = "worker", concurrency: int = 6, queues: str | None = None,
                      extra_args: list[str] | None = None, timeout: float = 60) -> Process:
         argv = [str(BIN / "celery"), "-A", "sophia_tasks", "worker", "--loglevel", "INFO",
                 "--concurrency", str(concurrency), "-n", f"{name}@%h", "-E", "--without-mingle",

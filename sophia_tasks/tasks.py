@@ -197,11 +197,15 @@ def _lane_kwargs(lane: str, targets: list[str] | None) -> dict[str, Any]:
     return kwargs
 
 
-def send_validate(events: list[dict[str, Any]], lane: str = "live", targets: list[str] | None = None) -> None:
+def send_validate(events: list[dict[str, Any]], lane: str = "live", targets: list[str] | None = None,
+                  slot: str | None = None) -> None:
     """Hand events to the chain. ``lane="bulk"`` (backfill, rebuild) uses the lower-priority queues;
-    ``targets`` limits materialization to those targets (a rebuild of one target)."""
+    ``targets`` limits materialization to those targets (a rebuild of one target); ``slot`` is the
+    bulk window slot the batch holds until it is validated (``sophia_tasks.bulk_window``)."""
     settings = context().settings
     kwargs = _lane_kwargs(lane, targets)
+    if slot:
+        kwargs["slot"] = slot
     validate.apply_async(args=[events], kwargs=kwargs, queue=stage_queue(settings, "validate", lane))
 
 
@@ -229,9 +233,30 @@ def ingest(events: list[dict[str, Any]]) -> None:
 
 
 @app.task(name="sophia.validate", base=StageTask)
-def validate(events: Any, lane: str = "live", targets: list[str] | None = None) -> None:
+def validate(events: Any, lane: str = "live", targets: list[str] | None = None, slot: str | None = None) -> None:
     """``events`` is the list itself, or the key of a batch cut from the ingest buffer."""
     ctx = context()
+    try:
+        _validate(ctx, events, lane, targets)
+    finally:
+        if slot:  # done, or failed (a rare retry is not paced): the publisher may send the next batch
+            bulk_window(ctx).release(slot)
+
+
+_windows: dict[int, Any] = {}
+
+
+def bulk_window(ctx: pipeline.Context) -> Any:
+    from sophia_tasks.bulk_window import BulkWindow
+
+    win = _windows.get(os.getpid())
+    if win is None:
+        _windows.clear()
+        win = _windows[os.getpid()] = BulkWindow(ctx.stats.client, ctx.settings.bulk_inflight)
+    return win
+
+
+def _validate(ctx: pipeline.Context, events: Any, lane: str, targets: list[str] | None) -> None:
     cut = events if is_events_ref(events) else None
     if cut is not None:
         with encoding_cache():  # the journal stores each event as the text it was loaded from
