@@ -301,9 +301,6 @@ def emulator(data_dir: str | None) -> None:
         _fail(f"the emulator on port {port} went away")
     os.makedirs(directory, exist_ok=True)
     click.echo(f"Snowflake emulator on 127.0.0.1:{port}, data in {directory}")
-    from sophia_tasks.stack import EMULATOR_NICE
-
-    os.nice(EMULATOR_NICE)  # a stand-in for remote compute: it never takes CPU the pipeline wants
     os.execv(str(BIN / "fakesnow"), [str(BIN / "fakesnow"), "-s", "-p", str(port), "-d", directory])
 
 

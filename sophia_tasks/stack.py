@@ -80,12 +80,6 @@ class Process:
         self.stop(timeout=5, sig=signal.SIGKILL)
 
 
-#: CPU priority of the local Snowflake emulator. It stands in for a warehouse whose compute is
-#: not on this machine: on 2 cores, at equal priority, it took ~1 ms of CPU per row from the web
-#: and the worker it shares them with (docs/benchmarks.md). Niced, it still gets every idle cycle.
-EMULATOR_NICE = 10
-
-
 @dataclass
 class Stack:
     env: dict[str, str]
@@ -126,8 +120,8 @@ class Stack:
             return None  # someone (the Procfile) already runs it
         data_dir = data_dir or Path(self.env.get("SOPHIA_SNOWFLAKE_DATA_DIR", str(self.workdir / "snowflake")))
         data_dir.mkdir(parents=True, exist_ok=True)
-        proc = self.spawn("snowflake", ["nice", "-n", str(EMULATOR_NICE), str(BIN / "fakesnow"), "-s", "-p",
-                                        str(self.snowflake_port), "-d", str(data_dir)])
+        proc = self.spawn("snowflake", [str(BIN / "fakesnow"), "-s", "-p", str(self.snowflake_port),
+                                        "-d", str(data_dir)])
         self._ready_or_stop("snowflake", proc, lambda: port_open("127.0.0.1", self.snowflake_port), timeout,
                             "snowflake emulator")
         return proc
