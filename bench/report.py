@@ -12,7 +12,7 @@ from typing import Any
 from sophia_tasks.stack import ROOT
 
 PACKAGES = ("celery", "kombu", "redis", "flask", "gunicorn", "psycopg2-binary", "snowflake-connector-python",
-            "fakesnow", "duckdb", "orjson", "marshmallow", "aiohttp", "psutil", "py-spy", "sophia-tasks")
+            "fakesnow", "duckdb", "orjson", "marshmallow", "psutil", "py-spy", "sophia-tasks")
 
 
 def _git_commit() -> str | None:

@@ -1,0 +1,74 @@
+"""The benchmark's HTTP client against a real local HTTP/1.1 server (keep-alive, closes, statuses)."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+
+import pytest
+
+from bench import loadgen
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen: list[tuple[str, bytes, int]] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.seen.append((self.headers.get("Authorization", ""), body, self.client_address[1]))
+        status = 409 if body == b"dup" else 202
+        answer = b'{"status":"ok"}'
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        if body == b"close":
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    Handler.seen = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/hook"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_posts_reuse_one_kept_alive_connection_and_read_each_status(server: str) -> None:
+    async def run() -> list[int]:
+        async with loadgen.Client(server, limit=1) as client:
+            return [await client.post(b, {"Authorization": "Bearer t"}) for b in (b"a", b"dup", b"b")]
+
+    assert asyncio.run(run()) == [202, 409, 202]
+    assert [(a, b) for a, b, _ in Handler.seen] == [("Bearer t", b"a"), ("Bearer t", b"dup"), ("Bearer t", b"b")]
+    assert len({conn for _, _, conn in Handler.seen}) == 1
+
+
+def test_a_connection_the_server_closes_is_replaced(server: str) -> None:
+    async def run() -> list[int]:
+        async with loadgen.Client(server, limit=1) as client:
+            return [await client.post(b, {}) for b in (b"close", b"after")]
+
+    assert asyncio.run(run()) == [202, 202]
+    assert len({conn for _, _, conn in Handler.seen}) == 2
+
+
+def test_closed_loop_counts_accepted_requests(server: str) -> None:
+    res = asyncio.run(loadgen.closed_loop(server, {}, lambda: (b"x", None), concurrency=4, duration=0.3))
+    assert res.accepted == res.sent > 10 and res.errors == 0
+    assert len(res.latencies_ms) == res.accepted
+
+
+def test_refused_connections_are_errors_not_crashes() -> None:
+    res = asyncio.run(loadgen.post_batches("http://127.0.0.1:9/hook", {}, [b"x", b"y"], concurrency=2))
+    assert res.errors == 2 and res.accepted == 0 and res.first_error
