@@ -21,9 +21,10 @@ SLOT_TTL = 600.0  # longer than any task's hard time limit
 
 
 class Bulkhead:
-    def __init__(self, client: redis_lib.Redis, limit: int) -> None:
+    def __init__(self, client: redis_lib.Redis, limit: int, slot_ttl: float = SLOT_TTL) -> None:
         self.client = client
         self.limit = limit
+        self.slot_ttl = slot_ttl
 
     def _key(self, node: str, target: str) -> str:
         return f"sophia:bulkhead:{node}:{target}"
@@ -54,10 +55,10 @@ class Bulkhead:
         now = time.time()
         try:
             pipe = self.client.pipeline(transaction=True)
-            pipe.zremrangebyscore(key, "-inf", now - SLOT_TTL)
+            pipe.zremrangebyscore(key, "-inf", now - self.slot_ttl)
             pipe.zadd(key, {token: now})
             pipe.zcard(key)
-            pipe.expire(key, int(SLOT_TTL))
+            pipe.expire(key, int(self.slot_ttl))
             count = int(pipe.execute()[2])
             if count > self.limit:
                 self.client.zrem(key, token)

@@ -236,11 +236,43 @@ def ingest(events: list[dict[str, Any]]) -> None:
 def validate(events: Any, lane: str = "live", targets: list[str] | None = None, slot: str | None = None) -> None:
     """``events`` is the list itself, or the key of a batch cut from the ingest buffer."""
     ctx = context()
+    node = validate.request.hostname or "local"
+    cpu_slot = None
+    if lane == "live":
+        cpu_slot = validate_slots(ctx).acquire(node, VALIDATE_SLOT, wait=VALIDATE_WAIT)
+        if cpu_slot is None:  # the node's cores stayed busy: back on the queue, without the wait
+            validate.apply_async(args=[events], kwargs=_lane_kwargs(lane, targets),
+                                 queue=stage_queue(ctx.settings, "validate", lane))
+            return
     try:
         _validate(ctx, events, lane, targets)
     finally:
+        if cpu_slot is not None:
+            validate_slots(ctx).release(node, VALIDATE_SLOT, cpu_slot)
         if slot:  # done, or failed (a rare retry is not paced): the publisher may send the next batch
             bulk_window(ctx).release(slot)
+
+
+#: The bulkhead name that caps live validate tasks per node (``SOPHIA_VALIDATE_CONCURRENCY``).
+VALIDATE_SLOT = "stage:validate"
+#: Seconds a live validate task waits for a slot before it goes back on the queue.
+VALIDATE_WAIT = 10.0
+#: A slot held by a process that died frees itself after this long (a batch validates in seconds).
+VALIDATE_SLOT_TTL = 60.0
+_validate_slots: dict[int, Bulkhead] = {}
+
+
+def validate_slots(ctx: pipeline.Context) -> Bulkhead:
+    """Why a cap: validate is CPU-bound, and the pool has more processes than cores (for Snowflake
+    waits and live headroom). Six validates at once on 2 cores added no throughput and starved
+    every other process: the Snowflake emulator drained at 0.69x its raw rate with 6, 0.90x with
+    3 pool processes (docs/benchmarks.md)."""
+    bh = _validate_slots.get(os.getpid())
+    if bh is None:
+        _validate_slots.clear()
+        bh = _validate_slots[os.getpid()] = Bulkhead(ctx.stats.client, ctx.settings.validate_concurrency,
+                                                    slot_ttl=VALIDATE_SLOT_TTL)
+    return bh
 
 
 _windows: dict[int, Any] = {}
