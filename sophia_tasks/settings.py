@@ -152,7 +152,7 @@ class Settings:
     # pool stays free for live events (sophia_tasks.bulk_window).
     bulk_inflight: int = 2
     # Live validate tasks running at once on one worker node (0 = no cap; default: its CPU count).
-    validate_concurrency: int = 0
+    validate_concurrency: int = os.cpu_count() or 2
     # Gong API (backfill --gong): Basic auth with an access key and its secret.
     gong_api_url: str = "https://api.gong.io"
     gong_access_key: str | None = None
@@ -222,7 +222,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         coalesce_rows=_int(env, "SOPHIA_COALESCE_ROWS", Settings.coalesce_rows),
         coalesce_seconds=_float(env, "SOPHIA_COALESCE_SECONDS", Settings.coalesce_seconds),
         bulk_inflight=_int(env, "SOPHIA_BULK_INFLIGHT", Settings.bulk_inflight),
-        validate_concurrency=_int(env, "SOPHIA_VALIDATE_CONCURRENCY", os.cpu_count() or 2),
+        validate_concurrency=_int(env, "SOPHIA_VALIDATE_CONCURRENCY", Settings.validate_concurrency),
         gong_api_url=(env.get("SOPHIA_GONG_API_URL") or Settings.gong_api_url).rstrip("/"),
         gong_access_key=env.get("SOPHIA_GONG_ACCESS_KEY") or None,
         gong_access_key_secret=env.get("SOPHIA_GONG_ACCESS_KEY_SECRET") or None,

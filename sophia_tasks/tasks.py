@@ -7,12 +7,13 @@ never a chord, so the next stage is on the broker before this message is acked.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
 import random
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from celery import Task
 from celery.signals import celeryd_after_setup, worker_init
@@ -29,9 +30,24 @@ from sophia_tasks.documents import encoding_cache, meta
 from sophia_tasks.materializers import TransientTargetError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _context: dict[int, pipeline.Context] = {}
-_bulkheads: dict[int, Bulkhead] = {}
+#: Objects this process keeps (bulkheads, the bulk window, target buffers), dropped after a fork.
+_kept: dict[Any, Any] = {}
+_kept_pid = 0
+
+
+def kept(key: Any, make: Callable[[], T]) -> T:
+    """The object ``make()`` built for ``key`` in this process (Celery's children are forked)."""
+    global _kept_pid
+    if _kept_pid != os.getpid():
+        _kept.clear()
+        _kept_pid = os.getpid()
+    value = _kept.get(key)
+    if value is None:
+        value = _kept[key] = make()
+    return value
 
 
 def context() -> pipeline.Context:
@@ -45,12 +61,7 @@ def context() -> pipeline.Context:
 
 
 def bulkhead(ctx: pipeline.Context) -> Bulkhead:
-    bh = _bulkheads.get(os.getpid())
-    if bh is None:
-        bh = Bulkhead(ctx.stats.client, ctx.settings.target_concurrency)
-        _bulkheads.clear()
-        _bulkheads[os.getpid()] = bh
-    return bh
+    return kept("bulkhead", lambda: Bulkhead(ctx.stats.client, ctx.settings.target_concurrency))
 
 
 @celeryd_after_setup.connect
@@ -110,42 +121,20 @@ class StageTask(Task):
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
         cut = args[0] if self.name == "sophia.validate" and args and is_events_ref(args[0]) else None
         if cut is not None:  # an ingest-buffer cut: dead-letter its events, then let it go
-            try:
-                events = context().events.load(cut)  # type: ignore[union-attr]
-            except Exception as load_exc:
-                log.critical("%s[%s] failed (%r) and its ingest batch %s could not be read (%r)", self.name,
-                             task_id, exc, cut.get("$events"), load_exc)
-                return
+            events = self._reload(task_id, exc, "ingest batch", cut["$events"],
+                                  lambda: context().events.load(cut))  # type: ignore[union-attr]
             if events is None:
-                log.error("%s[%s] failed (%r); its ingest batch %s is already gone", self.name, task_id, exc,
-                          cut.get("$events"))
                 return
             args = (events, *args[1:])
         batch = args[2] if self.name == "sophia.materialize" and len(args) >= 3 else None
         gathered = None
-        if is_events_ref(batch):  # a coalesced cut of a target buffer: dead-letter its documents
-            gathered = buffer_of(context(), str(args[0]), str(args[1]), kwargs.get("lane", "live"))
-            try:
-                docs = gathered.load(batch)
-            except Exception as load_exc:
-                log.critical("%s[%s] failed (%r) and its batch %s could not be read (%r)", self.name, task_id,
-                             exc, batch.get("$events"), load_exc)
-                return
+        if is_events_ref(batch) or is_ref(batch):  # a coalesced cut or a claim check: dead-letter its documents
+            if is_events_ref(batch):
+                gathered = buffer_of(context(), str(args[0]), str(args[1]), kwargs.get("lane", "live"))
+                docs = self._reload(task_id, exc, "batch", batch["$events"], lambda: gathered.load(batch))
+            else:
+                docs = self._reload(task_id, exc, "batch", batch["$batch"], lambda: documents_of(context(), batch))
             if docs is None:
-                log.error("%s[%s] failed (%r); its batch %s is already gone", self.name, task_id, exc,
-                          batch.get("$events"))
-                return
-            args = (args[0], args[1], docs, *args[3:])
-        elif is_ref(batch):  # a claim check: dead-letter the documents it stands for, then let it go
-            try:
-                docs = documents_of(context(), batch)
-            except Exception as load_exc:
-                log.critical("%s[%s] failed (%r) and its batch %s could not be read (%r)", self.name, task_id,
-                             exc, batch.get("$batch"), load_exc)
-                return
-            if docs is None:
-                log.error("%s[%s] failed (%r); its batch %s is already gone", self.name, task_id, exc,
-                          batch.get("$batch"))
                 return
             args = (args[0], args[1], docs, *args[3:])
         letters = letters_for_failed_task(self.name, args, kwargs, exc)
@@ -168,6 +157,18 @@ class StageTask(Task):
             ctx.events.release(cut)
         if gathered is not None:
             gathered.release(batch)
+
+    def _reload(self, task_id: str, exc: BaseException, what: str, key: Any, load: Callable[[], Any]) -> Any:
+        """What a failed task's batch stood for, to dead-letter it; None (logged) when it cannot be had."""
+        try:
+            value = load()
+        except Exception as load_exc:
+            log.critical("%s[%s] failed (%r) and its %s %s could not be read (%r)", self.name, task_id, exc, what,
+                         key, load_exc)
+            return None
+        if value is None:
+            log.error("%s[%s] failed (%r); its %s %s is already gone", self.name, task_id, exc, what, key)
+        return value
 
 
 def letters_for_failed_task(name: str, args: tuple, kwargs: dict, exc: BaseException) -> list[Letter]:
@@ -241,8 +242,7 @@ def validate(events: Any, lane: str = "live", targets: list[str] | None = None, 
     if lane == "live":
         cpu_slot = validate_slots(ctx).acquire(node, VALIDATE_SLOT, wait=VALIDATE_WAIT)
         if cpu_slot is None:  # the node's cores stayed busy: back on the queue, without the wait
-            validate.apply_async(args=[events], kwargs=_lane_kwargs(lane, targets),
-                                 queue=stage_queue(ctx.settings, "validate", lane))
+            send_validate(events, lane, targets)
             return
     try:
         _validate(ctx, events, lane, targets)
@@ -259,7 +259,6 @@ VALIDATE_SLOT = "stage:validate"
 VALIDATE_WAIT = 10.0
 #: A slot held by a process that died frees itself after this long (a batch validates in seconds).
 VALIDATE_SLOT_TTL = 60.0
-_validate_slots: dict[int, Bulkhead] = {}
 
 
 def validate_slots(ctx: pipeline.Context) -> Bulkhead:
@@ -267,25 +266,14 @@ def validate_slots(ctx: pipeline.Context) -> Bulkhead:
     waits and live headroom). Six validates at once on 2 cores added no throughput and starved
     every other process: the Snowflake emulator drained at 0.69x its raw rate with 6, 0.90x with
     3 pool processes (docs/benchmarks.md)."""
-    bh = _validate_slots.get(os.getpid())
-    if bh is None:
-        _validate_slots.clear()
-        bh = _validate_slots[os.getpid()] = Bulkhead(ctx.stats.client, ctx.settings.validate_concurrency,
-                                                    slot_ttl=VALIDATE_SLOT_TTL)
-    return bh
-
-
-_windows: dict[int, Any] = {}
+    return kept("validate_slots", lambda: Bulkhead(ctx.stats.client, ctx.settings.validate_concurrency,
+                                                   slot_ttl=VALIDATE_SLOT_TTL))
 
 
 def bulk_window(ctx: pipeline.Context) -> Any:
     from sophia_tasks.bulk_window import BulkWindow
 
-    win = _windows.get(os.getpid())
-    if win is None:
-        _windows.clear()
-        win = _windows[os.getpid()] = BulkWindow(ctx.stats.client, ctx.settings.bulk_inflight)
-    return win
+    return kept("bulk_window", lambda: BulkWindow(ctx.stats.client, ctx.settings.bulk_inflight))
 
 
 def _validate(ctx: pipeline.Context, events: Any, lane: str, targets: list[str] | None) -> None:
@@ -382,14 +370,14 @@ def fan_out(ctx: pipeline.Context, derived: dict[str, list[dict[str, Any]]], lan
             continue
         inline = [t for t in names if inline_now(ctx, t)]
         queued = [t for t in names if t not in inline]
-        gathered = [t for t in queued if coalesces(ctx.settings, t)]
-        for target in gathered:
+        gathered = []
+        for target in (t for t in queued if coalesces(ctx.settings, t)):
             try:
                 buffer_of(ctx, target, name, lane).append(docs)
+                gathered.append(target)
             except Exception as exc:  # the broker's Redis refused: queue this batch on its own instead
                 log.warning("%s: could not add %d document(s) to its buffer, queueing them: %s", target,
                             len(docs), exc)
-                gathered = [t for t in gathered if t != target]
         queued = [t for t in queued if t not in gathered]
         if queued:  # first, so a slow target's write starts in another process while this one writes
             batch = claim(ctx, docs, queued, f"{batch_id}:{name}" if batch_id else None)
@@ -453,23 +441,18 @@ def claim(ctx: pipeline.Context, documents: list[dict[str, Any]], targets: list[
         return documents
 
 
-#: Per process: (target, collection, lane) -> the target buffer that coalesces its batches.
-_buffers: dict[tuple[int, str, str, str], IngestBuffer] = {}
-
-
 def buffer_of(ctx: pipeline.Context, target: str, collection: str, lane: str) -> IngestBuffer:
     """The target buffer of ``target`` for ``collection``, on the broker's Redis (the claim store's client)."""
-    key = (os.getpid(), target, collection, lane)
-    buf = _buffers.get(key)
-    if buf is None:
+    def make() -> IngestBuffer:
         if ctx.claims is None:
             from sophia_tasks.claims import store_for
 
             ctx.claims = store_for(ctx.settings)
             if ctx.claims is None:
                 raise RuntimeError(f"{target}: a coalesced batch needs a Redis broker")
-        buf = _buffers[key] = target_buffer(ctx.settings, ctx.claims.client, target, collection, lane)
-    return buf
+        return target_buffer(ctx.settings, ctx.claims.client, target, collection, lane)
+
+    return kept(("buffer", target, collection, lane), make)
 
 
 def documents_of(ctx: pipeline.Context, batch: Any) -> list[dict[str, Any]] | None:
@@ -490,63 +473,44 @@ def materialize(self: Task, target: str, collection: str, documents: Any, attemp
                 lane: str = "live") -> None:
     """Write one batch to one target; retried alone, so other targets never wait for it.
 
-    ``documents`` is the list itself or a claim check (``sophia_tasks.claims``); a claim is
-    released only once this target's share is settled, so a crash before that redelivers a
-    message whose batch is still there.
+    ``documents`` is the list itself, a claim check (``sophia_tasks.claims``) or a coalesced cut of
+    a target buffer (``sophia_tasks.ingest_buffer``); either is released only once this target's
+    share is settled, so a crash before that redelivers a message whose batch is still there.
     """
     ctx = context()
     batch = documents
     gathered = buffer_of(ctx, target, collection, lane) if is_events_ref(batch) else None
+    # A coalesced cut's items are the documents' text: inside the cache the write reuses it.
+    with encoding_cache() if gathered is not None else contextlib.nullcontext():
+        loaded = gathered.load(batch) if gathered is not None else documents_of(ctx, batch)
+        if loaded is None:
+            key = batch.get("$events") if gathered is not None else batch.get("$batch")
+            expired = gathered.expired(batch) if gathered is not None else \
+                ctx.claims is not None and ctx.claims.expired(batch)
+            if expired:
+                log.error("%s: batch %s of %s (%s documents) expired after %d s before it was written; restore "
+                          "the target with `sophia-tasks rebuild --target %s`", target, key, collection,
+                          batch.get("n"), ctx.settings.batch_ttl_seconds, target)
+                pipeline.record_error(ctx, "materialize", target, "expired", int(batch.get("n") or 0))
+            else:  # deleted once settled: this message is a redelivery of settled work
+                log.info("%s: batch %s of %s already %s; redelivery acknowledged", target, key, collection,
+                         "written" if gathered is not None else "settled for every target")
+            return
+        node = self.request.hostname or "local"
+        # A coalesced cut steps aside at once when the target's slots are busy: waiting would hold a pool
+        # process that validate needs, and its step aside re-publishes a key, not the documents.
+        wait = 0.0 if gathered is not None else ctx.settings.bulkhead_wait_seconds
+        slot = bulkhead(ctx).acquire(node, target, wait=wait)
+        if slot is None:
+            # This target already has its share of the pool busy (likely slow): step aside.
+            send_materialize(target, collection, batch, attempt=attempt, lane=lane,
+                             countdown=0.2 + random.random() * 0.3)
+            return
+        write_and_settle(ctx, node, slot, target, collection, loaded, attempt, lane, self.request.id)
     if gathered is not None:
-        with encoding_cache():  # the cut's items are the documents' text: the write reuses it
-            _materialize_cut(self, ctx, gathered, target, collection, batch, attempt, lane)
-        return
-    loaded = documents_of(ctx, batch)
-    if loaded is None:
-        if ctx.claims is not None and ctx.claims.expired(batch):
-            log.error("%s: batch %s of %s (%s documents) expired after %d s before it was written; restore the "
-                      "target with `sophia-tasks rebuild --target %s`", target, batch.get("$batch"), collection,
-                      batch.get("n"), ctx.settings.batch_ttl_seconds, target)
-            pipeline.record_error(ctx, "materialize", target, "expired", int(batch.get("n") or 0))
-        else:  # deleted by the last target to settle it: this message is a redelivery of settled work
-            log.info("%s: batch %s of %s already settled for every target; redelivery acknowledged", target,
-                     batch.get("$batch"), collection)
-        return
-    node = self.request.hostname or "local"
-    slot = bulkhead(ctx).acquire(node, target, wait=ctx.settings.bulkhead_wait_seconds)
-    if slot is None:
-        # This target already has its share of the pool busy (likely slow): step aside.
-        send_materialize(target, collection, batch, attempt=attempt, lane=lane,
-                         countdown=0.2 + random.random() * 0.3)
-        return
-    write_and_settle(ctx, node, slot, target, collection, loaded, attempt, lane, self.request.id)
-    if is_ref(batch):
+        gathered.release(batch)
+    elif is_ref(batch):
         ctx.claims.release(batch, target)  # type: ignore[union-attr]
-
-
-def _materialize_cut(task: Task, ctx: pipeline.Context, gathered: IngestBuffer, target: str, collection: str,
-                     cut: dict[str, Any], attempt: int, lane: str) -> None:
-    """Write one cut of a coalesced target's buffer, then release it."""
-    loaded = gathered.load(cut)
-    if loaded is None:
-        if gathered.expired(cut):
-            log.error("%s: batch %s of %s (%s documents) expired after %d s before it was written; restore the "
-                      "target with `sophia-tasks rebuild --target %s`", target, cut.get("$events"), collection,
-                      cut.get("n"), ctx.settings.batch_ttl_seconds, target)
-            pipeline.record_error(ctx, "materialize", target, "expired", int(cut.get("n") or 0))
-        else:
-            log.info("%s: batch %s of %s already written; redelivery acknowledged", target, cut.get("$events"),
-                     collection)
-        return
-    node = task.request.hostname or "local"
-    # Steps aside at once when the target's slots are busy: waiting would hold a pool process that
-    # validate needs, and a step aside re-publishes a key, not the documents.
-    slot = bulkhead(ctx).acquire(node, target, wait=0.0)
-    if slot is None:
-        send_materialize(target, collection, cut, attempt=attempt, lane=lane, countdown=0.2 + random.random() * 0.3)
-        return
-    write_and_settle(ctx, node, slot, target, collection, loaded, attempt, lane, task.request.id)
-    gathered.release(cut)
 
 
 def write_and_settle(ctx: pipeline.Context, node: str | None, slot: str | None, target: str, collection: str,
