@@ -19,6 +19,11 @@ import orjson
 _VERSION_FMT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
+_UNIX_SECONDS = re.compile(r"\d{9,11}(\.\d+)?").fullmatch
+#: ``format_version``'s own text (years 1000-9999, which it pads like strftime).
+_CANONICAL = re.compile(r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z").fullmatch
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -47,7 +52,7 @@ def parse_time(value: Any) -> datetime | None:
         text = value.strip()
         if not text:
             return None
-        if re.fullmatch(r"\d{9,11}(\.\d+)?", text):
+        if _UNIX_SECONDS(text):
             return parse_time(float(text))
         if text.endswith(("Z", "z")):
             text = text[:-1] + "+00:00"
@@ -61,7 +66,21 @@ def parse_time(value: Any) -> datetime | None:
     return None
 
 
+def is_version(value: Any) -> bool:
+    """``value`` is already a version, ``format_version``'s text of a real moment (the common case:
+    every stage passes one on, and parsing and formatting it again gives the same text)."""
+    if type(value) is not str or not _CANONICAL(value):
+        return False
+    try:
+        datetime.fromisoformat(value[:-1])  # a real date and time, not just the shape of one
+    except ValueError:
+        return False
+    return True
+
+
 def normalize_version(value: Any, default: datetime | None = None) -> str:
+    if is_version(value):
+        return value
     moment = parse_time(value) or default or utcnow()
     return format_version(moment)
 

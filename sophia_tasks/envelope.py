@@ -32,6 +32,7 @@ Anything wrong raises :class:`EnvelopeError` (HTTP 400) and nothing else, for an
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import math
 import re
@@ -177,6 +178,17 @@ def _body_mode(content_type: str | None) -> str:
     """``"json"``, ``"ndjson"`` or ``"sniff"`` for a Content-Type header; 415 for the rest."""
     if content_type is None or not content_type.strip():
         return "sniff"
+    if len(content_type) <= 100:  # senders repeat a handful of values: parse each once
+        return _known_body_mode(content_type)
+    return _parse_body_mode(content_type)
+
+
+@functools.lru_cache(maxsize=64)
+def _known_body_mode(content_type: str) -> str:
+    return _parse_body_mode(content_type)  # a 415 is raised, never cached
+
+
+def _parse_body_mode(content_type: str) -> str:
     media, _, params = content_type.partition(";")
     media = media.strip().lower()
     charset = None

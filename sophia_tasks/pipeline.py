@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from sophia_tasks.deadletter import DeadLetterStore, Letter
-from sophia_tasks.documents import make_document, meta, normalize_version, parse_time, utcnow
+from sophia_tasks.documents import is_version, make_document, meta, normalize_version, parse_time, utcnow
 from sophia_tasks.flowspec import Derivation, FlowSpec, load_spec
 from sophia_tasks.materializers import TransientTargetError, WriteResult, get_materializer
 from sophia_tasks.settings import Settings
@@ -56,7 +56,8 @@ def make_event(collection: str, document: Any, event_id: str, received_at: str, 
         "event_id": event_id,
         "collection": collection,
         "received_at": received_at,
-        "published_at": normalize_version(published_at, parse_time(received_at)),
+        "published_at": published_at if is_version(published_at) else normalize_version(published_at,
+                                                                                       parse_time(received_at)),
         "source": source,
         "is_test": bool(is_test),
         "document": document,

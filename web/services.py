@@ -1,12 +1,14 @@
 """Clients the web app shares across requests, built once per process from the settings."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
 from typing import Any
 
+import orjson
 import redis as redis_lib
 from celery import Celery
 from flask import current_app
@@ -15,6 +17,7 @@ from sophia_tasks.celery_app import configure
 from sophia_tasks.flowspec import FlowSpec
 from sophia_tasks.ingest_buffer import APPEND_LUA, IngestBuffer, buffer_for
 from sophia_tasks.settings import Settings
+from sophia_tasks.stats import COUNTERS, THROUGHPUT_WINDOW, field
 from web.auth import AuthConfig
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,12 @@ if #fresh > 0 then
 end
 return out
 """
+
+
+@functools.lru_cache(maxsize=64)
+def _accepted_field(collection: str) -> str:
+    """The stats field that counts ``collection``'s accepted events (built once per collection)."""
+    return field("events_accepted", {"collection": collection})
 
 
 def same_server(url_a: str, url_b: str) -> tuple[int, int] | None:
@@ -223,10 +232,6 @@ class Services:
         return fresh
 
     def _claim_count_and_append(self, events: list[dict[str, Any]], collection: str) -> list[bool]:
-        import orjson
-
-        from sophia_tasks.stats import COUNTERS, THROUGHPUT_WINDOW, field
-
         assert self._one_trip is not None
         buffer = self.buffer
         now = int(time.time())
@@ -237,7 +242,7 @@ class Services:
             flags = script(
                 keys=[DEDUPE_PREFIX + e["event_id"] for e in events] + [buffer.buffer_key, buffer.since_key],
                 args=[self._one_trip[0], self._one_trip[1], self.settings.dedupe_window_seconds, COUNTERS,
-                      field("events_accepted", {"collection": collection}), f"sophia:stats:tp:capture:{now}",
+                      _accepted_field(collection), f"sophia:stats:tp:capture:{now}",
                       THROUGHPUT_WINDOW * 2, *[orjson.dumps(e) for e in events]])
         except redis_lib.RedisError as exc:
             log.error("broker unavailable: %s", exc)
@@ -254,16 +259,13 @@ class Services:
         counted the plain way after the publish. Answers the flags and the second
         the count went to (None: not counted), which ``uncount`` needs.
         """
-        from sophia_tasks.stats import COUNTERS, THROUGHPUT_WINDOW, field
-
         now = int(time.time())
         try:
             script = self._claim_script
             if script is None:
                 script = self._claim_script = self.redis.register_script(_CLAIM_AND_COUNT)
             flags = script(keys=[DEDUPE_PREFIX + e for e in event_ids],
-                           args=[self.settings.dedupe_window_seconds, COUNTERS,
-                                 field("events_accepted", {"collection": collection}),
+                           args=[self.settings.dedupe_window_seconds, COUNTERS, _accepted_field(collection),
                                  f"sophia:stats:tp:capture:{now}", THROUGHPUT_WINDOW * 2])
             return [bool(f) for f in flags], now
         except redis_lib.RedisError as exc:
@@ -274,11 +276,9 @@ class Services:
         """Take back what :meth:`claim_and_count` counted for events that did not reach the broker."""
         if not n:
             return
-        from sophia_tasks.stats import COUNTERS, field
-
         try:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.hincrbyfloat(COUNTERS, field("events_accepted", {"collection": collection}), -n)
+            pipe.hincrbyfloat(COUNTERS, _accepted_field(collection), -n)
             pipe.incrbyfloat(f"sophia:stats:tp:capture:{counted_at}", -n)
             pipe.execute()
         except redis_lib.RedisError as exc:

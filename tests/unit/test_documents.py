@@ -82,3 +82,26 @@ def test_a_fragment_of_the_encoded_document_gives_the_same_row_text() -> None:
     with encoding_cache():
         row = {"k": "1", "d": orjson.Fragment(encoded(doc)), "p": "v"}
         assert orjson.dumps(row) == orjson.dumps({"k": "1", "d": doc, "p": "v"})
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)))
+def test_a_version_passes_through_normalize_unchanged_and_equal_to_a_full_parse(moment: datetime) -> None:
+    """The fast path keeps a version's text; it must be what parsing and formatting it gives."""
+    from sophia_tasks.documents import is_version
+
+    text = format_version(moment)
+    assert is_version(text) == (moment.year >= 1000)  # strftime leaves earlier years unpadded
+    if moment.year >= 1000:
+        assert normalize_version(text) == text == format_version(parse_time(text))  # type: ignore[arg-type]
+
+
+def test_version_shaped_text_that_is_no_moment_is_not_kept() -> None:
+    from sophia_tasks.documents import is_version
+
+    default = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    for text in ("2026-13-01T00:00:00.000000Z", "2026-02-30T00:00:00.000000Z", "2026-01-01T24:00:00.000000Z",
+                 "2026-01-01T00:00:00.000000z", "2026-01-01T00:00:00.00000Z", "２026-01-01T00:00:00.000000Z"):
+        assert not is_version(text)
+        expected = format_version(parse_time(text) or default)
+        assert normalize_version(text, default) == expected
+    assert normalize_version("2026-02-30T00:00:00.000000Z", default) == format_version(default)

@@ -91,6 +91,18 @@ def test_bearer_scheme_and_header_name_are_case_insensitive() -> None:
     assert auth(config(), {"AUTHORIZATION": f"  Bearer   {TOKEN_A}  "}).method == "bearer"
 
 
+def test_werkzeug_headers_are_read_as_they_are_with_the_same_verdicts() -> None:
+    """The web passes Werkzeug's request headers, read without a copy: same answers as a dict."""
+    from werkzeug.datastructures import EnvironHeaders, Headers
+
+    environ = {"HTTP_AUTHORIZATION": f"Bearer {TOKEN_A}", "CONTENT_TYPE": "application/json"}
+    assert auth(config(), EnvironHeaders(environ)) == auth(config(), {"Authorization": f"Bearer {TOKEN_A}"})  # type: ignore[arg-type]
+    assert denied(config(), Headers({"AUTHORIZATION": "Bearer nope"}), 403).status == 403  # type: ignore[arg-type]
+    assert denied(config(), Headers({"Content-Type": "application/json"}), 401).status == 401  # type: ignore[arg-type]
+    signed = Headers({k.upper(): v for k, v in signed_headers(SECRET_A).items()})
+    assert auth(config(webhook_secrets=(SECRET_A,)), signed).method == "standard_webhooks"  # type: ignore[arg-type]
+
+
 def test_bearer_rotation_accepts_either_token() -> None:
     cfg = config(tokens=(TOKEN_A, TOKEN_B))
     a = auth(cfg, {"Authorization": f"Bearer {TOKEN_A}"})
