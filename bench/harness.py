@@ -80,6 +80,24 @@ def tree_procs(pid: int | None) -> list[Any]:
         return []
 
 
+def cpu_seconds(procs: list[Any]) -> float:
+    """User + system CPU seconds of ``procs`` (those still alive)."""
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except Exception:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def service_procs(names: tuple[str, ...]) -> list[Any]:
+    import psutil
+
+    return [p for p in psutil.process_iter(["name"]) if (p.info.get("name") or "") in names]
+
+
 def rss_mb(procs: list[Any]) -> list[float]:
     """RSS in MB of each of ``procs`` still alive."""
     import psutil
@@ -267,6 +285,17 @@ class Bench:
         wait_for(lambda: port_open("127.0.0.1", self.floor_port), 60, "floor app", proc.popen, proc.log_path)
         self.rss.watch("floor", proc.popen.pid)
         return proc
+
+    def server_cpu(self, name: str) -> Callable[[], float]:
+        """Reads the CPU seconds of the ``name`` tree (its gunicorn master and workers) plus the
+        Redis server's: what serving a request costs on the machine, whichever app it is."""
+        root = self.stack.processes[name].popen.pid
+        procs = tree_procs(root) + service_procs(("redis-server",))  # gunicorn keeps its workers
+
+        def read() -> float:
+            return cpu_seconds(procs)
+
+        return read
 
     def stop(self, name: str) -> None:
         self.rss.unwatch(name)

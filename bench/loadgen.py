@@ -47,6 +47,8 @@ class LoadResult:
     errors: int = 0
     latencies_ms: list[float] = field(default_factory=list)  # accepted (2xx) requests only
     client_cpu_s: float = 0.0
+    #: CPU seconds the servers used in the measured window (``closed_loop(server_cpu=...)``), else None.
+    server_cpu_s: float | None = None
     first_error: str | None = None
 
     @property
@@ -69,6 +71,9 @@ class LoadResult:
             "max_ms": _r(max(lat) if lat else None),
             "client_cpu_pct_of_one_core": round(100 * self.client_cpu_s / self.duration_s, 1)
             if self.duration_s else None,
+            **({"server_cpu_s": round(self.server_cpu_s, 3),
+                "server_cpu_ms_per_accepted": round(1000 * self.server_cpu_s / self.accepted, 4)
+                if self.accepted else None} if self.server_cpu_s is not None else {}),
         }
 
 
@@ -234,16 +239,21 @@ async def _post(sess: Client, url: str, body: bytes, headers: dict[str, str], t0
 
 
 async def closed_loop(url: str, headers: dict[str, str], body: BodyFn, concurrency: int, duration: float,
-                      warmup: float = 0.0) -> LoadResult:
+                      warmup: float = 0.0, server_cpu: Callable[[], float] | None = None) -> LoadResult:
+    """``server_cpu``: reads the CPU seconds used so far by the processes that serve ``url``; read
+    at the start and the end of the measured window (after the warm-up) into ``server_cpu_s``."""
     res = LoadResult()
     async with session(url, concurrency) as sess:
         if warmup > 0:
             await closed_loop_in(sess, url, headers, body, concurrency, warmup, LoadResult())
         cpu0 = _cpu()
+        server0 = server_cpu() if server_cpu is not None else None
         t0 = time.monotonic()
         await closed_loop_in(sess, url, headers, body, concurrency, duration, res)
         res.duration_s = time.monotonic() - t0
         res.client_cpu_s = _cpu() - cpu0
+        if server_cpu is not None and server0 is not None:
+            res.server_cpu_s = server_cpu() - server0
     return res
 
 

@@ -119,6 +119,13 @@ def target_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
             f"{_fmt(step['ours']['accepted_per_s'])}/s p50 {_fmt(step['ours']['p50_ms'], ' ms', 1)} "
             f"p99 {_fmt(step['ours']['p99_ms'], ' ms', 1)} | floor {_fmt(step['floor']['accepted_per_s'])}/s "
             f"p99 {_fmt(step['floor']['p99_ms'], ' ms', 1)} | {_fmt(step['ratio_to_floor'], 'x', 2)}", "", None)
+    if ing.get("median_cpu_ratio") is not None:
+        per = [(st["floor"].get("server_cpu_ms_per_accepted"), st["ours"].get("server_cpu_ms_per_accepted"))
+               for st in ing.get("steps") or []]
+        row("ingest: server CPU per request, floor / ours (median of steps)",
+            f"{_fmt(ing['median_cpu_ratio'], 'x', 2)}",
+            "", None, "ms per request, floor vs ours, by step: " + ", ".join(
+                f"{_fmt(f, '', 3)} vs {_fmt(o, '', 3)}" for f, o in per) + "; web or floor tree + redis-server")
 
     dr = s.get("drain") or {}
     nv = s.get("naive") or {}

@@ -69,6 +69,23 @@ def test_closed_loop_counts_accepted_requests(server: str) -> None:
     assert len(res.latencies_ms) == res.accepted
 
 
+def test_server_cpu_is_read_around_the_measured_window_only(server: str) -> None:
+    """The warm-up's CPU is not counted: the reader is called at the window's start and end."""
+    reads: list[float] = []
+
+    def reader() -> float:
+        reads.append(10.0 + 2.5 * len(reads))
+        return reads[-1]
+
+    res = asyncio.run(loadgen.closed_loop(server, {}, lambda: (b"x", None), concurrency=2, duration=0.2,
+                                          warmup=0.1, server_cpu=reader))
+    assert reads == [10.0, 12.5] and res.server_cpu_s == 2.5
+    summary = res.summary()
+    assert summary["server_cpu_s"] == 2.5
+    assert summary["server_cpu_ms_per_accepted"] == round(2500 / res.accepted, 4)
+    assert "server_cpu_s" not in asyncio.run(loadgen.closed_loop(server, {}, lambda: (b"x", None), 1, 0.05)).summary()
+
+
 def test_refused_connections_are_errors_not_crashes() -> None:
     res = asyncio.run(loadgen.post_batches("http://127.0.0.1:9/hook", {}, [b"x", b"y"], concurrency=2))
     assert res.errors == 2 and res.accepted == 0 and res.first_error

@@ -1,0 +1,34 @@
+"""The benchmark's ingest figures: the CPU-per-request ratio beside the rate ratio."""
+from __future__ import annotations
+
+from bench.report import target_rows
+from bench.scenarios import cpu_per_request_ratio
+
+
+def step(c: int, floor_ms: float | None, ours_ms: float | None) -> dict:
+    def side(rate: float, ms: float | None) -> dict:
+        out = {"accepted_per_s": rate, "p50_ms": 1.0, "p99_ms": 2.0}
+        if ms is not None:
+            out["server_cpu_ms_per_accepted"] = ms
+        return out
+
+    return {"concurrency": c, "floor": side(3000.0, floor_ms), "ours": side(2400.0, ours_ms),
+            "ratio_to_floor": 0.8, "cpu_ratio_to_floor": cpu_per_request_ratio(side(0, floor_ms), side(0, ours_ms))}
+
+
+def test_cpu_ratio_is_floor_cost_over_ours_and_none_without_readings() -> None:
+    assert cpu_per_request_ratio({"server_cpu_ms_per_accepted": 0.5}, {"server_cpu_ms_per_accepted": 0.625}) == 0.8
+    assert cpu_per_request_ratio({}, {"server_cpu_ms_per_accepted": 0.6}) is None
+    assert cpu_per_request_ratio({"server_cpu_ms_per_accepted": 0.5}, {"server_cpu_ms_per_accepted": 0}) is None
+
+
+def test_report_shows_the_cpu_ratio_row_only_when_measured() -> None:
+    steps = [step(8, 0.5, 0.625), step(32, 0.4, 0.5)]
+    rows = target_rows({"ingest": {"peak_ratio": 0.8, "peak_ours_per_s": 2400, "peak_floor_per_s": 3000,
+                                   "steps": steps, "median_cpu_ratio": 0.8}})
+    cpu = [r for r in rows if r["figure"].startswith("ingest: server CPU per request")]
+    assert len(cpu) == 1 and cpu[0]["value"] == "0.80x" and cpu[0]["status"] == "info"
+    assert "0.500 vs 0.625" in cpu[0]["note"] and "0.400 vs 0.500" in cpu[0]["note"]
+    rows = target_rows({"ingest": {"peak_ratio": 0.8, "peak_ours_per_s": 2400, "peak_floor_per_s": 3000,
+                                   "steps": [step(8, None, None)], "median_cpu_ratio": None}})
+    assert not [r for r in rows if r["figure"].startswith("ingest: server CPU per request")]
