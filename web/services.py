@@ -25,10 +25,14 @@ log = logging.getLogger(__name__)
 DEDUPE_PREFIX = "sophia:dedupe:"
 
 
-# Lua: ``claim_and_count(keys, window, counters, field, tp_key, tp_expiry)`` claims each dedupe key for the
-# window; answers 1 per first delivery (claimed now), 0 per duplicate, and counts the first deliveries.
+# Lua: ``claim(keys, window)`` claims each dedupe key for the window; answers 1 per first delivery
+# (claimed now), 0 per duplicate, and how many were first deliveries. ``count(...)`` counts them as
+# accepted. It runs last and through ``redis.pcall``: a counter that cannot be incremented (a value
+# someone overwrote) costs a statistic, never the event, which is claimed and appended by then.
+# Integer increments: HINCRBYFLOAT and INCRBYFLOAT format a long double, and were a sixth of the
+# script's time on the server. The values they left are integral, so HINCRBY and INCRBY accept them.
 _CLAIM_AND_COUNT_LUA = """
-local function claim_and_count(keys, window, counters, field, tp_key, tp_expiry)
+local function claim(keys, window)
   local out, n = {}, 0
   for i, key in ipairs(keys) do
     if redis.call('SET', key, '1', 'NX', 'EX', window) then
@@ -38,22 +42,26 @@ local function claim_and_count(keys, window, counters, field, tp_key, tp_expiry)
       out[i] = 0
     end
   end
+  return out, n
+end
+local function count(counters, field, tp_key, tp_expiry, n)
   if n > 0 then
-    redis.call('HINCRBYFLOAT', counters, field, n)
-    redis.call('INCRBYFLOAT', tp_key, n)
-    redis.call('EXPIRE', tp_key, tp_expiry)
+    redis.pcall('HINCRBY', counters, field, n)
+    redis.pcall('INCRBY', tp_key, n)
+    redis.pcall('EXPIRE', tp_key, tp_expiry)
   end
-  return out
 end
 """
 
 # KEYS: dedupe keys; ARGV: window, counters hash, counter field, throughput key, its expiry.
 _CLAIM_AND_COUNT = _CLAIM_AND_COUNT_LUA + """
-return claim_and_count(KEYS, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+local out, n = claim(KEYS, ARGV[1])
+count(ARGV[2], ARGV[3], ARGV[4], ARGV[5], n)
+return out
 """
 
-# When the broker's Redis and the cache's Redis are one server (two databases), the claim, the count
-# and the append to the ingest buffer are one round trip: this script selects each database itself.
+# When the broker's Redis and the cache's Redis are one server (two databases), the claim, the append
+# to the ingest buffer and the count are one round trip: this script selects each database itself.
 # KEYS: dedupe keys..., buffer, since. ARGV: cache db, broker db, window, counters hash, counter field,
 # throughput key, its expiry, then one encoded event per dedupe key. Answers 1/0 per event as above.
 _CLAIM_COUNT_AND_APPEND = _CLAIM_AND_COUNT_LUA + APPEND_LUA + """
@@ -61,14 +69,16 @@ local n = #KEYS - 2
 local keys = {}
 for i = 1, n do keys[i] = KEYS[i] end
 redis.call('SELECT', ARGV[1])
-local out = claim_and_count(keys, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
-local fresh = {}
-for i = 1, n do
-  if out[i] == 1 then fresh[#fresh + 1] = ARGV[7 + i] end
-end
-if #fresh > 0 then
+local out, fresh_n = claim(keys, ARGV[3])
+if fresh_n > 0 then
+  local fresh = {}
+  for i = 1, n do
+    if out[i] == 1 then fresh[#fresh + 1] = ARGV[7 + i] end
+  end
   redis.call('SELECT', ARGV[2])
   append(KEYS[n + 1], KEYS[n + 2], fresh)
+  redis.call('SELECT', ARGV[1])
+  count(ARGV[4], ARGV[5], ARGV[6], ARGV[7], fresh_n)
 end
 return out
 """

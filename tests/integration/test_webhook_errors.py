@@ -112,3 +112,34 @@ def test_rate_limit_per_credential_429_with_retry_after(harness: Harness) -> Non
     assert limited.get_json()["error"] == "rate limited"
     # Another credential has its own budget.
     assert post(token_b).status_code == 202
+
+
+def test_a_counter_that_cannot_count_costs_the_statistic_never_the_event(harness: Harness) -> None:
+    """The accept script counts last and tolerates a counter it cannot increment: the event is still
+    claimed, on the broker, answered 202 and materialized; a retry is still a duplicate."""
+    from sophia_tasks.stats import field
+
+    key = field("events_accepted", {"collection": "gong_calls"})
+    before = harness.cache.hget("sophia:stats:counters", key)
+    harness.cache.hset("sophia:stats:counters", key, "not a number")
+    try:
+        call = gong_call()
+        body = {"type": "call_completed", "id": f"uncountable-{call['metaData']['id']}", "data": call}
+        r = harness.post(body)
+        assert r.status_code == 202, r.text
+        assert harness.cache.hget("sophia:stats:counters", key) == b"not a number"
+        again = harness.post(body)
+        assert again.status_code == 200 and again.json()["status"] == "duplicate"
+        harness.wait(lambda: harness.redis_doc(call["metaData"]["id"]), what="the uncounted event in Redis")
+    finally:
+        if before is None:
+            harness.cache.hdel("sophia:stats:counters", key)
+        else:
+            harness.cache.hset("sophia:stats:counters", key, before)
+
+
+def test_accepted_events_are_counted_in_whole_numbers(harness: Harness) -> None:
+    before = harness.counter("events_accepted", collection="gong_calls")
+    assert harness.post({"type": "call_completed", "data": gong_call()}).status_code == 202
+    assert harness.post([{"type": "call_completed", "data": gong_call()} for _ in range(3)]).status_code == 202
+    assert harness.counter("events_accepted", collection="gong_calls") == before + 4
