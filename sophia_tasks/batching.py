@@ -27,8 +27,8 @@ from typing import Any
 from celery import bootsteps
 from kombu import Consumer, Queue
 
-from sophia_tasks.celery_app import LANES, materialize_queue, stage_queue
-from sophia_tasks.ingest_buffer import IngestBuffer, buffer_for, coalesces, target_buffer
+from sophia_tasks.celery_app import materialize_message, stage_queue
+from sophia_tasks.ingest_buffer import IngestBuffer, buffer_for, coalesced_buffers, target_buffer
 
 #: At most this many cuts are published per timer tick (the main process also fetches tasks).
 MAX_CUTS_PER_TICK = 20
@@ -91,11 +91,10 @@ class IngestBatcher(bootsteps.ConsumerStep):
         except Exception as exc:  # a later start (reconnect) tries again
             log.error("ingest buffer unavailable: %s", exc)
         if self.events_buffer is not None:
-            spec = self.app.conf.sophia_spec
+            client = self.events_buffer.client
             self.target_buffers = [
-                (m.name, b.source, lane, target_buffer(self.settings, self.events_buffer.client, m.name, b.source, lane))
-                for m in spec.materializations.values() if coalesces(self.settings, m.name)
-                for b in m.bindings for lane in LANES]
+                (target, collection, lane, target_buffer(self.settings, client, target, collection, lane))
+                for target, collection, lane in coalesced_buffers(self.settings, self.app.conf.sophia_spec)]
         if self.events_buffer is not None and self.cut_timer is None:
             self.cut_timer = c.timer.call_repeatedly(interval, self.cut_due)
 
@@ -164,11 +163,8 @@ class IngestBatcher(bootsteps.ConsumerStep):
 
     def _publish_target_cut(self, buf: IngestBuffer, ref: dict[str, Any], target: str, collection: str,
                             lane: str) -> None:
-        kwargs: dict[str, Any] = {"attempt": 1}
-        if lane != "live":
-            kwargs["lane"] = lane
-        self.app.send_task("sophia.materialize", args=[target, collection, ref], kwargs=kwargs,
-                           queue=materialize_queue(self.settings, target, lane))
+        args, kwargs, queue = materialize_message(self.settings, target, collection, ref, lane=lane)
+        self.app.send_task("sophia.materialize", args=args, kwargs=kwargs, queue=queue)
         buf.published(ref)
 
     def _publish_cut(self, buf: IngestBuffer, ref: dict[str, Any], validate_queue: str) -> None:

@@ -80,6 +80,7 @@ class BulkWindow:
             pass  # the slot expires on its own
 
 
-def window_for(settings: Any) -> BulkWindow:
-    client = redis_lib.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+def window_for(settings: Any, client: redis_lib.Redis | None = None) -> BulkWindow:
+    """The window in ``SOPHIA_REDIS_URL``'s database; ``client`` if the caller has one for it."""
+    client = client or redis_lib.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
     return BulkWindow(client, settings.bulk_inflight)

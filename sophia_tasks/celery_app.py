@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Celery
 from kombu import Queue
@@ -22,6 +23,16 @@ def materialize_queue(settings: Settings, target: str, lane: str = "live") -> st
     if lane == "bulk":
         return settings.queue(f"sophia.backfill.materialize.{target}")
     return settings.queue(f"sophia.materialize.{target}")
+
+
+def materialize_message(settings: Settings, target: str, collection: str, documents: Any, attempt: int = 1,
+                        lane: str = "live") -> tuple[list[Any], dict[str, Any], str]:
+    """The args, kwargs and queue of a ``sophia.materialize`` message. Only non-default routing
+    travels in it. The tasks send it, and so does the batcher in the worker's main process."""
+    kwargs: dict[str, Any] = {"attempt": attempt}
+    if lane != "live":
+        kwargs["lane"] = lane
+    return [target, collection, documents], kwargs, materialize_queue(settings, target, lane)
 
 
 def stage_queue(settings: Settings, stage: str, lane: str = "live") -> str:

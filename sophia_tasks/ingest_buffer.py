@@ -201,12 +201,26 @@ def coalesces(settings: Any, target: str) -> bool:
     return target in settings.coalesce_targets and enabled_for(settings)
 
 
+def coalesced_buffers(settings: Any, spec: Any) -> list[tuple[str, str, str]]:
+    """(target, collection, lane) of every target buffer the flow spec implies: one per coalesced
+    target, binding and lane."""
+    from sophia_tasks.celery_app import LANES
+
+    return [(m.name, b.source, lane) for m in spec.materializations.values() if coalesces(settings, m.name)
+            for b in m.bindings for lane in LANES]
+
+
+def target_buffer_name(settings: Any, target: str, collection: str, lane: str = "live") -> str:
+    """The name a target buffer's keys derive from: its materialize queue and the collection."""
+    from sophia_tasks.celery_app import materialize_queue
+
+    return f"{materialize_queue(settings, target, lane)}:{collection}"
+
+
 def target_buffer(settings: Any, client: redis_lib.Redis, target: str, collection: str,
                   lane: str = "live") -> IngestBuffer:
     """The buffer that gathers ``collection``'s documents for ``target`` in one lane."""
-    from sophia_tasks.celery_app import materialize_queue
-
-    return IngestBuffer(client, f"{materialize_queue(settings, target, lane)}:{collection}", settings.batch_ttl_seconds)
+    return IngestBuffer(client, target_buffer_name(settings, target, collection, lane), settings.batch_ttl_seconds)
 
 
 def buffer_for(settings: Any, client: redis_lib.Redis | None = None) -> IngestBuffer | None:

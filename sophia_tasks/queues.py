@@ -16,7 +16,7 @@ import redis as redis_lib
 
 from sophia_tasks.celery_app import INGEST_QUEUE, LANES, STAGE_QUEUES, materialize_queue
 from sophia_tasks.flowspec import FlowSpec
-from sophia_tasks.ingest_buffer import BUFFER_PREFIX, coalesces
+from sophia_tasks.ingest_buffer import BUFFER_PREFIX, coalesced_buffers, target_buffer_name
 from sophia_tasks.settings import Settings
 
 # kombu's Redis transport keeps priorities 3, 6 and 9 in sibling lists named with this separator.
@@ -132,11 +132,9 @@ def broker_snapshot(settings: Settings, spec: FlowSpec) -> BrokerSnapshot:
 def _buffers(settings: Settings, spec: FlowSpec) -> dict[str, tuple[str, ...]]:
     """Queue -> the buffer lists whose items also wait for it (``sophia_tasks.ingest_buffer``)."""
     out: dict[str, tuple[str, ...]] = {settings.queue(INGEST_QUEUE): (BUFFER_PREFIX + settings.queue(INGEST_QUEUE),)}
-    for lane in LANES:
-        for m in spec.materializations.values():
-            if coalesces(settings, m.name):
-                q = materialize_queue(settings, m.name, lane)
-                out[q] = tuple(f"{BUFFER_PREFIX}{q}:{b.source}" for b in m.bindings)
+    for target, collection, lane in coalesced_buffers(settings, spec):
+        q = materialize_queue(settings, target, lane)
+        out[q] = (*out.get(q, ()), BUFFER_PREFIX + target_buffer_name(settings, target, collection, lane))
     return out
 
 

@@ -24,7 +24,7 @@ from sophia_tasks.bulkhead import Bulkhead, clear_node
 from sophia_tasks.claims import is_ref
 from sophia_tasks.ingest_buffer import IngestBuffer, coalesces, target_buffer
 from sophia_tasks.ingest_buffer import is_ref as is_events_ref
-from sophia_tasks.celery_app import app, materialize_queue, stage_queue
+from sophia_tasks.celery_app import app, materialize_message, stage_queue
 from sophia_tasks.deadletter import Letter
 from sophia_tasks.documents import encoding_cache, meta
 from sophia_tasks.materializers import TransientTargetError
@@ -219,12 +219,8 @@ def send_derive(collection: str, documents: list[dict[str, Any]], lane: str = "l
 
 def send_materialize(target: str, collection: str, documents: Any, attempt: int = 1,
                      countdown: float | None = None, lane: str = "live") -> None:
-    settings = context().settings
-    kwargs: dict[str, Any] = {"attempt": attempt}
-    if lane != "live":
-        kwargs["lane"] = lane
-    materialize.apply_async(args=[target, collection, documents], kwargs=kwargs,
-                            queue=materialize_queue(settings, target, lane), countdown=countdown)
+    args, kwargs, queue = materialize_message(context().settings, target, collection, documents, attempt, lane)
+    materialize.apply_async(args=args, kwargs=kwargs, queue=queue, countdown=countdown)
 
 
 @app.task(name="sophia.ingest", base=StageTask)
@@ -271,9 +267,9 @@ def validate_slots(ctx: pipeline.Context) -> Bulkhead:
 
 
 def bulk_window(ctx: pipeline.Context) -> Any:
-    from sophia_tasks.bulk_window import BulkWindow
+    from sophia_tasks.bulk_window import window_for
 
-    return kept("bulk_window", lambda: BulkWindow(ctx.stats.client, ctx.settings.bulk_inflight))
+    return kept("bulk_window", lambda: window_for(ctx.settings, ctx.stats.client))
 
 
 def _validate(ctx: pipeline.Context, events: Any, lane: str, targets: list[str] | None) -> None:
