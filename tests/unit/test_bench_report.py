@@ -32,3 +32,30 @@ def test_report_shows_the_cpu_ratio_row_only_when_measured() -> None:
     rows = target_rows({"ingest": {"peak_ratio": 0.8, "peak_ours_per_s": 2400, "peak_floor_per_s": 3000,
                                    "steps": [step(8, None, None)], "median_cpu_ratio": None}})
     assert not [r for r in rows if r["figure"].startswith("ingest: server CPU per request")]
+
+
+def backfill(redis_p99: float | None, pg_p99: float | None, missing: int = 0) -> dict:
+    def lag(p99: float | None) -> dict:
+        return {"samples": 0 if p99 is None else 600, "missing": missing, "p50_s": None, "p95_s": None,
+                "p99_s": p99, "max_s": None}
+
+    return {"backfill": {"events": 100_000, "command": {"exit_code": 0},
+                         "targets": {t: {"events_per_s": 400.0} for t in ("redis", "postgres", "snowflake")},
+                         "live_webhook": {"p99_ms": 30.0, "accepted": 6000, "errors": 0},
+                         "live_lag_sampled": {"redis": lag(redis_p99), "postgres": lag(pg_p99)}}}
+
+
+def held(rows: list[dict]) -> dict[str, str]:
+    return {r["figure"]: r["status"] for r in rows if r["figure"].startswith("live lag p99")}
+
+
+def test_backfill_rows_hold_the_live_lag_to_the_latency_limits() -> None:
+    assert held(target_rows(backfill(0.4, 0.5))) == {"live lag p99 -> Redis during backfill": "PASS",
+                                                     "live lag p99 -> Postgres during backfill": "PASS"}
+    # Redis over 1 s fails; PostgreSQL's limit is 2 s.
+    assert held(target_rows(backfill(1.2, 1.9))) == {"live lag p99 -> Redis during backfill": "FAIL",
+                                                     "live lag p99 -> Postgres during backfill": "PASS"}
+    # A sampled event that never arrived is not held, whatever the p99 of the ones that did.
+    assert set(held(target_rows(backfill(0.4, 0.5, missing=3))).values()) == {"FAIL"}
+    # No samples at all: not measured.
+    assert set(held(target_rows(backfill(None, None))).values()) == {"n/a"}
