@@ -59,3 +59,16 @@ def test_backfill_rows_hold_the_live_lag_to_the_latency_limits() -> None:
     assert set(held(target_rows(backfill(0.4, 0.5, missing=3))).values()) == {"FAIL"}
     # No samples at all: not measured.
     assert set(held(target_rows(backfill(None, None))).values()) == {"n/a"}
+
+
+def test_counts_come_rarely_while_much_is_left_and_often_near_the_end() -> None:
+    from bench.scenarios import next_count_in
+
+    assert next_count_in(0, 100_000, 3.0) == 1.0  # nothing yet: no rate to go by
+    # 10,000 of 100,000 after 60 s: 540 s left at that rate; at most every 5 s.
+    assert next_count_in(10_000, 100_000, 60.0) == 5.0
+    # 19,000 of 20,000 after 38 s: 2 s left, so count again in 0.2 s... but not more often than 0.25 s.
+    assert next_count_in(19_000, 20_000, 38.0) == 0.25
+    # 18,000 of 20,000 after 36 s: 4 s left, a tenth of it.
+    assert abs(next_count_in(18_000, 20_000, 36.0) - 0.4) < 1e-9
+    assert next_count_in(20_000, 20_000, 40.0) == 0.25
