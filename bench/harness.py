@@ -374,6 +374,13 @@ class Bench:
             n += 1
         return n
 
+    def redis_present(self, call_ids: list[str], prefix: str = OUR_PREFIX, chunk: int = 10_000) -> int:
+        """How many of these calls' documents exist: one EXISTS per ``chunk`` keys, pipelined."""
+        pipe = self.cache.pipeline(transaction=False)
+        for i in range(0, len(call_ids), chunk):
+            pipe.exists(*[prefix + cid for cid in call_ids[i:i + chunk]])
+        return sum(int(n) for n in pipe.execute()) if call_ids else 0
+
     def pg(self) -> Any:
         if getattr(self, "_pg", None) is None or self._pg.closed:
             self._pg = psycopg2.connect(self.env["SOPHIA_POSTGRES_DSN"])
