@@ -467,3 +467,21 @@ def kill_tree_on_exit(bench: Bench) -> None:
         raise SystemExit(130)
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def calibrate(rounds: int = 3) -> float:
+    """Milliseconds of CPU a fixed pure-Python workload takes here, the best of ``rounds``.
+
+    Why: the benchmark machines are virtual and share their host. The same loop took 0.23 s and 0.70 s
+    within minutes on one of them, with the load average near zero, so a CPU figure means little
+    without the machine's speed beside it. Recorded before and after each scenario.
+    """
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.process_time()
+        acc, words = 0, {}
+        for i in range(300_000):
+            acc += i * i % 7
+            words[str(i % 1000)] = acc
+        best = min(best, time.process_time() - t0)
+    return round(1000 * best, 1)

@@ -251,6 +251,12 @@ def target_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
         if cpu:
             row(f"CPU seconds by process, {name}", ", ".join(f"{r} {v:g}" for r, v in
                                                              sorted(cpu.items(), key=lambda kv: -kv[1])), "", None)
+    speeds = {name: res["calibration_ms_before_after"] for name, res in s.items()
+              if isinstance(res, dict) and res.get("calibration_ms_before_after")}
+    if speeds:
+        row("machine speed: a fixed Python loop, ms before/after each scenario (lower is faster)",
+            ", ".join(f"{name} {a:g}/{b:g}" for name, (a, b) in speeds.items()), "", None,
+            "the CPU figures of runs compare only at similar speeds (bench.harness.calibrate)")
     return rows
 
 

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bench import scenarios as sc
     from bench.calls import Calls
-    from bench.harness import Bench, BenchLock, kill_tree_on_exit
+    from bench.harness import Bench, BenchLock, calibrate, kill_tree_on_exit
     from bench.report import machine_info, print_table, target_rows, write_json
 
     _lock = BenchLock()  # noqa: F841 - held until the process exits
@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             sc.log(f"=== {name} (load average {', '.join(f'{x:.2f}' for x in os.getloadavg())})")
             started = time.monotonic()
             load_before = os.getloadavg()[0]
+            speed_before = calibrate()
             try:
                 fn = getattr(sc, name)
                 if name in ("drain", "ingest"):
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
             res["wall_s"] = round(time.monotonic() - started, 1)
             res["loadavg_1m_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            res["calibration_ms_before_after"] = [speed_before, calibrate()]
             results["scenarios"][name] = res
             write_json(out, results)  # partial results survive a later failure
     finally:
@@ -176,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         results["warnings"] = [f"the machine was busy during the run (1-minute load average up to {max(loads):.1f} "
                                f"on {cores} cores): other processes competed for the CPU, so these figures "
                                "understate what the stack does on a quiet machine"]
+    speeds = [x for r in results["scenarios"].values() for x in r.get("calibration_ms_before_after", [])]
+    if speeds and max(speeds) > 1.3 * min(speeds):
+        results.setdefault("warnings", []).append(
+            f"the machine's speed changed during the run: the same fixed Python loop took {min(speeds):.0f} to "
+            f"{max(speeds):.0f} ms between scenarios (a shared host); compare CPU figures only between runs "
+            "of similar calibration")
     results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json(out, results)
     machine = results.get("machine", {})

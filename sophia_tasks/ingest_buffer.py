@@ -54,25 +54,35 @@ BUFFER_PREFIX = "sophia:ingest-buffer:"
 #: Seconds a cut may stay unpublished before a sweep publishes it (a cut-to-publish takes milliseconds).
 STALE_CUT_SECONDS = 30.0
 
-#: Lua: ``append(buffer, since, items)`` pushes encoded events and stamps the arrival of the first event
-#: into an empty buffer (Redis' clock, ms); answers the buffer's length. Shared by every script that
-#: appends (the web's one-round-trip accept includes it), so the buffer has one set of rules.
-APPEND_LUA = """
-local function append(buf, since, items)
-  local before = redis.call('LLEN', buf)
-  for i = 1, #items, 500 do
-    redis.call('RPUSH', buf, unpack(items, i, math.min(i + 499, #items)))
-  end
-  if before == 0 then
+#: Lua: ``stamp(since)`` records the arrival of the first event into an empty buffer (Redis' clock, ms).
+#: The stamp exists exactly while the buffer holds events: a cut that empties the buffer deletes it.
+STAMP_LUA = """
+local function stamp(since)
+  if redis.call('EXISTS', since) == 0 then
     local t = redis.call('TIME')
     redis.call('SET', since, t[1] * 1000 + math.floor(t[2] / 1000))
   end
-  return before + #items
 end
 """
 
-# KEYS: buffer, since. ARGV: encoded events. Answers the buffer's length.
-_APPEND = APPEND_LUA + "return append(KEYS[1], KEYS[2], ARGV)\n"
+#: Lua: ``append(buffer, since, items)`` pushes encoded events and stamps the buffer; answers its length.
+#: For scripts that append (the web's one-round-trip accept): the same rules as ``IngestBuffer.append``.
+APPEND_LUA = STAMP_LUA + """
+local function append(buf, since, items)
+  local len = 0
+  for i = 1, #items, 500 do
+    len = redis.call('RPUSH', buf, unpack(items, i, math.min(i + 499, #items)))
+  end
+  if #items > 0 then stamp(since) end
+  return len
+end
+"""
+
+# KEYS: since.
+_STAMP = STAMP_LUA + "stamp(KEYS[1])\n"
+
+#: Events per RPUSH of ``IngestBuffer.append``.
+PUSH_CHUNK = 1000
 
 # KEYS: buffer, since, seq, pending cuts, validate queue. ARGV: batch size, flush ms, max wait ms,
 # validate backlog, events key prefix, ttl seconds. Answers {events key, count, age ms} or nil.
@@ -92,12 +102,17 @@ if len < size then
   if age < tonumber(ARGV[3]) and redis.call('LLEN', KEYS[5]) > tonumber(ARGV[4]) then return nil end
 end
 local take = math.min(len, size)
-local items = redis.call('LRANGE', KEYS[1], 0, take - 1)
-redis.call('LTRIM', KEYS[1], take, -1)
 local n = redis.call('INCR', KEYS[3])
 local key = ARGV[5] .. n
-for i = 1, #items, 500 do
-  redis.call('RPUSH', key, unpack(items, i, math.min(i + 499, #items)))
+if take == len then
+  -- The whole buffer is the cut (the usual case under live load): a rename moves no event.
+  redis.call('RENAME', KEYS[1], key)
+else
+  local items = redis.call('LRANGE', KEYS[1], 0, take - 1)
+  redis.call('LTRIM', KEYS[1], take, -1)
+  for i = 1, #items, 500 do
+    redis.call('RPUSH', key, unpack(items, i, math.min(i + 499, #items)))
+  end
 end
 redis.call('EXPIRE', key, tonumber(ARGV[6]))
 redis.call('ZADD', KEYS[4], now / 1000, key)
@@ -126,13 +141,23 @@ class IngestBuffer:
         self.pending_key = base + ":cuts"
         self.events_prefix = f"sophia:events:{queue}:"
         self.ttl = int(ttl_seconds)
-        self._append = client.register_script(_APPEND)
         self._cut = client.register_script(_CUT)
 
     # -- web ---------------------------------------------------------------------------------
     def append(self, events: list[dict[str, Any]]) -> int:
-        """Put events in the buffer (one round trip); answers its length. Raises RedisError."""
-        return int(self._append(keys=[self.buffer_key, self.since_key], args=[encoded(e) for e in events]))
+        """Put events in the buffer (one round trip, one transaction); answers its length. Raises RedisError.
+
+        Plain RPUSH, then the stamp: the events never pass through Lua, which cost Redis three times
+        the CPU of the push itself (8.4 ms against 2.6 ms for 500 documents of 5 KB).
+        """
+        items = [encoded(e) for e in events]
+        if not items:
+            return self.length()
+        pipe = self.client.pipeline(transaction=True)
+        for i in range(0, len(items), PUSH_CHUNK):
+            pipe.rpush(self.buffer_key, *items[i:i + PUSH_CHUNK])
+        pipe.eval(_STAMP, 1, self.since_key)
+        return int(pipe.execute()[-2])
 
     # -- worker ------------------------------------------------------------------------------
     def cut(self, batch_size: int, flush_seconds: float, max_wait_seconds: float, validate_queue: str,

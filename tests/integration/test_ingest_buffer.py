@@ -9,7 +9,7 @@ import orjson
 import pytest
 import redis
 
-from sophia_tasks.ingest_buffer import IngestBuffer
+from sophia_tasks.ingest_buffer import REF_KEY, IngestBuffer
 from tests.integration.conftest import Harness, gong_call
 from tests.integration.test_pipeline import envelope, landed_everywhere
 
@@ -65,6 +65,40 @@ def test_a_full_batch_is_cut_at_once_and_no_bigger_than_the_batch_size(buf: Inge
     assert buf.length() == 200
     got = buf.load(first) + buf.load(second)
     assert [e["document"]["i"] for e in got] == list(range(1000))
+
+
+def test_the_stamp_is_the_first_arrival_into_an_empty_buffer_and_goes_with_it(buf: IngestBuffer,
+                                                                              broker: redis.Redis) -> None:
+    assert buf.append(events(2)) == 2
+    first = broker.get(buf.since_key)
+    assert first is not None and abs(int(first) / 1000 - time.time()) < 5  # Redis' clock, ms
+    broker.set(buf.since_key, 1_000)  # an old arrival: a later append must not move it
+    assert buf.append(events(3, start=2)) == 5
+    assert int(broker.get(buf.since_key)) == 1_000
+    ref = cut(buf, flush=60)  # due by age: the whole buffer is the cut
+    assert ref is not None and ref["n"] == 5
+    # A whole cut takes the list itself: no buffer and no stamp are left behind, and the cut expires.
+    assert not broker.exists(buf.buffer_key) and not broker.exists(buf.since_key)
+    assert 0 < broker.ttl(ref[REF_KEY]) <= 600
+    assert [e["event_id"] for e in buf.load(ref)] == [f"e{i}" for i in range(5)]
+    buf.append(events(1, start=5))  # a new first arrival
+    assert broker.exists(buf.since_key) and int(broker.get(buf.since_key)) > 1_000
+    assert buf.append([]) == 1  # nothing to add: the length, and nothing else changes
+
+
+def test_a_partial_cut_keeps_the_rest_and_its_stamp(buf: IngestBuffer, broker: redis.Redis) -> None:
+    buf.append(events(7))
+    since = broker.get(buf.since_key)
+    ref = cut(buf, size=4, flush=60)
+    assert ref is not None and ref["n"] == 4
+    assert [e["event_id"] for e in buf.load(ref)] == ["e0", "e1", "e2", "e3"]
+    assert buf.length() == 3 and broker.get(buf.since_key) == since
+    assert 0 < broker.ttl(ref[REF_KEY]) <= 600
+    # A stamp lost while events wait (evicted, deleted by hand) comes back with the next arrival:
+    # without it the cut would take their age as zero and they would wait for a full batch.
+    broker.delete(buf.since_key)
+    buf.append(events(1, start=7))
+    assert broker.exists(buf.since_key)
 
 
 def test_a_small_batch_waits_while_validate_is_backlogged_up_to_the_max_wait(buf: IngestBuffer,

@@ -72,3 +72,15 @@ def test_counts_come_rarely_while_much_is_left_and_often_near_the_end() -> None:
     # 18,000 of 20,000 after 36 s: 4 s left, a tenth of it.
     assert abs(next_count_in(18_000, 20_000, 36.0) - 0.4) < 1e-9
     assert next_count_in(20_000, 20_000, 40.0) == 0.25
+
+
+def test_the_machine_speed_row_lists_each_scenarios_calibration() -> None:
+    from bench.harness import calibrate
+
+    ms = calibrate(rounds=1)
+    assert ms > 0
+    rows = target_rows({"drain": {"calibration_ms_before_after": [120.5, 181.0]},
+                        "latency": {"calibration_ms_before_after": [119.0, 121.0]}})
+    speed = [r for r in rows if r["figure"].startswith("machine speed")]
+    assert len(speed) == 1 and speed[0]["value"] == "drain 120.5/181, latency 119/121"
+    assert not [r for r in target_rows({"drain": {}}) if r["figure"].startswith("machine speed")]
