@@ -12,7 +12,8 @@ import re
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Mapping
+from typing import Any, Iterable, Iterator
 
 import orjson
 
@@ -96,7 +97,7 @@ def make_document(body: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str,
 
 def meta(document: Mapping[str, Any]) -> Mapping[str, Any]:
     value = document.get("_meta")
-    return value if isinstance(value, Mapping) else {}
+    return value if type(value) is dict or isinstance(value, Mapping) else {}
 
 
 def version_of(document: Mapping[str, Any]) -> str:

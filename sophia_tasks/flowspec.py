@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import yaml
 
@@ -28,17 +29,26 @@ class FlowSpecError(ValueError):
         super().__init__(f"{path}: {len(problems)} problem(s) in the flow spec:\n{lines}")
 
 
+@lru_cache(maxsize=1024)
+def _pointer_parts(pointer: str) -> tuple[tuple[str, int | None], ...]:
+    """A pointer's unescaped parts, each with its array index (None: not one), parsed once per pointer."""
+    parts = (raw.replace("~1", "/").replace("~0", "~") for raw in pointer.lstrip("/").split("/"))
+    return tuple((part, int(part) if part.isascii() and part.isdigit() else None) for part in parts)
+
+
 def resolve_pointer(document: Any, pointer: str) -> Any:
-    """RFC 6901 pointer lookup that answers None for anything missing."""
+    """RFC 6901 pointer lookup that answers None for anything missing.
+
+    It runs for every key and projection of every document: the pointer is parsed once, and a
+    plain dict is recognised by its type before the (slower) Mapping check.
+    """
     if pointer in ("", "/"):
         return document
     node = document
-    for raw in pointer.lstrip("/").split("/"):
-        part = raw.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, Mapping):
+    for part, idx in _pointer_parts(pointer):
+        if type(node) is dict or isinstance(node, Mapping):
             node = node.get(part)
-        elif isinstance(node, list) and part.isdigit():
-            idx = int(part)
+        elif idx is not None and isinstance(node, list):
             node = node[idx] if idx < len(node) else None
         else:
             return None

@@ -23,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import orjson
 import psycopg2
@@ -133,7 +134,7 @@ def journal_rows(events: list[Any], lane: str, now: datetime | None = None) -> l
     now = now or utcnow()
     rows: dict[tuple[str, datetime], tuple[Any, ...]] = {}
     for event in events:
-        if not isinstance(event, Mapping):
+        if type(event) is not dict and not isinstance(event, Mapping):
             continue
         received = parse_time(event.get("received_at")) or now
         event_id = _event_id(event)

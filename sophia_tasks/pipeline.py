@@ -10,7 +10,8 @@ import random
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Callable
 
 from sophia_tasks.deadletter import DeadLetterStore, Letter
 from sophia_tasks.documents import is_version, make_document, meta, normalize_version, parse_time, utcnow

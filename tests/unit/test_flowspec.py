@@ -86,6 +86,18 @@ def test_resolve_pointer() -> None:
     assert resolve_pointer(doc, "/a/m~0n") == 2
     assert resolve_pointer(doc, "/a/missing/x") is None
     assert resolve_pointer(doc, "/a/b~1c/9") is None
+    # The same answers twice (the parsed pointer is cached), through any Mapping, and at a list root.
+    assert resolve_pointer(doc, "/a/b~1c/1/d") == "x"
+    from types import MappingProxyType
+
+    assert resolve_pointer(MappingProxyType({"a": MappingProxyType({"b": 3})}), "/a/b") == 3
+    assert resolve_pointer([{"k": 1}, {"k": 2}], "/1/k") == 2
+    # A part that is not an index into a list, a scalar on the way, a non-ASCII digit: missing.
+    assert resolve_pointer({"l": [5]}, "/l/x") is None
+    assert resolve_pointer({"a": "text"}, "/a/b") is None
+    assert resolve_pointer({"l": [5, 6, 7]}, "/l/\u00b2") is None
+    assert resolve_pointer({"\u00b2": 1}, "/\u00b2") == 1
+    assert resolve_pointer(doc, "") is doc and resolve_pointer(doc, "/") is doc
 
 
 def test_collections_and_derivations_both_give_keys() -> None:
