@@ -27,6 +27,7 @@ from sophia_tasks.ingest_buffer import is_ref as is_events_ref
 from sophia_tasks.celery_app import app, materialize_message, stage_queue
 from sophia_tasks.deadletter import Letter
 from sophia_tasks.documents import encoding_cache, meta
+from sophia_tasks.gcpause import cycle_collector_paused
 from sophia_tasks.materializers import TransientTargetError
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,12 @@ class StageTask(Task):
     retry_jitter = True
     acks_late = True
     reject_on_worker_lost = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Every stage works on a batch: the cycle collector waits until the batch is done
+        (``sophia_tasks.gcpause``: about a fifth of the validate path's CPU otherwise)."""
+        with cycle_collector_paused():
+            return super().__call__(*args, **kwargs)
 
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
         cut = args[0] if self.name == "sophia.validate" and args and is_events_ref(args[0]) else None
