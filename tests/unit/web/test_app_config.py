@@ -82,6 +82,20 @@ def test_gunicorn_binds_loopback_unless_bind_all(monkeypatch: pytest.MonkeyPatch
     assert conf["bind"] == f"{host}:9123"
 
 
+def test_gunicorn_freezes_the_preloaded_heap_before_each_fork() -> None:
+    import gc
+
+    conf = runpy.run_path(str(GUNICORN_CONF))
+    assert conf["preload_app"] is True
+    gc.unfreeze()
+    try:
+        junk = [{"n": i} for i in range(1000)]  # tracked objects the freeze must take along
+        conf["pre_fork"](None, None)
+        assert gc.get_freeze_count() >= len(junk)
+    finally:
+        gc.unfreeze()
+
+
 # --------------------------------------------------------------------------- constant-time compares
 
 
