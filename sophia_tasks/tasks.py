@@ -91,7 +91,8 @@ def _prepare_pool(**kwargs: Any) -> None:
     Why the collector: decoding a batch of 500 calls builds ~150,000 dicts and lists, which at
     the default threshold triggers hundreds of collections that rescan the heap (measured:
     orjson decodes our batches at 114 MB/s by default, 215 MB/s with this threshold; the
-    pipeline's documents are trees, reference counting frees them). ``gc.freeze()`` moves what
+    pipeline's documents are trees, reference counting frees them; the tasks themselves pause the
+    collector per batch, ``StageTask.__call__``, so this governs the rest). ``gc.freeze()`` moves what
     start-up built out of every future scan, and keeps those pages shared after the fork.
     Why the connector: otherwise every pool child pays ~2 s of imports on its first Snowflake
     batch, and again after each memory recycle.
