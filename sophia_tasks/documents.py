@@ -9,10 +9,10 @@ microseconds and a ``Z``, so comparing two versions as strings orders them in ti
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from collections.abc import Mapping
 from typing import Any, Iterable, Iterator
 
 import orjson

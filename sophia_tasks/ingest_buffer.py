@@ -104,8 +104,9 @@ end
 local take = math.min(len, size)
 local n = redis.call('INCR', KEYS[3])
 local key = ARGV[5] .. n
-if take == len then
-  -- The whole buffer is the cut (the usual case under live load): a rename moves no event.
+if take == len and redis.call('EXISTS', key) == 0 then
+  -- The whole buffer is the cut (the usual case under live load): a rename moves no event. Never
+  -- over a list that exists (a sequence reset by hand while old cuts live): that would drop it.
   redis.call('RENAME', KEYS[1], key)
 else
   local items = redis.call('LRANGE', KEYS[1], 0, take - 1)

@@ -86,6 +86,18 @@ def test_the_stamp_is_the_first_arrival_into_an_empty_buffer_and_goes_with_it(bu
     assert buf.append([]) == 1  # nothing to add: the length, and nothing else changes
 
 
+def test_a_whole_cut_never_replaces_a_list_of_the_same_name(buf: IngestBuffer, broker: redis.Redis) -> None:
+    buf.append(events(2))
+    ref = cut(buf, flush=0)
+    assert ref is not None
+    broker.delete(buf.seq_key)  # the sequence starts again while that cut still waits
+    buf.append(events(3, start=2))
+    again = cut(buf, flush=0)
+    assert again is not None and again[REF_KEY] == ref[REF_KEY] and again["n"] == 3
+    # Nothing lost: the older cut's events are still there, the newer ones after them.
+    assert [e["event_id"] for e in buf.load(ref)] == ["e0", "e1", "e2", "e3", "e4"]
+
+
 def test_a_partial_cut_keeps_the_rest_and_its_stamp(buf: IngestBuffer, broker: redis.Redis) -> None:
     buf.append(events(7))
     since = broker.get(buf.since_key)
