@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
 from sophia_tasks.deadletter import DeadLetterStore, Letter
