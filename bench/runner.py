@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 fn = getattr(sc, name)
                 if name in ("drain", "ingest"):
-                    stem = f"profile-{date}" if name == "drain" else f"profile-web-{date}"
+                    # One name per run: a second profile the same day must not overwrite the first.
+                    run = time.strftime("%Y-%m-%d-%H%M%S")
+                    stem = f"profile-{run}" if name == "drain" else f"profile-web-{run}"
                     res = fn(bench, calls, sizes, profile={"dir": RESULTS, "stem": stem,
                                                            "seconds": args.profile_seconds}
                              if args.profile else None)
