@@ -230,8 +230,8 @@ def wait_targets(bench: Bench, n: int, t0: float, timeout: float, targets: tuple
 
     Progress is read every 20 ms from the pipeline's own ``documents_written`` counters (one
     HMGET; they are incremented right after each write). A target is done when counting in the
-    target itself (Redis SCAN of the key prefix, SELECT count(*) in PostgreSQL, SELECT COUNT(*)
-    through the Snowflake connector) finds ``n``: at once when its counter reaches ``n``, and
+    target itself (``count_target``: in Redis EXISTS on ``call_ids`` when given, else a SCAN of the
+    key prefix; SELECT count(*) in PostgreSQL; SELECT COUNT(*) through the Snowflake connector) finds ``n``: at once when its counter reaches ``n``, and
     otherwise on the schedule of ``next_count_in`` (in case a counter is lost).
     """
     fields = written_fields()
