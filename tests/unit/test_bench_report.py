@@ -1,6 +1,10 @@
 """The benchmark's ingest figures: the CPU-per-request ratio beside the rate ratio."""
 from __future__ import annotations
 
+import os
+
+import pytest
+
 from bench.report import target_rows
 from bench.scenarios import cpu_per_request_ratio
 
@@ -84,3 +88,42 @@ def test_the_machine_speed_row_lists_each_scenarios_calibration() -> None:
     speed = [r for r in rows if r["figure"].startswith("machine speed")]
     assert len(speed) == 1 and speed[0]["value"] == "drain 120.5/181, latency 119/121"
     assert not [r for r in target_rows({"drain": {}}) if r["figure"].startswith("machine speed")]
+
+
+def test_rss_sampler_walks_the_process_table_at_most_every_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Samples between walks read the processes already found; a new root is walked at once."""
+    import subprocess
+    import sys
+
+    from bench import harness
+
+    walks: list[int] = []
+    real_tree_procs = harness.tree_procs
+
+    def counting_tree_procs(pid: int | None) -> list:
+        walks.append(pid or 0)
+        return real_tree_procs(pid)
+
+    monkeypatch.setattr(harness, "tree_procs", counting_tree_procs)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        sampler = harness.RssSampler()
+        sampler.REFRESH_S = 3600.0
+        sampler.watch("tree", child.pid)
+        for _ in range(5):
+            sampler.sample()
+        assert walks == [child.pid]
+        assert sampler.peaks["tree"].tree_mb > 0
+
+        sampler.watch("other", os.getpid())  # a new root: walked at the next sample
+        sampler.sample()
+        assert sorted(walks) == sorted([child.pid, child.pid, os.getpid()])
+
+        sampler.sample(walk=True)
+        assert len(walks) == 5
+        snap = sampler.snapshot()  # snapshot walks again, so it sees the trees as they are now
+        assert len(walks) == 7
+        assert "cpu_s" in snap["tree"]
+    finally:
+        child.kill()
+        child.wait()
