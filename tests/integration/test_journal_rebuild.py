@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 
+from sophia_tasks import journal as journal_module
 from sophia_tasks.db import connections
 from sophia_tasks.documents import format_version, utcnow
 from sophia_tasks.journal import journal_rows, purge_expired, write_rows
@@ -65,7 +66,55 @@ def test_every_accepted_event_is_journaled(harness: Harness) -> None:
         assert row["event"]["document"]["metaData"]["id"] == c["metaData"]["id"]
 
 
+def event_column_type(h: Harness) -> str | None:
+    conn = h.pg()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT data_type FROM information_schema.columns WHERE table_name = 'sophia_journal' "
+                        "AND column_name = 'event'")
+            row = cur.fetchone()
+            return row[0] if row else None
+    finally:
+        conn.close()
+
+
+def recreate_journal(h: Harness, schema: str | None) -> None:
+    """Drop the journal (and its partitions); create it with ``schema`` when given. Every process
+    heals its own caches: an insert into a partition that is gone is retried once after a forget."""
+    dsn = h.env["SOPHIA_POSTGRES_DSN"]
+    conn = h.pg()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS sophia_journal CASCADE")
+            if schema:
+                cur.execute(schema)
+        conn.commit()
+    finally:
+        conn.close()
+    journal_module._forget(dsn)
+
+
 def test_journal_keeps_one_row_per_event_takes_a_fix_and_purges_old_days(harness: Harness) -> None:
+    check_journal_rules(harness)
+    assert event_column_type(harness) == "json"
+
+
+def test_a_journal_created_as_jsonb_by_an_earlier_version_keeps_working(harness: Harness) -> None:
+    """Earlier versions created ``event jsonb``; the insert leaves its value untyped and the conflict
+    rule compares text, so the same rules hold on such a journal without converting it."""
+    recreate_journal(harness, journal_module._SCHEMA.replace("event        json NOT NULL",
+                                                             "event        jsonb NOT NULL"))
+    try:
+        assert event_column_type(harness) == "jsonb"
+        check_journal_rules(harness)
+        assert event_column_type(harness) == "jsonb"
+        events = [e for batch in journal_module.iter_batches(harness.env["SOPHIA_POSTGRES_DSN"]) for e in batch]
+        assert [e["document"]["metaData"]["duration"] for e in events if e["event_id"] == "evt-journal-fix"] == [60]
+    finally:
+        recreate_journal(harness, None)
+
+
+def check_journal_rules(harness: Harness) -> None:
     dsn = harness.env["SOPHIA_POSTGRES_DSN"]
     connections.discard(dsn)  # this process's cached connection may have been killed by an earlier test
     received = format_version(utcnow())
