@@ -63,6 +63,8 @@ class SnowflakeSettings:
     protocol: str
     login_timeout: int = 15
     network_timeout: int = 60
+    #: The connector's cloud platform probe at every login (telemetry only): off unless asked for.
+    platform_detection: bool = False
 
     @property
     def emulator(self) -> bool:
@@ -183,6 +185,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         protocol=env.get("SOPHIA_SNOWFLAKE_PROTOCOL", "http"),
         login_timeout=_int(env, "SOPHIA_SNOWFLAKE_LOGIN_TIMEOUT", 15),
         network_timeout=_int(env, "SOPHIA_SNOWFLAKE_NETWORK_TIMEOUT", 60),
+        platform_detection=_bool(env, "SOPHIA_SNOWFLAKE_PLATFORM_DETECTION"),
     )
     settings = Settings(
         broker_url=env.get("SOPHIA_BROKER_URL", Settings.broker_url),
