@@ -163,6 +163,16 @@ def _run_transform(derivation: Derivation, documents: list[dict[str, Any]]) -> l
     return out
 
 
+def warm_derivations(spec: FlowSpec) -> None:
+    """Run every derivation on no documents, so what it builds once (the enrichment's compiled
+    config: 63 ms) is built before the worker's pool forks and shared, not once per process."""
+    for derivation in spec.derivations.values():
+        try:
+            _run_transform(derivation, [])
+        except Exception as exc:  # its first real batch reports it, with the documents it concerns
+            log.warning("derivation %s could not be prepared: %r", derivation.name, exc)
+
+
 def derive_documents(spec: FlowSpec, collection: str, documents: list[dict[str, Any]]) -> DeriveResult:
     """Run every derivation of ``collection``; a document that breaks one is isolated, not the batch."""
     result = DeriveResult()

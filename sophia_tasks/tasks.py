@@ -95,8 +95,10 @@ def _prepare_pool(**kwargs: Any) -> None:
     collector per batch, ``StageTask.__call__``, so this governs the rest). ``gc.freeze()`` moves what
     start-up built out of every future scan, and keeps those pages shared after the fork.
     Why the connector: otherwise every pool child pays ~2 s of imports on its first Snowflake
-    batch, and again after each memory recycle.
+    batch, and again after each memory recycle. The derivations build their compiled configs here
+    for the same reason (``pipeline.warm_derivations``).
     """
+    pipeline.warm_derivations(app.conf.sophia_spec)
     if any(m.endpoint == "snowflake" for m in app.conf.sophia_spec.materializations.values()):
         try:
             import snowflake.connector  # noqa: F401

@@ -125,3 +125,39 @@ def test_failed_stage_tasks_become_letters_at_their_stage() -> None:
     (v,) = letters_for_failed_task("sophia.validate", ([ev],), {}, RuntimeError("z"))
     assert v.stage == "validate" and v.payload["event_id"] == "e1"
     assert letters_for_failed_task("sophia.purge_retention", (), {}, RuntimeError("z")) == []
+
+
+def test_warm_derivations_builds_the_enrichment_config_once_and_survives_a_broken_transform(
+        tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    import sys
+    import textwrap
+
+    from sophia_tasks.derivations import gong_enrichment
+    from sophia_tasks.pipeline import warm_derivations
+
+    data = __import__("yaml").safe_load(DEFAULT_FLOW.read_text())
+    import uuid
+
+    unique = {"pii_email_fields": ["emailAddress", f"mail_{uuid.uuid4().hex}"]}  # a config nothing built yet
+    data["derivations"]["gong_calls_enriched"]["config"] = unique
+    spec = parse_spec(data, "t.yaml")
+    before = gong_enrichment._resolve_canonical.cache_info()
+    warm_derivations(spec)
+    after = gong_enrichment._resolve_canonical.cache_info()
+    assert after.misses == before.misses + 1  # built here...
+    derive_documents(spec, "gong_calls", [{"_meta": {"published_at": "v", "event_id": "e"}, "metaData": {"id": "1"}}])
+    assert gong_enrichment._resolve_canonical.cache_info().misses == after.misses  # ...not by the first batch
+
+    mod = tmp_path / "broken_transform.py"
+    mod.write_text(textwrap.dedent("""
+        def derive(documents, config):
+            raise RuntimeError("cannot start")
+    """))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        data["derivations"]["gong_calls_enriched"]["transform"] = "broken_transform:derive"
+        with caplog.at_level("WARNING"):
+            warm_derivations(parse_spec(data, "t.yaml"))
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert "could not be prepared" in caplog.text and "cannot start" in caplog.text
