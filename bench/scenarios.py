@@ -241,6 +241,7 @@ def wait_targets(bench: Bench, n: int, t0: float, timeout: float, targets: tuple
     last_real = {t: t0 for t in targets}
     real_every = {t: 1.0 for t in targets}
     counter_hit: dict[str, float] = {}
+    counts: dict[str, int] = {t: 0 for t in targets}
     deadline = t0 + timeout
     last_print = time.monotonic()
     while len(done) < len(targets) and time.monotonic() < deadline:
@@ -254,6 +255,7 @@ def wait_targets(bench: Bench, n: int, t0: float, timeout: float, targets: tuple
                 continue
             if now - last_real[t] >= real_every[t] or t in counter_hit:
                 counted[t] = count_target(bench, t, call_ids=call_ids)
+                counts[t] += 1
                 last_real[t] = time.monotonic()
                 real_every[t] = next_count_in(counted[t], n, last_real[t] - t0)
                 if counted[t] >= n:
@@ -265,7 +267,8 @@ def wait_targets(bench: Bench, n: int, t0: float, timeout: float, targets: tuple
     for t in targets:
         if t not in done:
             counted[t] = count_target(bench, t, call_ids=call_ids)
-    return {"done_at": done, "counted": counted}
+    return {"done_at": done, "counted": counted, "counts": counts,
+            "counter_hit_at": {t: round(v - t0, 2) for t, v in counter_hit.items()}}
 
 
 def log_size(bench: Bench) -> int:
@@ -466,6 +469,8 @@ def drain(bench: Bench, calls: Calls, sizes: Sizes, profile: dict[str, Any] | No
         "ingest_messages_queued": queued,
         "worker_start_s": round(t_ready - t_spawn, 3),
         "targets": per_target,
+        "target_counts": waited["counts"],
+        "counter_hit_at_s": waited["counter_hit_at"],
         "dead_letters": bench.dead_letters(),
         "worker_tasks": task_stats(proc.log_path),
         "snowflake_raw": raw,
