@@ -463,7 +463,7 @@ def drain(bench: Bench, calls: Calls, sizes: Sizes, profile: dict[str, Any] | No
                   "sit on the broker as accepted events (in the ingest buffer on a Redis broker); then one worker starts "
                   f"(--concurrency {bench.worker_concurrency}); each target's time runs from the worker's "
                   "'ready.' log line to the moment the target holds all N documents (pipeline counters read every "
-                  "20 ms, confirmed by Redis SCAN / SELECT count(*) / Snowflake SELECT COUNT(*))",
+                  "20 ms, confirmed by Redis EXISTS on the run's keys / SELECT count(*) / Snowflake SELECT COUNT(*))",
         "events": n,
         "loading": loading,
         "ingest_messages_queued": queued,
