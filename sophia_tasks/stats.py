@@ -43,8 +43,9 @@ class Stats:
         self.record(items, {})
 
     def record(self, items: Iterable[tuple[str, Mapping[str, Any] | None, float]],
-               ticks: Mapping[str, float]) -> None:
-        """Counters and throughput buckets in one round trip (the webhook calls this per request)."""
+               ticks: Mapping[str, float], gauges: Mapping[str, float] | None = None) -> None:
+        """Counters, throughput buckets and gauges in one round trip (the webhook calls this per
+        request, every stage per batch: a live batch of a few events had paid ten round trips)."""
         try:
             pipe = self.client.pipeline(transaction=False)
             n = 0
@@ -53,6 +54,9 @@ class Stats:
                     pipe.hincrbyfloat(COUNTERS, field(name, labels), amount)
                     n += 1
             n += self._queue_ticks(pipe, ticks)
+            if gauges:
+                pipe.hset(GAUGES, mapping=dict(gauges))
+                n += 1
             if n:
                 pipe.execute()
         except redis_lib.RedisError as exc:

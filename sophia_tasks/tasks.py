@@ -321,8 +321,8 @@ def validate_events_batch(ctx: pipeline.Context, events: list[dict[str, Any]], l
         pipeline.record_error(ctx, "validate", None, "schema", len(result.letters))
     if result.tests:
         record_test_deliveries(ctx, result.tests)
-    ctx.stats.incr([("documents_validated", {"collection": c}, len(d)) for c, d in result.documents.items()])
-    ctx.stats.tick({"validate": len(events)})
+    ctx.stats.record([("documents_validated", {"collection": c}, len(d)) for c, d in result.documents.items()],
+                     {"validate": len(events)})
     # Derive in the same task: one broker hop fewer (an encode, two decodes and a pickle of the
     # whole batch). ``sophia.derive`` stays for dead letters replayed at the derive stage.
     for collection, documents in result.documents.items():
@@ -362,8 +362,8 @@ def derive_and_fan_out(ctx: pipeline.Context, collection: str, documents: list[d
         pipeline.record_error(ctx, "derive", None, "transform", len(result.letters))
     with encoding_cache():  # the derived documents are final: each is encoded once for every target
         fan_out(ctx, result.documents, lane, targets, batch_id)
-    ctx.stats.incr([("documents_derived", {"collection": c}, len(d)) for c, d in result.documents.items()])
-    ctx.stats.tick({"derive": len(documents)})
+    ctx.stats.record([("documents_derived", {"collection": c}, len(d)) for c, d in result.documents.items()],
+                     {"derive": len(documents)})
 
 
 def fan_out(ctx: pipeline.Context, derived: dict[str, list[dict[str, Any]]], lane: str,
@@ -536,7 +536,6 @@ def write_and_settle(ctx: pipeline.Context, node: str | None, slot: str | None, 
             bulkhead(ctx).release(node, target, slot)
     if len(result.failed) < len(documents):
         pipeline.record_written(ctx, target, collection, documents, result)
-        ctx.stats.tick({"materialize": len(documents) - len(result.failed)})
     if not result.failed:
         return result
     keyless = [(d, e) for d, e in result.failed if e.startswith("document has no key")]
