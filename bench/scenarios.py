@@ -732,6 +732,9 @@ class LagSampler:
         self.sent: dict[str, float] = {}
         self.pending: dict[str, set[str]] = {"redis": set(), "postgres": set()}
         self.lags: dict[str, list[float]] = {"redis": [], "postgres": []}
+        # (seconds from the sampler's start to the event's send, lag) per target: lag over time.
+        self.timeline: dict[str, list[tuple[float, float]]] = {"redis": [], "postgres": []}
+        self.t0 = time.monotonic()
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.cache = redis.Redis.from_url(bench.env["SOPHIA_REDIS_URL"])
@@ -779,6 +782,7 @@ class LagSampler:
                     if cid in self.pending[t]:
                         self.pending[t].discard(cid)
                         self.lags[t].append(now - self.sent[cid])
+                        self.timeline[t].append((self.sent[cid] - self.t0, now - self.sent[cid]))
 
     def _loop(self) -> None:
         while not self.stopped.is_set():
@@ -801,13 +805,25 @@ class LagSampler:
         self.thread.join(5)
         self.pg.close()
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, window_s: float = 30.0) -> dict[str, Any]:
+        """Quantiles of every sampled lag, and per ``window_s`` of send time (when the lag grew)."""
         out = {}
         for t, lags in self.lags.items():
             out[t] = {"samples": len(lags), "missing": len(self.pending[t]),
                       "p50_s": _r3(loadgen.percentile(lags, 0.5)), "p95_s": _r3(loadgen.percentile(lags, 0.95)),
-                      "p99_s": _r3(loadgen.percentile(lags, 0.99)), "max_s": _r3(max(lags) if lags else None)}
+                      "p99_s": _r3(loadgen.percentile(lags, 0.99)), "max_s": _r3(max(lags) if lags else None),
+                      "windows": lag_windows(self.timeline[t], window_s)}
         return out
+
+
+def lag_windows(timeline: list[tuple[float, float]], window_s: float) -> list[dict[str, Any]]:
+    """(send offset, lag) pairs as one row per window of send time: its start, count, p50, p99, max."""
+    by_window: dict[int, list[float]] = {}
+    for sent, lag in timeline:
+        by_window.setdefault(int(sent // window_s), []).append(lag)
+    return [{"from_s": round(w * window_s, 1), "n": len(lags), "p50_s": _r3(loadgen.percentile(lags, 0.5)),
+             "p99_s": _r3(loadgen.percentile(lags, 0.99)), "max_s": _r3(max(lags))}
+            for w, lags in sorted(by_window.items())]
 
 
 def _r3(v: float | None) -> float | None:

@@ -127,3 +127,12 @@ def test_rss_sampler_walks_the_process_table_at_most_every_refresh(monkeypatch: 
     finally:
         child.kill()
         child.wait()
+
+
+def test_lag_windows_group_sampled_lags_by_send_time() -> None:
+    from bench.scenarios import lag_windows
+
+    timeline = [(1.0, 0.2), (29.9, 0.4), (30.0, 3.0), (45.0, 1.0), (95.0, 0.1)]
+    rows = lag_windows(timeline, 30.0)
+    assert [(r["from_s"], r["n"], r["max_s"]) for r in rows] == [(0.0, 2, 0.4), (30.0, 2, 3.0), (90.0, 1, 0.1)]
+    assert lag_windows([], 30.0) == []
