@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from sophia_tasks.deadletter import DeadLetterStore, Letter
 from sophia_tasks.documents import is_version, make_document, meta, normalize_version, parse_time, utcnow
 from sophia_tasks.flowspec import Derivation, FlowSpec, load_spec
+from sophia_tasks.ingest_buffer import coalesces
 from sophia_tasks.materializers import TransientTargetError, WriteResult, get_materializer
 from sophia_tasks.settings import Settings
 from sophia_tasks.stats import Stats
@@ -241,7 +242,11 @@ def backoff_seconds(settings: Settings, attempt: int, rng: random.Random | None 
 
 
 def record_written(ctx: Context, target: str, collection: str, documents: list[dict[str, Any]],
-                   result: WriteResult) -> None:
+                   result: WriteResult, lane: str | None = None) -> None:
+    """Counters, the lag histogram, throughput and the staleness clock of one written batch; for a
+    live batch to a target that is not coalesced also its worst lag and when (``live_lag``,
+    ``live_lag_at``: the bulk window yields to live events on it, ``sophia_tasks.bulk_window``)."""
+
     now = utcnow()
     items: list[tuple[str, Mapping[str, Any] | None, float]] = [
         ("documents_written", {"target": target, "collection": collection}, result.written),
@@ -251,7 +256,7 @@ def record_written(ctx: Context, target: str, collection: str, documents: list[d
     ]
     failed_ids = {id(d) for d, _ in result.failed}
     # Summed here, so a batch costs a handful of Redis commands rather than a dozen per document.
-    lag_sum, lag_count = 0.0, 0
+    lag_sum, lag_count, lag_max = 0.0, 0, 0.0
     buckets = dict.fromkeys(LAG_BUCKETS, 0)
     for doc in documents:
         if id(doc) in failed_ids:
@@ -262,6 +267,8 @@ def record_written(ctx: Context, target: str, collection: str, documents: list[d
         lag = max(0.0, (now - received).total_seconds())
         lag_sum += lag
         lag_count += 1
+        if lag > lag_max:
+            lag_max = lag
         for le in LAG_BUCKETS:
             if lag <= le:
                 buckets[le] += 1
@@ -269,9 +276,13 @@ def record_written(ctx: Context, target: str, collection: str, documents: list[d
         items.append(("lag_seconds_sum", {"target": target}, lag_sum))
         items.append(("lag_seconds_count", {"target": target}, lag_count))
         items.extend(("lag_seconds_bucket", {"target": target, "le": le}, n) for le, n in buckets.items() if n)
-    # The counters, this stage's throughput and the staleness clock in one round trip.
-    ctx.stats.record(items, {"materialize": len(documents) - len(result.failed)},
-                     {stats_field("last_written", {"target": target}): time.time()})
+    # The counters, this stage's throughput and the gauges in one round trip.
+    at = time.time()
+    gauges = {stats_field("last_written", {"target": target}): at}
+    if lane == "live" and lag_count and not coalesces(ctx.settings, target):  # a coalesced target waits on purpose
+        gauges[stats_field("live_lag", {"target": target})] = round(lag_max, 3)
+        gauges[stats_field("live_lag_at", {"target": target})] = at
+    ctx.stats.record(items, {"materialize": len(documents) - len(result.failed)}, gauges)
 
 
 def record_error(ctx: Context, stage: str, target: str | None, reason: str, n: int = 1) -> None:

@@ -154,6 +154,9 @@ class Settings:
     # pool stays free for live events (sophia_tasks.bulk_window). One on 2 cores: the backfill ran
     # as fast as with two (the second batch only waited for a core), and live lag held.
     bulk_inflight: int = 1
+    # The bulk lane also holds its next batch while live events were written this many seconds
+    # after receipt (the last live batch of any target, within the last few seconds); 0 = never.
+    bulk_yield_lag: float = 0.5
     # Live validate tasks running at once on one worker node (0 = no cap; default: its CPU count).
     validate_concurrency: int = os.cpu_count() or 2
     # Gong API (backfill --gong): Basic auth with an access key and its secret.
@@ -226,6 +229,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         coalesce_rows=_int(env, "SOPHIA_COALESCE_ROWS", Settings.coalesce_rows),
         coalesce_seconds=_float(env, "SOPHIA_COALESCE_SECONDS", Settings.coalesce_seconds),
         bulk_inflight=_int(env, "SOPHIA_BULK_INFLIGHT", Settings.bulk_inflight),
+        bulk_yield_lag=_float(env, "SOPHIA_BULK_YIELD_LAG", Settings.bulk_yield_lag),
         validate_concurrency=_int(env, "SOPHIA_VALIDATE_CONCURRENCY", Settings.validate_concurrency),
         gong_api_url=(env.get("SOPHIA_GONG_API_URL") or Settings.gong_api_url).rstrip("/"),
         gong_access_key=env.get("SOPHIA_GONG_ACCESS_KEY") or None,

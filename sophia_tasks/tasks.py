@@ -535,7 +535,7 @@ def write_and_settle(ctx: pipeline.Context, node: str | None, slot: str | None, 
         if slot is not None and node is not None:
             bulkhead(ctx).release(node, target, slot)
     if len(result.failed) < len(documents):
-        pipeline.record_written(ctx, target, collection, documents, result)
+        pipeline.record_written(ctx, target, collection, documents, result, lane)
     if not result.failed:
         return result
     keyless = [(d, e) for d, e in result.failed if e.startswith("document has no key")]
