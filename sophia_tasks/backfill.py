@@ -247,16 +247,19 @@ class BackfillSummary:
     bad_examples: list[str] = field(default_factory=list)
     total: int | None = None
     error: str | None = None
+    yielded_s: float = 0.0      # seconds the run held batches back while live events were behind
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "checkpoint": self.key, "status": self.status, "published": self.published,
                 "skipped_bad": self.skipped_bad, "already_done": self.already_done, "batches": self.batches,
                 "resumed": self.resumed, "bad_examples": self.bad_examples, "total": self.total,
-                "error": self.error}
+                "error": self.error, "yielded_to_live_s": round(self.yielded_s, 1)}
 
     def line(self) -> str:
         text = (f"{self.status}: published {self.published}, skipped bad {self.skipped_bad}, "
                 f"already done {self.already_done}")
+        if self.yielded_s >= 0.05:
+            text += f", waited {self.yielded_s:.1f} s for live events"
         return text + (f" ({self.error})" if self.error else "")
 
 
@@ -271,6 +274,7 @@ def paced_publish(settings: Settings, targets: list[str] | None = None) -> Publi
     def publish(events: list[dict[str, Any]]) -> None:
         send_validate(events, lane="bulk", targets=targets, slot=window.acquire())
 
+    publish.window = window  # type: ignore[attr-defined]  # the run reports how long it yielded
     return publish
 
 
@@ -349,6 +353,9 @@ class _Run:
         self.summary.skipped_bad = self.cp.skipped
         self.summary.bad_examples = list(self.cp.bad_examples)
         self.summary.total = self.cp.total
+        window = getattr(self.publish, "window", None)
+        if window is not None:
+            self.summary.yielded_s = window.yielded_s
         return self.summary
 
 

@@ -79,3 +79,34 @@ def test_a_backfill_goes_through_the_window_and_gives_every_slot_back(harness: H
     assert max(seen) <= load_settings().bulk_inflight  # never more than SOPHIA_BULK_INFLIGHT in flight
     assert max(seen) >= 1  # and the window was used
     harness.wait(lambda: cache.zcard(KEY) == 0, 20, "every slot given back")
+
+
+def test_a_backfill_waits_while_live_events_are_behind_and_says_so(harness: Harness, tmp_path: Path) -> None:
+    from sophia_tasks.stats import GAUGES
+
+    calls = [gong_call() for _ in range(6)]
+    path = tmp_path / "calls.ndjson"
+    path.write_bytes(b"\n".join(orjson.dumps(c) for c in calls) + b"\n")
+    cache = redis.Redis.from_url(harness.env["SOPHIA_REDIS_URL"])
+    stop = threading.Event()
+
+    def live_behind_for(seconds: float) -> None:  # as the worker would record a slow live batch
+        until = time.monotonic() + seconds
+        while time.monotonic() < until and not stop.is_set():
+            cache.hset(GAUGES, mapping={"live_lag|target=test": 3.0, "live_lag_at|target=test": time.time()})
+            time.sleep(0.1)
+        cache.hset(GAUGES, mapping={"live_lag|target=test": 0.1, "live_lag_at|target=test": time.time()})
+
+    keeper = threading.Thread(target=live_behind_for, args=(1.5,))
+    keeper.start()
+    try:
+        r = harness.cli("backfill", "--file", str(path), "--batch-size", "3")
+    finally:
+        stop.set()
+        keeper.join(5)
+        cache.hdel(GAUGES, "live_lag|target=test", "live_lag_at|target=test")
+    assert r.returncode == 0, r.stderr
+    assert "waited" in r.stdout and "for live events" in r.stdout, r.stdout
+    for call in calls:
+        cid = call["metaData"]["id"]
+        harness.wait(lambda c=cid: harness.redis_doc(c), 60, "the backfilled call in Redis")
