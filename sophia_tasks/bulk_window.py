@@ -31,7 +31,7 @@ from typing import Any
 
 import redis as redis_lib
 
-from sophia_tasks.stats import GAUGES
+from sophia_tasks.stats import field, parse_field, read_gauges
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +72,16 @@ class BulkWindow:
         if self.yield_lag <= 0:
             return None
         try:
-            raw = self.client.hgetall(GAUGES)
+            gauges = read_gauges(self.client)
         except redis_lib.RedisError:
             return None
-        gauges = {k.decode(): float(v) for k, v in raw.items()}
         now = time.time()
         worst = None
-        for name, value in gauges.items():
-            if not name.startswith("live_lag|"):
+        for raw, value in gauges.items():
+            name, labels = parse_field(raw)
+            if name != "live_lag":
                 continue
-            at = gauges.get("live_lag_at|" + name[len("live_lag|"):], 0.0)
+            at = gauges.get(field("live_lag_at", labels), 0.0)
             if now - at <= LIVE_FRESH and value > self.yield_lag and (worst is None or value > worst):
                 worst = value
         return worst
@@ -135,4 +135,4 @@ class BulkWindow:
 def window_for(settings: Any, client: redis_lib.Redis | None = None) -> BulkWindow:
     """The window in ``SOPHIA_REDIS_URL``'s database; ``client`` if the caller has one for it."""
     client = client or redis_lib.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
-    return BulkWindow(client, settings.bulk_inflight, yield_lag=getattr(settings, "bulk_yield_lag", 0.0))
+    return BulkWindow(client, settings.bulk_inflight, yield_lag=settings.bulk_yield_lag)

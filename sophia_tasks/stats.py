@@ -35,6 +35,11 @@ def parse_field(raw: str) -> tuple[str, dict[str, str]]:
     return name, labels
 
 
+def read_gauges(client: redis_lib.Redis) -> dict[str, float]:
+    """The gauges hash as field -> value (for readers that hold a client, not a ``Stats``)."""
+    return {k.decode(): float(v) for k, v in client.hgetall(GAUGES).items()}
+
+
 class Stats:
     def __init__(self, redis_url: str) -> None:
         self.client = redis_lib.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
@@ -64,6 +69,7 @@ class Stats:
 
     @staticmethod
     def _queue_ticks(pipe: Any, counts: Mapping[str, float]) -> int:
+        """Per-second buckets (kept two minutes) behind the sliding-window throughput gauge."""
         now = int(time.time())
         n = 0
         for stage, amount in counts.items():
@@ -74,13 +80,6 @@ class Stats:
                 n += 1
         return n
 
-    def set_gauges(self, values: Mapping[str, float]) -> None:
-        try:
-            if values:
-                self.client.hset(GAUGES, mapping={k: v for k, v in values.items()})
-        except redis_lib.RedisError as exc:
-            log.warning("could not record gauges: %s", exc)
-
     def counters(self) -> dict[str, float]:
         raw = self.client.hgetall(COUNTERS)
         return {k.decode(): float(v) for k, v in raw.items()}
@@ -89,13 +88,9 @@ class Stats:
         value = self.client.hget(COUNTERS, field(name, labels))
         return float(value) if value is not None else 0.0
 
-    def mark(self, name: str, labels: Mapping[str, Any] | None = None) -> None:
-        self.set_gauges({field(name, labels): time.time()})
-
     def gauges(self) -> dict[str, float]:
         """Every gauge (``last_written|target=<t>`` and friends): last value wins across processes."""
-        raw = self.client.hgetall(GAUGES)
-        return {k.decode(): float(v) for k, v in raw.items()}
+        return read_gauges(self.client)
 
     def last_written(self) -> dict[str, float]:
         """Target -> epoch seconds of its last successful write (the staleness clock)."""
@@ -105,15 +100,6 @@ class Stats:
             if name == "last_written" and labels.get("target"):
                 out[labels["target"]] = value
         return out
-
-    def tick(self, counts: Mapping[str, float]) -> None:
-        """Per-second buckets (kept two minutes) behind the sliding-window throughput gauge."""
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            if self._queue_ticks(pipe, counts):
-                pipe.execute()
-        except redis_lib.RedisError as exc:
-            log.warning("could not record throughput: %s", exc)
 
     def throughput(self, stages: Iterable[str] = STAGES) -> dict[str, float]:
         """Events per second over the last full minute, per stage."""

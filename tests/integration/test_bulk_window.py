@@ -19,6 +19,20 @@ def window(h: Harness, limit: int = 2) -> BulkWindow:
     return BulkWindow(client, limit, key=f"test:bulk:{uuid.uuid4().hex[:8]}")
 
 
+def calls_file(tmp_path: Path, n: int) -> tuple[list[dict], Path]:
+    """``n`` fresh calls and the NDJSON file a backfill reads them from."""
+    calls = [gong_call() for _ in range(n)]
+    path = tmp_path / "calls.ndjson"
+    path.write_bytes(b"\n".join(orjson.dumps(c) for c in calls) + b"\n")
+    return calls, path
+
+
+def wait_in_redis(harness: Harness, calls: list[dict]) -> None:
+    for call in calls:
+        cid = call["metaData"]["id"]
+        harness.wait(lambda c=cid: harness.redis_doc(c), 60, "the backfilled call in Redis")
+
+
 def test_a_third_batch_waits_until_one_of_two_is_done(harness: Harness) -> None:
     w = window(harness)
     first, second = w.acquire(), w.acquire()
@@ -53,9 +67,7 @@ def test_a_slot_whose_task_died_expires(harness: Harness) -> None:
 
 
 def test_a_backfill_goes_through_the_window_and_gives_every_slot_back(harness: Harness, tmp_path: Path) -> None:
-    calls = [gong_call() for _ in range(30)]
-    path = tmp_path / "calls.ndjson"
-    path.write_bytes(b"\n".join(orjson.dumps(c) for c in calls) + b"\n")
+    calls, path = calls_file(tmp_path, 30)
     cache = redis.Redis.from_url(harness.env["SOPHIA_REDIS_URL"])
     seen: list[int] = []
     stop = threading.Event()
@@ -73,9 +85,7 @@ def test_a_backfill_goes_through_the_window_and_gives_every_slot_back(harness: H
         stop.set()
         watcher.join(5)
     assert r.returncode == 0, r.stderr
-    for call in calls:
-        cid = call["metaData"]["id"]
-        harness.wait(lambda c=cid: harness.redis_doc(c), 60, "the backfilled call in Redis")
+    wait_in_redis(harness, calls)
     assert max(seen) <= load_settings().bulk_inflight  # never more than SOPHIA_BULK_INFLIGHT in flight
     assert max(seen) >= 1  # and the window was used
     harness.wait(lambda: cache.zcard(KEY) == 0, 20, "every slot given back")
@@ -84,9 +94,7 @@ def test_a_backfill_goes_through_the_window_and_gives_every_slot_back(harness: H
 def test_a_backfill_waits_while_live_events_are_behind_and_says_so(harness: Harness, tmp_path: Path) -> None:
     from sophia_tasks.stats import GAUGES
 
-    calls = [gong_call() for _ in range(6)]
-    path = tmp_path / "calls.ndjson"
-    path.write_bytes(b"\n".join(orjson.dumps(c) for c in calls) + b"\n")
+    calls, path = calls_file(tmp_path, 6)
     cache = redis.Redis.from_url(harness.env["SOPHIA_REDIS_URL"])
     stop = threading.Event()
 
@@ -107,6 +115,4 @@ def test_a_backfill_waits_while_live_events_are_behind_and_says_so(harness: Harn
         cache.hdel(GAUGES, "live_lag|target=test", "live_lag_at|target=test")
     assert r.returncode == 0, r.stderr
     assert "waited" in r.stdout and "for live events" in r.stdout, r.stdout
-    for call in calls:
-        cid = call["metaData"]["id"]
-        harness.wait(lambda c=cid: harness.redis_doc(c), 60, "the backfilled call in Redis")
+    wait_in_redis(harness, calls)
