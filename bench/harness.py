@@ -428,19 +428,13 @@ class Bench:
         if self._sf is None or self._sf.is_closed():
             import snowflake.connector
 
+            from sophia_tasks.materializers.snowflake import prepare_connector
             from sophia_tasks.settings import load_settings
-
-            from sophia_tasks.materializers.snowflake import (
-                _skip_platform_detection,
-                _tune_request_compression,
-                request_gzip_level,
-            )
 
             sf = load_settings(self.env).snowflake
             # The raw rates are measured with the transport the materializer uses (its gzip level:
             # the connector's own default, level 9, would slow the raw inserts and flatter the ratio).
-            _tune_request_compression(request_gzip_level(sf))
-            _skip_platform_detection(sf.platform_detection)
+            prepare_connector(sf)
             conn = snowflake.connector.connect(**sf.connect_kwargs())
             cur = conn.cursor()
             cur.execute(f'CREATE DATABASE IF NOT EXISTS "{sf.database}"')

@@ -231,8 +231,9 @@ def wait_targets(bench: Bench, n: int, t0: float, timeout: float, targets: tuple
     Progress is read every 20 ms from the pipeline's own ``documents_written`` counters (one
     HMGET; they are incremented right after each write). A target is done when counting in the
     target itself (``count_target``: in Redis EXISTS on ``call_ids`` when given, else a SCAN of the
-    key prefix; SELECT count(*) in PostgreSQL; SELECT COUNT(*) through the Snowflake connector) finds ``n``: at once when its counter reaches ``n``, and
-    otherwise on the schedule of ``next_count_in`` (in case a counter is lost).
+    key prefix; SELECT count(*) in PostgreSQL; SELECT COUNT(*) through the Snowflake connector)
+    finds ``n``: at once when its counter reaches ``n``, and otherwise on the schedule of
+    ``next_count_in`` (in case a counter is lost).
     """
     fields = written_fields()
     base = {t: 0.0 for t in targets}
@@ -731,7 +732,6 @@ class LagSampler:
         self.i = 0
         self.sent: dict[str, float] = {}
         self.pending: dict[str, set[str]] = {"redis": set(), "postgres": set()}
-        self.lags: dict[str, list[float]] = {"redis": [], "postgres": []}
         # (seconds from the sampler's start to the event's send, lag) per target: lag over time.
         self.timeline: dict[str, list[tuple[float, float]]] = {"redis": [], "postgres": []}
         self.t0 = time.monotonic()
@@ -781,7 +781,6 @@ class LagSampler:
                 for cid in found:
                     if cid in self.pending[t]:
                         self.pending[t].discard(cid)
-                        self.lags[t].append(now - self.sent[cid])
                         self.timeline[t].append((self.sent[cid] - self.t0, now - self.sent[cid]))
 
     def _loop(self) -> None:
@@ -808,11 +807,12 @@ class LagSampler:
     def summary(self, window_s: float = 30.0) -> dict[str, Any]:
         """Quantiles of every sampled lag, and per ``window_s`` of send time (when the lag grew)."""
         out = {}
-        for t, lags in self.lags.items():
+        for t, timeline in self.timeline.items():
+            lags = [lag for _, lag in timeline]
             out[t] = {"samples": len(lags), "missing": len(self.pending[t]),
                       "p50_s": _r3(loadgen.percentile(lags, 0.5)), "p95_s": _r3(loadgen.percentile(lags, 0.95)),
                       "p99_s": _r3(loadgen.percentile(lags, 0.99)), "max_s": _r3(max(lags) if lags else None),
-                      "windows": lag_windows(self.timeline[t], window_s)}
+                      "windows": lag_windows(timeline, window_s)}
         return out
 
 

@@ -109,6 +109,14 @@ def _skip_platform_detection(enabled: bool) -> None:
         os.environ.setdefault(PLATFORM_DETECTION_ENV, "true")
 
 
+def prepare_connector(sf: SnowflakeSettings) -> None:
+    """The connector's process-wide settings, before a connection: request compression and the
+    platform probe. Anything else that connects for this project (the benchmark's raw rate) calls
+    it too, so it measures the same transport."""
+    _tune_request_compression(request_gzip_level(sf))
+    _skip_platform_detection(sf.platform_detection)
+
+
 class SnowflakeMaterializer:
     name = "snowflake"
 
@@ -125,8 +133,7 @@ class SnowflakeMaterializer:
             return self._conn
         import snowflake.connector
 
-        _tune_request_compression(request_gzip_level(self.sf))
-        _skip_platform_detection(self.sf.platform_detection)
+        prepare_connector(self.sf)
         try:
             conn = snowflake.connector.connect(**self.sf.connect_kwargs())
         except Exception as exc:  # the connector raises several families on network failure
