@@ -15,10 +15,10 @@ $(STAMP): setup.cfg pyproject.toml
 	@touch $(STAMP)
 
 services: install
-	@$(BIN)/python -m sophia_tasks.stack
+	@$(BIN)/python -m sophia_tasks.dev.stack
 
 demo: install services
-	$(BIN)/python -m sophia_tasks.demo
+	$(BIN)/python -m sophia_tasks.dev.demo
 
 test: install services
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests

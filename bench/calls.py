@@ -110,9 +110,9 @@ class Calls:
             yield with_id(self.base[int(cid) % len(self.base)], cid)
 
     def events(self, n: int) -> list[dict[str, Any]]:
-        """Pipeline events as the webhook would make them (``pipeline.make_event``)."""
-        from sophia_tasks.documents import format_version, utcnow
-        from sophia_tasks.pipeline import make_event
+        """Pipeline events as the webhook would make them (``ingest.events.make_event``)."""
+        from sophia_tasks.core.documents import format_version, utcnow
+        from sophia_tasks.ingest.events import make_event
 
         out = []
         for call in self.calls(n):

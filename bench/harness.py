@@ -5,7 +5,7 @@ PostgreSQL database ``sophia_bench``, the Snowflake emulator on a free port with
 data directory, the web app and the floor app under gunicorn on free ports. Nothing here
 touches the demo's or the test suites' data (tests use Redis dbs 2-11 and ``sophia_test*``).
 
-Processes are started through ``sophia_tasks.stack.Stack``, the same code the demo and the
+Processes are started through ``sophia_tasks.dev.stack.Stack``, the same code the demo and the
 integration tests use, so the benchmark measures the processes the Procfile runs.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Callable
 import psycopg2
 import redis
 
-from sophia_tasks.stack import BIN, ROOT, Process, Stack, free_port
+from sophia_tasks.dev.stack import BIN, ROOT, Process, Stack, free_port
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BENCH_DB = "sophia_bench"
@@ -306,7 +306,7 @@ class Bench:
                 "bench.floor_app:create_app()"]
         proc = self.stack.spawn("floor", argv, extra_env={"PORT": str(self.floor_port),
                                                           "BENCH_FLOOR_REDIS_URL": self.env["SOPHIA_REDIS_URL"]})
-        from sophia_tasks.stack import port_open, wait_for
+        from sophia_tasks.dev.stack import port_open, wait_for
 
         wait_for(lambda: port_open("127.0.0.1", self.floor_port), 60, "floor app", proc.popen, proc.log_path)
         self.rss.watch("floor", proc.popen.pid)
@@ -338,7 +338,7 @@ class Bench:
 
     def start_naive_worker(self) -> tuple[Process, float, float]:
         def spawn(name: str) -> Process:
-            from sophia_tasks.stack import wait_for
+            from sophia_tasks.dev.stack import wait_for
 
             argv = [str(BIN / "celery"), "-A", "bench.naive", "worker", "--loglevel", "INFO", "--concurrency",
                     str(self.worker_concurrency), "-n", f"{name}@%h", "-Q", "naive", "--without-mingle",
@@ -475,7 +475,7 @@ class Bench:
         """Messages in ``queue``; for the ingest queue, plus the events in the ingest buffer."""
         n = int(self.broker.llen(queue))
         if queue.endswith("sophia.ingest"):
-            from sophia_tasks.ingest_buffer import BUFFER_PREFIX
+            from sophia_tasks.ingest.buffer import BUFFER_PREFIX
 
             n += int(self.broker.llen(BUFFER_PREFIX + queue))
         return n

@@ -93,7 +93,7 @@ def _client(name: str) -> Any:
 
         conn: Any = redis.Redis.from_url(settings.redis_url)
     elif name == "postgres":
-        from sophia_tasks.db import connect
+        from sophia_tasks.store.db import connect
 
         conn = connect(settings.postgres_dsn)
         conn.autocommit = True  # one row, one transaction
@@ -121,7 +121,7 @@ def ensure_tables() -> None:
 
 
 def _projected(doc: dict[str, Any]) -> list[Any]:
-    from sophia_tasks.flowspec import Projection
+    from sophia_tasks.core.flowspec import Projection
     from sophia_tasks.materializers.projection import project
 
     projections = [Projection("title", "/metaData/title", "string"),
@@ -133,7 +133,7 @@ def _projected(doc: dict[str, Any]) -> list[Any]:
 
 @app.task(name="naive.validate", **RETRY)
 def validate(event: dict[str, Any]) -> dict[str, Any] | None:
-    from sophia_tasks.documents import make_document
+    from sophia_tasks.core.documents import make_document
     from sophia_tasks.schemas import get_validator
 
     body, errors = get_validator("gong_call")(event.get("document"))
@@ -148,8 +148,8 @@ def validate(event: dict[str, Any]) -> dict[str, Any] | None:
 def derive(doc: dict[str, Any] | None) -> None:
     if doc is None:
         return
-    from sophia_tasks.documents import make_document
-    from sophia_tasks.pipeline import _transform
+    from sophia_tasks.core.documents import make_document
+    from sophia_tasks.pipeline.stages import _transform
 
     derivation = _spec().derivations["gong_calls_enriched"]
     meta = dict(doc["_meta"], collection=derivation.name)
@@ -164,7 +164,7 @@ _spec_cache: list[Any] = []
 
 def _spec() -> Any:
     if not _spec_cache:
-        from sophia_tasks.flowspec import load_spec
+        from sophia_tasks.core.flowspec import load_spec
 
         _spec_cache.append(load_spec(settings.flow_path))
     return _spec_cache[0]
@@ -194,7 +194,7 @@ def write_redis(doc: dict[str, Any]) -> None:
 
 @app.task(name="naive.write_postgres", **RETRY)
 def write_postgres(doc: dict[str, Any]) -> None:
-    from sophia_tasks.materializers.postgres import jsonb_text
+    from sophia_tasks.store.db import jsonb_text
 
     def write(conn: Any) -> None:
         with conn.cursor() as cur:

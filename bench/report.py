@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sophia_tasks.stack import ROOT
+from sophia_tasks.dev.stack import ROOT
 
 PACKAGES = ("celery", "kombu", "redis", "flask", "gunicorn", "psycopg2-binary", "snowflake-connector-python",
             "fakesnow", "duckdb", "orjson", "marshmallow", "psutil", "py-spy", "sophia-tasks")

@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from sophia_tasks.stack import ROOT, ensure_services, port_open
+from sophia_tasks.dev.stack import ROOT, ensure_services, port_open
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -79,7 +79,7 @@ def sizes_from(args: argparse.Namespace) -> Any:
 
 
 def ensure_py_spy() -> None:
-    from sophia_tasks.stack import BIN
+    from sophia_tasks.dev.stack import BIN
 
     if (BIN / "py-spy").exists() or shutil.which("py-spy"):
         return

@@ -23,7 +23,7 @@ import orjson
 from bench import loadgen
 from bench.calls import Calls
 from bench.harness import OUR_PG_TABLE, OUR_PREFIX, OUR_SF_TABLE, Bench, tree_rss_mb
-from sophia_tasks.stack import BIN
+from sophia_tasks.dev.stack import BIN
 
 WEBHOOK = "/estuary/webhook"
 COUNTERS = "sophia:stats:counters"
@@ -87,7 +87,7 @@ def purge_broker(bench: Bench) -> None:
 
 
 def written_fields() -> dict[str, str]:
-    from sophia_tasks.stats import field
+    from sophia_tasks.observe.stats import field
 
     return {t: field("documents_written", {"target": t, "collection": DERIVED}) for t in TARGETS}
 
@@ -325,8 +325,8 @@ def count_target(bench: Bench, target: str, ids: str = "", call_ids: list[str] |
 
 def enriched_rows(calls: Calls, n: int) -> tuple[list[dict[str, Any]], Any]:
     """The documents the Snowflake binding would write, made by the project's own stage functions."""
-    from sophia_tasks import pipeline
-    from sophia_tasks.flowspec import load_spec
+    from sophia_tasks.pipeline import stages as pipeline
+    from sophia_tasks.core.flowspec import load_spec
     from sophia_tasks.settings import load_settings
 
     spec = load_spec(load_settings().flow_path)
@@ -347,7 +347,7 @@ def sf_raw(bench: Bench, calls: Calls, n: int, batch: int) -> dict[str, Any]:
     """
     from sophia_tasks.materializers.projection import keyed, project
     from sophia_tasks.materializers.snowflake import SnowflakeMaterializer
-    from sophia_tasks.documents import version_of
+    from sophia_tasks.core.documents import version_of
     from sophia_tasks.settings import load_settings
 
     docs, spec = enriched_rows(calls, n)
@@ -833,9 +833,8 @@ def _r3(v: float | None) -> float | None:
 def lag_histogram(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     """Quantiles of receipt-to-materialized lag per target from the pipeline's own histogram
     (``lag_seconds_bucket|le=..|target=..`` in the cache Redis), as after-minus-before deltas."""
-    from sophia_tasks.pipeline import LAG_BUCKETS
-    from sophia_tasks.stats import parse_field
-    from sophia_tasks.status import quantile
+    from sophia_tasks.observe.counts import quantile
+    from sophia_tasks.observe.stats import LAG_BUCKETS, parse_field
 
     per: dict[str, dict[str, Any]] = {t: {"buckets": {}, "count": 0.0, "sum": 0.0} for t in TARGETS}
     for key in set(before) | set(after):

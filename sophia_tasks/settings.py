@@ -151,7 +151,7 @@ class Settings:
     coalesce_rows: int = 1000
     coalesce_seconds: float = 1.0
     # Backfill and rebuild batches in flight at once (0 = publish without pacing): the rest of the
-    # pool stays free for live events (sophia_tasks.bulk_window). One on 2 cores: the backfill ran
+    # pool stays free for live events (sophia_tasks.pipeline.bulk_window). One on 2 cores: the backfill ran
     # as fast as with two (the second batch only waited for a core), and live lag held.
     bulk_inflight: int = 1
     # The bulk lane also holds its next batch while live events were written this many seconds

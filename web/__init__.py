@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from sophia_tasks.flowspec import load_spec
+from sophia_tasks.core.flowspec import load_spec
 from sophia_tasks.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             "SOPHIA_WEBHOOK_TOKENS is not set: refusing to start an unauthenticated webhook "
             "(set SOPHIA_INSECURE_NO_AUTH=1 to allow it on a private network)")
     spec = load_spec(settings.flow_path)
-    from sophia_tasks.observability import init_sentry; init_sentry(settings, "web")  # noqa: E702 SENTRY_DSN
+    from sophia_tasks.observe.sentry import init_sentry; init_sentry(settings, "web")  # noqa: E702 SENTRY_DSN
 
     from web.services import Services
 

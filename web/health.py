@@ -31,7 +31,7 @@ def readyz() -> Any:
     except Exception as exc:
         checks["redis"] = f"unreachable: {type(exc).__name__}"
     try:
-        from sophia_tasks.db import connect
+        from sophia_tasks.store.db import connect
 
         conn = connect(svc.settings.postgres_dsn)
         try:

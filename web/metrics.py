@@ -1,6 +1,6 @@
 """Prometheus exposition built from the shared counters in Redis.
 
-Every process counts into Redis (``sophia_tasks.stats``), so whichever gunicorn
+Every process counts into Redis (``sophia_tasks.observe.stats``), so whichever gunicorn
 worker answers /metrics reports the sum over all web and Celery processes; this
 was chosen over prometheus_client's multiprocess mode, which only sees the
 processes of one host sharing one directory.
@@ -24,12 +24,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)
 
-from sophia_tasks.pipeline import LAG_BUCKETS
-from sophia_tasks.stats import STAGES, Stats, parse_field
+from sophia_tasks.observe.stats import LAG_BUCKETS, STAGES, Stats, parse_field
 
 log = logging.getLogger(__name__)
 
-# Error reasons each stage records (pipeline.record_error callers), exported at zero until seen.
+# Error reasons each stage records (``pipeline.records.record_error`` callers), exported at zero until seen.
 KNOWN_ERRORS: tuple[tuple[str, str], ...] = (("materialize", "data"), ("materialize", "unreachable"),
                                              ("materialize", "exception"), ("materialize", "expired"))
 STAGE_ERRORS: tuple[tuple[str, str], ...] = (("validate", "schema"), ("validate", "exception"),
@@ -197,7 +196,7 @@ class SophiaCollector:
     # -- broker --------------------------------------------------------------------------
     def _broker_families(self, settings: Any, spec: Any, targets: list[str],
                          up: GaugeMetricFamily) -> Iterator[Metric]:
-        from sophia_tasks.queues import broker_snapshot
+        from sophia_tasks.observe.queues import broker_snapshot
 
         try:
             snap = broker_snapshot(settings, spec)
@@ -226,7 +225,7 @@ class SophiaCollector:
 
     # -- dead letters --------------------------------------------------------------------
     def _dead_letter_families(self, settings: Any, up: GaugeMetricFamily) -> Iterator[Metric]:
-        from sophia_tasks.status import pending_dead_letters
+        from sophia_tasks.observe.counts import pending_dead_letters
 
         try:
             by_place = pending_dead_letters(settings)
@@ -248,7 +247,7 @@ class SophiaCollector:
 
     # -- alerts --------------------------------------------------------------------------
     def _alert_families(self, stats: Stats) -> Iterator[Metric]:
-        from sophia_tasks.alerts import firing_alerts
+        from sophia_tasks.observe.alerts import firing_alerts
 
         firing = GaugeMetricFamily("sophia_alert_firing", "1 for each alert sophia.alerts has sent to Slack and "
                                    "not yet resolved", labels=["alert", "target"])

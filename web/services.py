@@ -13,11 +13,11 @@ import redis as redis_lib
 from celery import Celery
 from flask import current_app
 
-from sophia_tasks.celery_app import configure
-from sophia_tasks.flowspec import FlowSpec
-from sophia_tasks.ingest_buffer import APPEND_LUA, IngestBuffer, buffer_for
+from sophia_tasks.messaging.config import publisher
+from sophia_tasks.core.flowspec import FlowSpec
+from sophia_tasks.ingest.buffer import APPEND_LUA, IngestBuffer, buffer_for
 from sophia_tasks.settings import Settings
-from sophia_tasks.stats import COUNTERS, THROUGHPUT_WINDOW, field
+from sophia_tasks.observe.stats import COUNTERS, THROUGHPUT_WINDOW, field
 from web.auth import AuthConfig
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,7 @@ class Services:
         return self._celery
 
     def _make_celery(self) -> Celery:
-        app = Celery("sophia_tasks_web", set_as_current=False)
-        configure(app, self.settings, self.spec)
+        app = publisher(self.settings, self.spec, "sophia_tasks_web")
         # No task-sent event per request: it is one more broker round trip, and sophia.ingest
         # messages are gathered by the batcher, never run as tasks, so Flower would show them
         # as sent forever. Tasks the workers send still emit it.
@@ -174,10 +173,10 @@ class Services:
 
     @property
     def buffer(self) -> IngestBuffer | None:
-        """The ingest buffer on a plain Redis broker (``sophia_tasks.ingest_buffer``), else None."""
+        """The ingest buffer on a plain Redis broker (``sophia_tasks.ingest.buffer``), else None."""
         self._fork_check()
         if self._buffer is None:
-            from sophia_tasks.ingest_buffer import enabled_for
+            from sophia_tasks.ingest.buffer import enabled_for
 
             if not enabled_for(self.settings):
                 return None
@@ -318,7 +317,7 @@ class Services:
         return None
 
     def count_accepted(self, collection: str, n: int) -> None:
-        from sophia_tasks.stats import Stats
+        from sophia_tasks.observe.stats import Stats
 
         self._fork_check()
         if self._stats is None:

@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, jsonify, request
 
-from sophia_tasks.documents import format_version, normalize_version, utcnow
-from sophia_tasks.envelope import EnvelopeError, UnsupportedMediaType, parse_body
-from sophia_tasks.pipeline import make_event
+from sophia_tasks.core.documents import format_version, normalize_version, utcnow
+from sophia_tasks.ingest.envelope import EnvelopeError, UnsupportedMediaType, parse_body
+from sophia_tasks.ingest.events import make_event
 from web.auth import AuthError, authenticate
 from web.services import BrokerUnavailable, services
 

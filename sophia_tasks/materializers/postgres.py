@@ -11,10 +11,10 @@ import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
-from sophia_tasks.db import Connections, connections
-from sophia_tasks.documents import encoded, latest_per_key, version_of
-from sophia_tasks.flowspec import Binding, FlowSpec
-from sophia_tasks.materializers import TransientTargetError, WriteResult, deadline, register
+from sophia_tasks.store.db import Connections, connections, jsonb_text
+from sophia_tasks.core.documents import encoded, latest_per_key, version_of
+from sophia_tasks.core.flowspec import Binding, FlowSpec
+from sophia_tasks.materializers.base import TransientTargetError, WriteResult, deadline, register
 from sophia_tasks.materializers.projection import keyed, project
 from sophia_tasks.settings import Settings
 
@@ -27,15 +27,6 @@ PG_TYPES = {
     "object": "jsonb",
 }
 
-# jsonb refuses \u0000; an escaped backslash before it (\\u0000) is literal text and stays.
-_NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
-
-
-def jsonb_text(value: Any) -> str:
-    raw = encoded(value)
-    if b"\\u0000" in raw:
-        raw = _NUL.sub(rb"\1\\ufffd", raw)
-    return raw.decode()
 
 
 # SQLSTATE classes that say "try again later": connection (08), insufficient resources (53),
@@ -99,7 +90,7 @@ class PostgresMaterializer:
     def write_batch(self, binding: Binding, documents: list[dict[str, Any]]) -> WriteResult:
         pairs, bad = keyed(self.spec, binding, documents)
         pairs = latest_per_key(pairs)
-        result = WriteResult(failed=list(bad))
+        result = WriteResult(keyless=list(bad))
         if not pairs:
             return result
         rows = []

@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from sophia_tasks.documents import format_version, parse_time
-from sophia_tasks.flowspec import Binding, FlowSpec, Projection, resolve_pointer
+from sophia_tasks.core.documents import format_version, parse_time
+from sophia_tasks.core.flowspec import Binding, FlowSpec, Projection, resolve_pointer
 
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 

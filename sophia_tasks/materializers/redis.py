@@ -6,9 +6,9 @@ from typing import Any
 import orjson
 import redis as redis_lib
 
-from sophia_tasks.documents import encoded, latest_per_key, version_of
-from sophia_tasks.flowspec import Binding, FlowSpec
-from sophia_tasks.materializers import TransientTargetError, WriteResult, register
+from sophia_tasks.core.documents import encoded, latest_per_key, version_of
+from sophia_tasks.core.flowspec import Binding, FlowSpec
+from sophia_tasks.materializers.base import TransientTargetError, WriteResult, register
 from sophia_tasks.settings import Settings
 
 # For each key: keep the stored value when its _meta.published_at is newer than the
@@ -54,7 +54,7 @@ class RedisMaterializer:
 
         pairs, bad = keyed(self.spec, binding, documents)
         pairs = latest_per_key(pairs)
-        result = WriteResult(failed=list(bad))
+        result = WriteResult(keyless=list(bad))
         ttl = binding.ttl_seconds
         try:
             pipe = self.client.pipeline(transaction=False)

@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 
-from sophia_tasks.documents import encoded, latest_per_key, version_of
-from sophia_tasks.flowspec import Binding, FlowSpec
-from sophia_tasks.materializers import TransientTargetError, WriteResult, register
+from sophia_tasks.core.documents import encoded, latest_per_key, version_of
+from sophia_tasks.core.flowspec import Binding, FlowSpec
+from sophia_tasks.materializers.base import TransientTargetError, WriteResult, register
 from sophia_tasks.materializers.projection import keyed, project
 from sophia_tasks.settings import Settings, SnowflakeSettings
 
@@ -210,7 +210,7 @@ class SnowflakeMaterializer:
     def write_batch(self, binding: Binding, documents: list[dict[str, Any]]) -> WriteResult:
         pairs, bad = keyed(self.spec, binding, documents)
         pairs = latest_per_key(pairs)
-        result = WriteResult(failed=list(bad))
+        result = WriteResult(keyless=list(bad))
         if not pairs:
             return result
         rows = []

@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 from marshmallow import INCLUDE, Schema, fields
 
+from sophia_tasks.schemas.fields import CALL_ID_RE, GongCallId, IsoDateTime, StrictBoolean, StrictNumber
+
 Check = Callable[[Any], bool]
 _MISSING = object()
 
@@ -75,8 +77,6 @@ def _field_check(field: fields.Field) -> Check:
     if field.validators:
         raise Unsupported(f"validators on {field!r}")
     # Local classes first: they subclass String / Field.
-    from sophia_tasks.schemas.gong import CALL_ID_RE, GongCallId, IsoDateTime, StrictBoolean, StrictNumber
-
     cls = type(field)
     if cls is GongCallId:
         fullmatch = CALL_ID_RE.fullmatch

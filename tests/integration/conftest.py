@@ -15,7 +15,7 @@ import pytest
 import redis
 import requests
 
-from sophia_tasks.stack import Stack, ensure_services, free_port
+from sophia_tasks.dev.stack import Stack, ensure_services, free_port
 
 TOKEN = "test-token-" + uuid.uuid4().hex[:12]
 TOKEN2 = "rotated-token-" + uuid.uuid4().hex[:12]
@@ -182,7 +182,7 @@ class Harness:
             conn.close()
 
     def counter(self, name: str, **labels: Any) -> float:
-        from sophia_tasks.stats import field
+        from sophia_tasks.observe.stats import field
 
         value = self.cache.hget("sophia:stats:counters", field(name, labels))
         return float(value) if value is not None else 0.0

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from sophia_tasks.alerts import SNAPSHOTS_KEY, STATE_KEY, run_checks
+from sophia_tasks.observe.alerts import SNAPSHOTS_KEY, STATE_KEY, run_checks
 from sophia_tasks.settings import DEFAULT_FLOW
 from tests.integration.conftest import Harness, gong_call
 from tests.integration.test_metrics import ObsStack, obs, quiesce, spec_of  # noqa: F401 (fixture)

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from sophia_tasks.backfill import canonical_id
+from sophia_tasks.ops.backfill import canonical_id
 from tests.fixtures.gong_generator import generate_calls
 from tests.integration.conftest import Harness, gong_call
 from tests.integration.fake_gong import FakeGong

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import redis
 
-from sophia_tasks.bulk_window import KEY, SLOT_TTL, BulkWindow
+from sophia_tasks.pipeline.bulk_window import KEY, SLOT_TTL, BulkWindow
 from sophia_tasks.settings import load_settings
 from tests.integration.conftest import Harness, gong_call
 
@@ -92,7 +92,7 @@ def test_a_backfill_goes_through_the_window_and_gives_every_slot_back(harness: H
 
 
 def test_a_backfill_waits_while_live_events_are_behind_and_says_so(harness: Harness, tmp_path: Path) -> None:
-    from sophia_tasks.stats import GAUGES
+    from sophia_tasks.observe.stats import GAUGES
 
     calls, path = calls_file(tmp_path, 6)
     cache = redis.Redis.from_url(harness.env["SOPHIA_REDIS_URL"])

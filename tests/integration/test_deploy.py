@@ -15,7 +15,7 @@ from typing import Iterator
 import psycopg2
 import pytest
 
-from sophia_tasks.stack import free_port
+from sophia_tasks.dev.stack import free_port
 from tests.integration.conftest import PG_ADMIN, Harness
 
 ROOT = Path(__file__).resolve().parents[2]

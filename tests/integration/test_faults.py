@@ -20,7 +20,7 @@ import psycopg2
 import pytest
 import redis
 
-from sophia_tasks.stack import Stack, free_port, port_open, wait_for
+from sophia_tasks.dev.stack import Stack, free_port, port_open, wait_for
 from tests.integration.conftest import TOKEN, Harness, gong_call
 
 
@@ -99,8 +99,8 @@ def faults(request: pytest.FixtureRequest, harness: Harness,
 def _delete_rabbit_queues(env: dict[str, str]) -> None:
     from kombu import Connection
 
-    from sophia_tasks.flowspec import load_spec
-    from sophia_tasks.queues import all_queues
+    from sophia_tasks.core.flowspec import load_spec
+    from sophia_tasks.observe.queues import all_queues
     from sophia_tasks.settings import load_settings
 
     settings = load_settings(env)
@@ -303,7 +303,7 @@ def test_broker_restart_loses_no_accepted_event(faults: FaultStack) -> None:
 
 def test_poison_document_is_dead_lettered_and_the_rest_of_its_batch_lands(faults: FaultStack) -> None:
     """A document Postgres refuses (a key over the btree limit) cannot block its batch."""
-    from sophia_tasks.celery_app import materialize_queue
+    from sophia_tasks.messaging.routing import materialize_queue
     from sophia_tasks.settings import load_settings
 
     settings = load_settings(faults.env)
@@ -318,8 +318,8 @@ def test_poison_document_is_dead_lettered_and_the_rest_of_its_batch_lands(faults
                                "source": "test"}, **c})
     from celery import Celery
 
-    from sophia_tasks.celery_app import configure
-    from sophia_tasks.flowspec import load_spec
+    from sophia_tasks.messaging.config import configure
+    from sophia_tasks.core.flowspec import load_spec
 
     app = Celery("poison-sender", set_as_current=False)
     configure(app, settings, load_spec(settings.flow_path))

@@ -7,7 +7,7 @@ from typing import Iterator
 import pytest
 import requests
 
-from sophia_tasks.stack import BIN, Process, free_port, port_open, wait_for
+from sophia_tasks.dev.stack import BIN, Process, free_port, port_open, wait_for
 from tests.integration.conftest import Harness, gong_call
 
 USER, PASSWORD = "ops", "flower-" + str(time.time_ns())

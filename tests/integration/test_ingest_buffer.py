@@ -9,7 +9,7 @@ import orjson
 import pytest
 import redis
 
-from sophia_tasks.ingest_buffer import REF_KEY, IngestBuffer
+from sophia_tasks.ingest.buffer import REF_KEY, IngestBuffer
 from tests.integration.conftest import Harness, gong_call
 from tests.integration.test_pipeline import envelope, landed_everywhere
 
@@ -181,8 +181,8 @@ def test_a_cut_whose_worker_died_before_publishing_is_swept_and_lands(harness: H
 
 def test_queue_length_of_the_ingest_queue_counts_the_buffered_events(harness: Harness, broker: redis.Redis) -> None:
     """sophia_queue_length{queue="sophia.ingest"} must show events accepted but not yet cut."""
-    from sophia_tasks.flowspec import load_spec
-    from sophia_tasks.queues import broker_snapshot
+    from sophia_tasks.core.flowspec import load_spec
+    from sophia_tasks.observe.queues import broker_snapshot
     from sophia_tasks.settings import load_settings
 
     settings = load_settings().with_overrides(queue_prefix="qlen-test-")

@@ -9,18 +9,20 @@ from typing import Any, Iterator
 import psycopg2
 import pytest
 
-from sophia_tasks import pipeline, tasks
+from sophia_tasks.ingest.events import make_event
+from sophia_tasks.pipeline import batches, fanout, runtime
+from sophia_tasks.pipeline import stages as pipeline
 from sophia_tasks.settings import load_settings
 from tests.integration.conftest import Harness, gong_call
 
 
 @pytest.fixture
-def ctx(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[pipeline.Context, list[tuple]]]:
+def ctx(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[runtime.Context, list[tuple]]]:
     """A pipeline context on the test stack's databases, in this process; publishes are recorded
     (this process's Celery app may point at another broker), writes are real."""
     # Snowflake through its own message per batch (a claim check), as with SOPHIA_COALESCE_TARGETS="";
     # the coalesced path is tested at the end of this module and in test_target_buffer.py.
-    context = pipeline.build_context(load_settings().with_overrides(coalesce_targets=()))
+    context = runtime.build_context(load_settings().with_overrides(coalesce_targets=()))
     sent: list[tuple] = []
     refs: list[Any] = []  # every claim sent, for the clean-up (tests clear ``sent``)
 
@@ -29,8 +31,8 @@ def ctx(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[pip
         sent.append((target, collection, documents, attempt))
         refs.append(documents)
 
-    monkeypatch.setattr(tasks, "send_materialize", record)
-    monkeypatch.setattr(tasks, "_inline_off", {})
+    monkeypatch.setattr(fanout, "send_materialize", record)
+    monkeypatch.setattr(fanout, "_inline_off", {})
     yield context, sent
     # Nothing delivers the recorded messages: drop their claim checks, as their tasks would have.
     for ref in refs:
@@ -38,9 +40,9 @@ def ctx(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[pip
             context.claims.client.delete(ref["$batch"], ref["$batch"] + ":pending")
 
 
-def validated(context: pipeline.Context, n: int) -> list[dict[str, Any]]:
+def validated(context: runtime.Context, n: int) -> list[dict[str, Any]]:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    events = [pipeline.make_event("gong_calls", gong_call(), uuid.uuid4().hex, stamp, None, "webhook")
+    events = [make_event("gong_calls", gong_call(), uuid.uuid4().hex, stamp, None, "webhook")
               for _ in range(n)]
     return pipeline.validate_events(context.spec, events).documents["gong_calls"]
 
@@ -59,7 +61,7 @@ def test_inline_targets_are_written_before_the_task_returns(harness: Harness, ct
     context, sent = ctx
     docs = validated(context, 5)
     ids = [d["metaData"]["id"] for d in docs]
-    tasks.derive_and_fan_out(context, "gong_calls", docs, "live", None, f"t-{uuid.uuid4().hex[:8]}")
+    batches.derive_and_fan_out(context, "gong_calls", docs, "live", None, f"t-{uuid.uuid4().hex[:8]}")
     # Written here, synchronously: no worker was involved for these two.
     assert all(harness.redis_doc(i) for i in ids)
     assert in_pg(harness, ids) == 5
@@ -73,7 +75,7 @@ def test_inline_targets_are_written_before_the_task_returns(harness: Harness, ct
 def test_a_locked_table_sends_postgres_to_its_queue_and_redis_is_not_held_back(harness: Harness, ctx: Any) -> None:
     context, sent = ctx
     warm = validated(context, 1)  # the table exists before it is locked
-    tasks.derive_and_fan_out(context, "gong_calls", warm, "live", None, None)
+    batches.derive_and_fan_out(context, "gong_calls", warm, "live", None, None)
     sent.clear()
     docs = validated(context, 3)
     ids = [d["metaData"]["id"] for d in docs]
@@ -82,39 +84,39 @@ def test_a_locked_table_sends_postgres_to_its_queue_and_redis_is_not_held_back(h
         with locker.cursor() as cur:
             cur.execute("LOCK TABLE gong_calls_enriched IN ACCESS EXCLUSIVE MODE")
             started = time.monotonic()
-            tasks.derive_and_fan_out(context, "gong_calls", docs, "live", None, None)
+            batches.derive_and_fan_out(context, "gong_calls", docs, "live", None, None)
             took = time.monotonic() - started
             assert all(harness.redis_doc(i) for i in ids)
         locker.rollback()
     finally:
         locker.close()
-    assert took < tasks.INLINE_DEADLINE + 3
+    assert took < fanout.INLINE_DEADLINE + 3
     assert in_pg(harness, ids) == 0
     # The failed write went the queued way: a retry (attempt 2) of exactly these documents...
     retries = [(t, d, a) for t, _, d, a in sent if t == "postgres"]
     assert len(retries) == 1 and retries[0][2] == 2
     assert sorted(x["metaData"]["id"] for x in context.claims.get(retries[0][1])) == sorted(ids)
     # ...and the next batches skip the inline write for a while.
-    assert not tasks.inline_now(context, "postgres") and tasks.inline_now(context, "redis")
+    assert not fanout.inline_now(context, "postgres") and fanout.inline_now(context, "redis")
     sent.clear()
     more = validated(context, 2)
-    tasks.derive_and_fan_out(context, "gong_calls", more, "live", None, None)
+    batches.derive_and_fan_out(context, "gong_calls", more, "live", None, None)
     assert sorted(t for t, *_ in sent) == ["postgres", "snowflake"]
 
 
 def test_an_unexpected_error_in_an_inline_write_queues_the_batch(harness: Harness, ctx: Any,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     context, sent = ctx
-    real = tasks.write_and_settle
+    real = fanout.write_and_settle
 
     def broken(c: Any, node: Any, slot: Any, target: str, *args: Any, **kwargs: Any) -> Any:
         if target == "redis":
             raise RuntimeError("stats store went away")
         return real(c, node, slot, target, *args, **kwargs)
 
-    monkeypatch.setattr(tasks, "write_and_settle", broken)
+    monkeypatch.setattr(fanout, "write_and_settle", broken)
     docs = validated(context, 2)
-    tasks.derive_and_fan_out(context, "gong_calls", docs, "live", None, None)
+    batches.derive_and_fan_out(context, "gong_calls", docs, "live", None, None)
     queued = [(t, d, a) for t, _, d, a in sent if t == "redis"]
     assert len(queued) == 1 and queued[0][2] == 1
     assert len(context.claims.get(queued[0][1])) == 2
@@ -125,7 +127,7 @@ def test_no_inline_targets_means_every_target_is_queued(harness: Harness, ctx: A
     context, sent = ctx
     context.settings = context.settings.with_overrides(inline_targets=())
     docs = validated(context, 2)
-    tasks.derive_and_fan_out(context, "gong_calls", docs, "live", None, None)
+    batches.derive_and_fan_out(context, "gong_calls", docs, "live", None, None)
     assert sorted(t for t, *_ in sent) == ["postgres", "redis", "snowflake"]
     assert len({id(d) for _, _, d, _ in sent}) == 1  # one claim for the three
 
@@ -136,7 +138,7 @@ def test_a_kept_connection_the_server_closed_is_replaced_within_the_write(harnes
     import os
 
     context, sent = ctx
-    tasks.derive_and_fan_out(context, "gong_calls", validated(context, 1), "live", None, None)
+    batches.derive_and_fan_out(context, "gong_calls", validated(context, 1), "live", None, None)
     admin = psycopg2.connect(harness.env["SOPHIA_POSTGRES_DSN"])
     admin.autocommit = True
     with admin.cursor() as cur:
@@ -146,9 +148,9 @@ def test_a_kept_connection_the_server_closed_is_replaced_within_the_write(harnes
     admin.close()
     sent.clear()
     docs = validated(context, 3)
-    tasks.derive_and_fan_out(context, "gong_calls", docs, "live", None, None)
+    batches.derive_and_fan_out(context, "gong_calls", docs, "live", None, None)
     assert in_pg(harness, [d["metaData"]["id"] for d in docs]) == 3
-    assert [t for t, *_ in sent] == ["snowflake"] and tasks.inline_now(context, "postgres")
+    assert [t for t, *_ in sent] == ["snowflake"] and fanout.inline_now(context, "postgres")
 
 
 def test_a_coalesced_target_gets_no_message_its_documents_go_to_its_buffer(
@@ -156,10 +158,10 @@ def test_a_coalesced_target_gets_no_message_its_documents_go_to_its_buffer(
     """With the default settings Snowflake is coalesced: the batch is appended to its target buffer,
     which the test stack's worker cuts and writes."""
     _, sent = ctx
-    context = pipeline.build_context(load_settings())
+    context = runtime.build_context(load_settings())
     docs = validated(context, 4)
     ids = [d["metaData"]["id"] for d in docs]
-    tasks.derive_and_fan_out(context, "gong_calls", docs, "live", None, f"t-{uuid.uuid4().hex[:8]}")
+    batches.derive_and_fan_out(context, "gong_calls", docs, "live", None, f"t-{uuid.uuid4().hex[:8]}")
     assert sent == []
     assert all(harness.redis_doc(i) for i in ids) and in_pg(harness, ids) == 4
     for i in ids:

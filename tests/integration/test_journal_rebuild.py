@@ -8,10 +8,10 @@ from typing import Any
 
 import redis
 
-from sophia_tasks import journal as journal_module
-from sophia_tasks.db import connections
-from sophia_tasks.documents import format_version, utcnow
-from sophia_tasks.journal import journal_rows, purge_expired, write_rows
+from sophia_tasks.store import journal as journal_module
+from sophia_tasks.store.db import connections
+from sophia_tasks.core.documents import format_version, utcnow
+from sophia_tasks.store.journal import journal_rows, purge_expired, write_rows
 from tests.integration.conftest import Harness, gong_call
 
 

@@ -22,14 +22,14 @@ import requests
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
-from sophia_tasks.celery_app import configure
-from sophia_tasks.documents import format_version
-from sophia_tasks.flowspec import FlowSpec, load_spec
-from sophia_tasks.ingest_buffer import coalesces
-from sophia_tasks.queues import broker_snapshot
+from sophia_tasks.messaging.config import configure
+from sophia_tasks.core.documents import format_version
+from sophia_tasks.core.flowspec import FlowSpec, load_spec
+from sophia_tasks.ingest.buffer import coalesces
+from sophia_tasks.observe.queues import broker_snapshot
 from sophia_tasks.settings import Settings, load_settings
-from sophia_tasks.stack import Stack, free_port
-from sophia_tasks.stats import Stats
+from sophia_tasks.dev.stack import Stack, free_port
+from sophia_tasks.observe.stats import Stats
 from tests.integration.conftest import TOKEN, Harness, gong_call
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -87,7 +87,7 @@ class ObsStack:
         return json.loads(raw) if raw else None
 
     def counter(self, name: str, **labels: Any) -> float:
-        from sophia_tasks.stats import field
+        from sophia_tasks.observe.stats import field
 
         value = self.cache.hget("sophia:stats:counters", field(name, labels))
         return float(value) if value is not None else 0.0

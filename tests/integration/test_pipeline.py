@@ -194,9 +194,9 @@ def test_batches_travel_by_claim_check_and_nothing_is_left_behind(harness: Harne
 
     from celery import Celery
 
-    from sophia_tasks.celery_app import configure
-    from sophia_tasks.claims import PREFIX
-    from sophia_tasks.flowspec import load_spec
+    from sophia_tasks.messaging.config import configure
+    from sophia_tasks.pipeline.claim_checks import PREFIX
+    from sophia_tasks.core.flowspec import load_spec
     from sophia_tasks.settings import load_settings
 
     broker = redis_lib.Redis.from_url(harness.env["SOPHIA_BROKER_URL"])

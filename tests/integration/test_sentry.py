@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pytest
 import redis
 
-from sophia_tasks.stack import Stack, free_port
+from sophia_tasks.dev.stack import Stack, free_port
 from tests.integration.conftest import TOKEN, TOKEN2, Harness
 from tests.integration.test_metrics import celery_for, settings_of, spec_of
 

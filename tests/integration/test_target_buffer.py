@@ -12,9 +12,10 @@ import uuid
 import orjson
 import redis
 
-from sophia_tasks import pipeline
-from sophia_tasks.flowspec import load_spec
-from sophia_tasks.ingest_buffer import BUFFER_PREFIX, coalesces, target_buffer
+from sophia_tasks.ingest.events import make_event
+from sophia_tasks.pipeline import stages as pipeline
+from sophia_tasks.core.flowspec import load_spec
+from sophia_tasks.ingest.buffer import BUFFER_PREFIX, coalesces, target_buffer
 from sophia_tasks.settings import load_settings
 from tests.integration.conftest import Harness, gong_call
 from tests.integration.test_pipeline import envelope, landed_everywhere
@@ -65,7 +66,7 @@ def test_many_small_batches_reach_snowflake_in_fewer_writes(harness: Harness) ->
 def derived_documents(n: int) -> list[dict]:
     spec = load_spec(load_settings().flow_path)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    events = [pipeline.make_event("gong_calls", gong_call(), f"tb-{uuid.uuid4().hex}", stamp, stamp, "webhook")
+    events = [make_event("gong_calls", gong_call(), f"tb-{uuid.uuid4().hex}", stamp, stamp, "webhook")
               for _ in range(n)]
     validated = pipeline.validate_events(spec, events).documents["gong_calls"]
     return pipeline.derive_documents(spec, "gong_calls", validated).documents[DERIVED]
@@ -87,7 +88,7 @@ def test_a_cut_whose_worker_died_before_publishing_is_swept_and_written(harness:
 
 
 def test_queue_length_of_a_coalesced_target_counts_its_buffered_documents(harness: Harness) -> None:
-    from sophia_tasks.queues import broker_snapshot
+    from sophia_tasks.observe.queues import broker_snapshot
 
     settings = load_settings().with_overrides(queue_prefix="tb-qlen-")  # no worker serves this prefix
     spec = load_spec(settings.flow_path)

@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from sophia_tasks.tasks import VALIDATE_SLOT
+from sophia_tasks.pipeline.tasks import VALIDATE_SLOT
 from tests.integration.conftest import Harness, gong_call
 from tests.integration.test_pipeline import envelope
 

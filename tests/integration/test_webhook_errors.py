@@ -6,7 +6,7 @@ import json
 import pytest
 
 from sophia_tasks.settings import load_settings
-from sophia_tasks.stack import free_port
+from sophia_tasks.dev.stack import free_port
 from tests.integration.conftest import Harness, gong_call
 
 
@@ -117,7 +117,7 @@ def test_rate_limit_per_credential_429_with_retry_after(harness: Harness) -> Non
 def test_a_counter_that_cannot_count_costs_the_statistic_never_the_event(harness: Harness) -> None:
     """The accept script counts last and tolerates a counter it cannot increment: the event is still
     claimed, on the broker, answered 202 and materialized; a retry is still a duplicate."""
-    from sophia_tasks.stats import field
+    from sophia_tasks.observe.stats import field
 
     key = field("events_accepted", {"collection": "gong_calls"})
     before = harness.cache.hget("sophia:stats:counters", key)

@@ -6,9 +6,9 @@ from typing import Any
 import pytest
 import yaml
 
-from sophia_tasks.alerts import (AlertsConfig, Check, Thresholds, evaluate, firing_message, load_alerts_config,
+from sophia_tasks.observe.alerts import (AlertsConfig, Check, Thresholds, evaluate, firing_message, load_alerts_config,
                                  parse_alerts, parse_duration, resolved_message)
-from sophia_tasks.flowspec import FlowSpecError, load_spec, parse_spec
+from sophia_tasks.core.flowspec import FlowSpecError, load_spec, parse_spec
 from sophia_tasks.settings import DEFAULT_FLOW
 
 TARGETS = ("redis", "postgres", "snowflake")
@@ -17,7 +17,7 @@ NOW = 1_800_000_000.0
 
 def counters(**per_target: dict[str, Any]) -> dict[str, float]:
     """Raw stats fields for targets: written, errors, lags (a list of seconds, bucketed like pipeline)."""
-    from sophia_tasks.pipeline import LAG_BUCKETS
+    from sophia_tasks.observe.stats import LAG_BUCKETS
 
     out: dict[str, float] = {}
     for target, spec in per_target.items():
@@ -163,7 +163,7 @@ def test_shipped_spec_alerts() -> None:
 
 
 def test_beat_runs_the_alerts_task() -> None:
-    from sophia_tasks.celery_app import app
+    from sophia_tasks import app
 
     entry = app.conf.beat_schedule["alerts"]
     assert entry["task"] == "sophia.alerts" and entry["schedule"] == app.conf.sophia_settings.alerts_interval_seconds

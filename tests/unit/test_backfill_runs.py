@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from sophia_tasks.backfill import BackfillError, Checkpoint, run_file_backfill, run_gong_backfill
-from sophia_tasks.gong_api import GongAPIError, GongClient, Page
+from sophia_tasks.ops.backfill import BackfillError, Checkpoint, run_file_backfill, run_gong_backfill
+from sophia_tasks.ops.gong_api import GongAPIError, GongClient, Page
 from sophia_tasks.settings import Settings
 
 SETTINGS = Settings()

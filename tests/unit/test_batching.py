@@ -6,8 +6,7 @@ from types import SimpleNamespace
 
 import redis
 
-import sophia_tasks.celery_app  # noqa: F401  (batching is loaded through the app)
-from sophia_tasks.batching import BACKLOG_MAX_WAIT, IngestBatcher
+from sophia_tasks.ingest.batcher import BACKLOG_MAX_WAIT, IngestBatcher
 from sophia_tasks.settings import load_settings
 
 URL = "redis://127.0.0.1:6379/12"

@@ -5,7 +5,7 @@ import time
 
 import redis
 
-from sophia_tasks.bulkhead import SLOT_TTL, Bulkhead
+from sophia_tasks.pipeline.bulkhead import SLOT_TTL, Bulkhead
 
 
 def client() -> redis.Redis:
@@ -39,7 +39,7 @@ def test_unreachable_redis_lets_writes_through() -> None:
 
 
 def test_a_starting_node_clears_what_a_killed_run_left() -> None:
-    from sophia_tasks.bulkhead import clear_node
+    from sophia_tasks.pipeline.bulkhead import clear_node
 
     c = client()
     bh = Bulkhead(c, limit=1)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import redis
 
-from sophia_tasks.claims import PREFIX, ClaimStore, is_ref, store_for
+from sophia_tasks.pipeline.claim_checks import PREFIX, ClaimStore, is_ref, store_for
 
 URL = "redis://127.0.0.1:6379/12"
 

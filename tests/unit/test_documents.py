@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sophia_tasks.documents import format_version, latest_per_key, make_document, normalize_version, parse_time
+from sophia_tasks.core.documents import format_version, latest_per_key, make_document, normalize_version, parse_time
 
 
 def test_versions_sort_as_time() -> None:
@@ -55,7 +55,7 @@ def test_format_version_is_exactly_strftimes_text(moment: datetime, offset_minut
 def test_inside_an_encoding_cache_each_document_is_encoded_once() -> None:
     import orjson
 
-    from sophia_tasks.documents import encoded, encoding_cache, remember_encoding
+    from sophia_tasks.core.documents import encoded, encoding_cache, remember_encoding
 
     doc = {"_meta": {"published_at": "2026-01-01T00:00:00.000000Z"}, "a": [1, 2.5, "x"]}
     assert encoded(doc) == orjson.dumps(doc)
@@ -76,7 +76,7 @@ def test_inside_an_encoding_cache_each_document_is_encoded_once() -> None:
 def test_a_fragment_of_the_encoded_document_gives_the_same_row_text() -> None:
     import orjson
 
-    from sophia_tasks.documents import encoded, encoding_cache
+    from sophia_tasks.core.documents import encoded, encoding_cache
 
     doc = {"_meta": {"published_at": "2026-01-01T00:00:00.000000Z"}, "t": "é\u0000\"", "n": [None, True, 1e-7]}
     with encoding_cache():
@@ -87,7 +87,7 @@ def test_a_fragment_of_the_encoded_document_gives_the_same_row_text() -> None:
 @given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)))
 def test_a_version_passes_through_normalize_unchanged_and_equal_to_a_full_parse(moment: datetime) -> None:
     """The fast path keeps a version's text; it must be what parsing and formatting it gives."""
-    from sophia_tasks.documents import is_version
+    from sophia_tasks.core.documents import is_version
 
     text = format_version(moment)
     assert is_version(text) == (moment.year >= 1000)  # strftime leaves earlier years unpadded
@@ -96,7 +96,7 @@ def test_a_version_passes_through_normalize_unchanged_and_equal_to_a_full_parse(
 
 
 def test_version_shaped_text_that_is_no_moment_is_not_kept() -> None:
-    from sophia_tasks.documents import is_version
+    from sophia_tasks.core.documents import is_version
 
     default = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     for text in ("2026-13-01T00:00:00.000000Z", "2026-02-30T00:00:00.000000Z", "2026-01-01T24:00:00.000000Z",

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sophia_tasks.envelope import (
+from sophia_tasks.ingest.envelope import (
     MAX_BATCH_ITEMS,
     EnvelopeError,
     Event,
@@ -474,7 +474,7 @@ _tree = st.recursive(_leaf, lambda ch: st.one_of(
 @settings(max_examples=500, deadline=None)
 @given(_tree, st.integers(0, 70))
 def test_depth_check_agrees_with_the_nesting_of_any_document(value: object, wrap: int) -> None:
-    from sophia_tasks.envelope import MAX_DEPTH, _check_depth
+    from sophia_tasks.ingest.envelope import MAX_DEPTH, _check_depth
 
     for _ in range(wrap):
         value = [value] if wrap % 2 else {'k"[': value}

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sophia_tasks.flowspec import FlowSpecError, load_spec, parse_spec, resolve_pointer
+from sophia_tasks.core.flowspec import FlowSpecError, load_spec, parse_spec, resolve_pointer
 from sophia_tasks.settings import DEFAULT_FLOW
 
 

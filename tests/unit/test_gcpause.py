@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from sophia_tasks.gcpause import cycle_collector_paused
+from sophia_tasks.core.gcpause import cycle_collector_paused
 
 
 @pytest.fixture(autouse=True)
@@ -55,8 +55,8 @@ def test_the_last_of_concurrent_holders_turns_it_back_on() -> None:
 
 
 def test_every_stage_task_runs_with_the_collector_paused() -> None:
-    from sophia_tasks.celery_app import app
-    from sophia_tasks.tasks import StageTask
+    from sophia_tasks import app
+    from sophia_tasks.pipeline.failures import StageTask
 
     seen: list[bool] = []
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from sophia_tasks.gong_api import (CONTENT_SELECTOR, GongAPIError, GongClient, TokenBucket, iso_utc,
+from sophia_tasks.ops.gong_api import (CONTENT_SELECTOR, GongAPIError, GongClient, TokenBucket, iso_utc,
                                    retry_after_seconds)
 
 SINCE = datetime(2026, 11, 1, tzinfo=timezone.utc)

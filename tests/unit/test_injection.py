@@ -14,7 +14,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from sophia_tasks.flowspec import Binding, FlowSpecError, parse_spec
+from sophia_tasks.core.flowspec import Binding, FlowSpecError, parse_spec
 from sophia_tasks.materializers.postgres import PostgresMaterializer
 from sophia_tasks.materializers.redis import RedisMaterializer
 from sophia_tasks.materializers.snowflake import SnowflakeMaterializer, quote_ident
@@ -121,7 +121,7 @@ def test_collection_derivation_and_materialization_names_are_plain(section: str,
 
 
 def test_flows_validate_exits_1_and_names_every_injected_field(tmp_path: Path) -> None:
-    from sophia_tasks.cli import main
+    from sophia_tasks.cli.main import main
 
     def inject(data: dict[str, Any]) -> None:
         resource(data, "postgres").update(table="t; DROP TABLE gong_calls_enriched; --")

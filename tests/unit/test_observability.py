@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sophia_tasks.observability import (FILTERED, Scrubber, init_sentry, secret_values,
+from sophia_tasks.observe.sentry import (FILTERED, Scrubber, init_sentry, secret_values,
                                         should_report_retry)
 from sophia_tasks.settings import Settings, SnowflakeSettings, load_settings
 
@@ -196,11 +196,11 @@ class _FakeStats:
 
 def _render(monkeypatch: pytest.MonkeyPatch, counters: dict[str, float], snapshot: Any,
             dead: Any) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    import sophia_tasks.alerts as alerts
-    import sophia_tasks.queues as queues
-    import sophia_tasks.status as status
+    import sophia_tasks.observe.alerts as alerts
+    import sophia_tasks.observe.queues as queues
+    import sophia_tasks.observe.counts as status
     import web.metrics as metrics
-    from sophia_tasks.flowspec import load_spec
+    from sophia_tasks.core.flowspec import load_spec
 
     monkeypatch.setattr(metrics, "_stats_for", lambda url: _FakeStats(counters))
     monkeypatch.setattr(alerts, "firing_alerts", lambda client: [{"kind": "lag", "target": "snowflake"}])
@@ -228,7 +228,7 @@ def _key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
 
 
 def test_metrics_exposition(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sophia_tasks.queues import BrokerSnapshot, QueueInfo
+    from sophia_tasks.observe.queues import BrokerSnapshot, QueueInfo
 
     counters = {
         "lag_seconds_bucket|le=0.5|target=redis": 2.0, "lag_seconds_bucket|le=1.0|target=redis": 3.0,
@@ -273,7 +273,7 @@ def test_metrics_exposition(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_metrics_when_sources_fail(monkeypatch: pytest.MonkeyPatch) -> None:
     """AMQP cannot tell bytes (NaN, not a fake zero); a store that is down drops its families."""
-    from sophia_tasks.queues import BrokerSnapshot, QueueInfo
+    from sophia_tasks.observe.queues import BrokerSnapshot, QueueInfo
 
     def amqp(settings: Any, spec: Any) -> BrokerSnapshot:
         return BrokerSnapshot(queues={"sophia.ingest": QueueInfo("sophia.ingest", None, "live", 5)},
@@ -294,8 +294,8 @@ def test_non_redis_broker_counts_messages_by_passive_declare() -> None:
     """The AMQP branch, driven through kombu's in-memory transport (same channel API, no server)."""
     from kombu import Connection, Exchange, Producer, Queue
 
-    from sophia_tasks.flowspec import load_spec
-    from sophia_tasks.queues import broker_snapshot
+    from sophia_tasks.core.flowspec import load_spec
+    from sophia_tasks.observe.queues import broker_snapshot
 
     settings = Settings(broker_url="memory://", queue_prefix=f"unit-{time.time_ns()}.")
     spec = load_spec(settings.flow_path)

@@ -5,9 +5,10 @@ import random
 
 import pytest
 
-from sophia_tasks.flowspec import load_spec, parse_spec
+from sophia_tasks.core.flowspec import load_spec, parse_spec
 from sophia_tasks.materializers import TransientTargetError, WriteResult
-from sophia_tasks.pipeline import backoff_seconds, derive_documents, make_event, validate_events, write_isolating
+from sophia_tasks.ingest.events import make_event
+from sophia_tasks.pipeline.stages import backoff_seconds, derive_documents, validate_events, write_isolating
 from sophia_tasks.settings import DEFAULT_FLOW, Settings
 
 
@@ -113,7 +114,7 @@ def test_backoff_grows_with_jitter_and_stays_capped() -> None:
 
 
 def test_failed_stage_tasks_become_letters_at_their_stage() -> None:
-    from sophia_tasks.tasks import letters_for_failed_task
+    from sophia_tasks.pipeline.failures import letters_for_failed_task
 
     doc = {"_meta": {"published_at": "v", "event_id": "e9"}, "metaData": {"id": "9"}}
     (m,) = letters_for_failed_task("sophia.materialize", ("snowflake", "gong_calls_enriched", [doc]), {},
@@ -132,8 +133,8 @@ def test_warm_derivations_builds_the_enrichment_config_once_and_survives_a_broke
     import sys
     import textwrap
 
-    from sophia_tasks.derivations import gong_enrichment
-    from sophia_tasks.pipeline import warm_derivations
+    from sophia_tasks.derivations.gong_enrichment import config as gong_enrichment
+    from sophia_tasks.pipeline.stages import warm_derivations
 
     data = __import__("yaml").safe_load(DEFAULT_FLOW.read_text())
     import uuid

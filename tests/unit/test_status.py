@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sophia_tasks.status import diff_counters, lag_quantiles, quantile, render_status, target_counts
+from sophia_tasks.observe.status import diff_counters, lag_quantiles, quantile, render_status, target_counts
 
 
 def test_quantile_interpolates_inside_a_bucket() -> None:

@@ -8,13 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sophia_tasks.derivations.gong_enrichment import (
-    DEFAULT_CONFIG,
-    RISK_CODES,
-    ConfigError,
-    ResolvedConfig,
-    resolve_config,
-)
+from sophia_tasks.derivations.gong_enrichment.config import ResolvedConfig, resolve_config
+from sophia_tasks.derivations.gong_enrichment.defaults import DEFAULT_CONFIG, RISK_CODES, ConfigError
 from tests.fixtures.gong_builders import enrich, quiet_call, risk_codes
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "enrichment.md"

@@ -15,14 +15,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sophia_tasks.derivations import gong_enrichment as ge
-from sophia_tasks.derivations.gong_enrichment import (
-    DEFAULT_CONFIG,
-    OPPORTUNITY_CODES,
-    RISK_CODES,
-    derive,
-    resolve_config,
+from sophia_tasks.derivations.gong_enrichment import derive
+from sophia_tasks.derivations.gong_enrichment.config import resolve_config
+from sophia_tasks.derivations.gong_enrichment.defaults import _CODE_ORDER, DEFAULT_CONFIG, OPPORTUNITY_CODES, RISK_CODES
+from sophia_tasks.derivations.gong_enrichment.patterns import (
+    _LEAD,
+    _compile_keywords,
+    _edge,
+    _scan_regex,
+    _split_keyword,
+    _trie_regex,
 )
+from sophia_tasks.derivations.gong_enrichment.rules import _ACTIONS, _next_best_actions
+from sophia_tasks.derivations.gong_enrichment.text import _SEGMENT_SEP, _Text
+from sophia_tasks.derivations.gong_enrichment.values import _add_strings, _clean, truncate
 from sophia_tasks.derivations.pii import _DIGITS, DEFAULT_MASKER, EMAIL_RE, PiiMasker, mask_document
 from tests.fixtures.gong_builders import NOW, quiet_call
 
@@ -54,10 +60,10 @@ def _scan_regex_reference(keywords: list[str], flags: int = 0, as_written: bool 
     """The scanner before the first-letter lookahead: lead class, then the trie."""
     groups: dict[str, list[str]] = {"ascii": [], "word": [], "none": []}
     for k in keywords:
-        kw, _ = ge._split_keyword(k)
+        kw, _ = _split_keyword(k)
         if kw:
-            groups[ge._edge(kw[0])].append(k)
-    parts = [f"{ge._LEAD[edge]}({ge._trie_regex(kws, as_written)})" for edge, kws in groups.items() if kws]
+            groups[_edge(kw[0])].append(k)
+    parts = [f"{_LEAD[edge]}({_trie_regex(kws, as_written)})" for edge, kws in groups.items() if kws]
     return re.compile("|".join(parts), flags) if parts else None
 
 
@@ -72,10 +78,10 @@ def _matches(pattern: re.Pattern[str] | None, text: str) -> list[tuple[Any, ...]
 def test_scanner_lookahead_changes_no_match(text: str, keywords: list[str] | None) -> None:
     kws = list(resolve_config({}).scan_keywords) if keywords is None else keywords
     low = " " + text.lower()
-    assert _matches(ge._scan_regex(kws), low) == _matches(_scan_regex_reference(kws), low)
+    assert _matches(_scan_regex(kws), low) == _matches(_scan_regex_reference(kws), low)
     raw = " " + text
     for as_written in (False, True):
-        fast = ge._scan_regex(kws, re.IGNORECASE, as_written=as_written)
+        fast = _scan_regex(kws, re.IGNORECASE, as_written=as_written)
         assert _matches(fast, raw) == _matches(_scan_regex_reference(kws, re.IGNORECASE, as_written=as_written), raw)
 
 
@@ -84,8 +90,8 @@ def test_scanner_lookahead_changes_no_match(text: str, keywords: list[str] | Non
 @given(_TEXT, st.one_of(st.just(None), st.lists(_KEYWORD, min_size=1, max_size=6)))
 def test_senior_title_trie_finds_what_the_flat_pattern_finds(title: str, keywords: list[str] | None) -> None:
     kws = list(DEFAULT_CONFIG["senior_title_keywords"]) if keywords is None else keywords
-    flat = ge._compile_keywords(kws)
-    trie = ge._scan_regex(kws, re.IGNORECASE, as_written=True)
+    flat = _compile_keywords(kws)
+    trie = _scan_regex(kws, re.IGNORECASE, as_written=True)
     assert (flat is None) == (trie is None)
     if flat is not None and trie is not None:
         assert (trie.search(" " + title) is not None) == (flat.search(title) is not None)
@@ -96,8 +102,8 @@ def test_senior_title_trie_finds_what_the_flat_pattern_finds(title: str, keyword
 ])
 def test_senior_title_trie_keeps_every_ending(keywords: list[str], title: str) -> None:
     # two keywords that differ only by a trailing * share a trie node: both endings must stay
-    flat = ge._compile_keywords(keywords)
-    trie = ge._scan_regex(keywords, re.IGNORECASE, as_written=True)
+    flat = _compile_keywords(keywords)
+    trie = _scan_regex(keywords, re.IGNORECASE, as_written=True)
     assert flat is not None and trie is not None
     assert flat.search(title) is not None
     assert trie.search(" " + title) is not None
@@ -127,7 +133,7 @@ def test_every_whitespace_but_the_space_is_unprintable() -> None:
 @_SETTINGS
 @given(st.one_of(_TEXT, st.text(max_size=120), st.lists(st.sampled_from(_FRAGMENTS), max_size=40).map("".join)))
 def test_clean_equals_split_and_join(text: str) -> None:
-    assert ge._clean(text) == " ".join(text.split())
+    assert _clean(text) == " ".join(text.split())
 
 
 # -- the text index -----------------------------------------------------------------------------
@@ -171,7 +177,7 @@ def test_text_index_equals_its_definition(blocks: list[tuple[str, Any]]) -> None
     index: dict[str, str] = {}
     for label, value in blocks:
         _add_strings_reference(value, label, segments)
-        ge._add_strings(value, label, index.setdefault)
+        _add_strings(value, label, index.setdefault)
     # reference: first occurrence of each text, joined with the separator, starts counted
     firsts: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -179,10 +185,10 @@ def test_text_index_equals_its_definition(blocks: list[tuple[str, Any]]) -> None
         if text not in seen:
             seen.add(text)
             firsts.append((label, text))
-    text_index = ge._Text(index)
+    text_index = _Text(index)
     assert text_index.labels == [label for label, _ in firsts]
     # one separator before each text: the scanner needs a character before a keyword
-    assert text_index.blob == "".join(ge._SEGMENT_SEP + text for _, text in firsts)
+    assert text_index.blob == "".join(_SEGMENT_SEP + text for _, text in firsts)
     starts, pos = [], 1
     for _, text in firsts:
         starts.append(pos)
@@ -201,13 +207,13 @@ def test_action_and_top_risk_order_equal_their_definitions(risk_codes: list[str]
     found = [(c, e, 0) for c, e in risks]
     if "negative_outcome" not in risk_codes:
         found += [(c, e, 1) for c, e in opportunities]
-    found.sort(key=lambda f: (ge._ACTIONS[f[0]][0], f[2], ge._CODE_ORDER[f[0]]))
-    expected = [{"action": ge._ACTIONS[c][1], "reason": ge.truncate(f"{c}: {e}", 240), "priority": ge._ACTIONS[c][0]}
+    found.sort(key=lambda f: (_ACTIONS[f[0]][0], f[2], _CODE_ORDER[f[0]]))
+    expected = [{"action": _ACTIONS[c][1], "reason": truncate(f"{c}: {e}", 240), "priority": _ACTIONS[c][0]}
                 for c, e, _ in found]
-    assert ge._next_best_actions(risks, opportunities) == expected
+    assert _next_best_actions(risks, opportunities) == expected
 
     cfg = resolve_config({"severity_weights": {"low": 15, "medium": 15, "high": 5}})
-    top = sorted(risk_codes, key=lambda c: (-cfg.weight[c], ge._CODE_ORDER[c]))
+    top = sorted(risk_codes, key=lambda c: (-cfg.weight[c], _CODE_ORDER[c]))
     assert sorted(risk_codes, key=cfg.risk_order.__getitem__) == top
 
 

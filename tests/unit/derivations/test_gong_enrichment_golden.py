@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from sophia_tasks.derivations.gong_enrichment import RULES_VERSION, derive
+from sophia_tasks.derivations.gong_enrichment import derive
+from sophia_tasks.derivations.gong_enrichment.defaults import RULES_VERSION
 
 GOLDEN = Path(__file__).resolve().parents[2] / "fixtures" / "golden"
 FILES = sorted(GOLDEN.glob("*.json"))

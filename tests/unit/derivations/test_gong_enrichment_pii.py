@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sophia_tasks.derivations.gong_enrichment import derive, resolve_config
+from sophia_tasks.derivations.gong_enrichment import derive
+from sophia_tasks.derivations.gong_enrichment.config import resolve_config
 from sophia_tasks.derivations.pii import (
     DEFAULT_MASKER,
     EMAIL_RE,

@@ -10,7 +10,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sophia_tasks.derivations.gong_enrichment import OPPORTUNITY_CODES, RISK_CODES, derive
+from sophia_tasks.derivations.gong_enrichment import derive
+from sophia_tasks.derivations.gong_enrichment.defaults import OPPORTUNITY_CODES, RISK_CODES
 from tests.fixtures.gong_builders import NOW
 
 # Text that sometimes carries what the rules and the masking look for.

@@ -11,17 +11,16 @@ from typing import Any
 
 import pytest
 
-from sophia_tasks.derivations.gong_enrichment import (
+from sophia_tasks.derivations.gong_enrichment import derive, enrich_call
+from sophia_tasks.derivations.gong_enrichment.config import resolve_config
+from sophia_tasks.derivations.gong_enrichment.defaults import (
     DEFAULT_CONFIG,
     OPPORTUNITY_CODES,
     RISK_CODES,
     RULES_VERSION,
-    compute_enrichment,
-    derive,
-    enrich_call,
-    resolve_config,
-    truncate,
 )
+from sophia_tasks.derivations.gong_enrichment.rules import compute_enrichment
+from sophia_tasks.derivations.gong_enrichment.values import truncate
 from tests.fixtures.gong_builders import NOW, enrich, evidence, opportunity_codes, quiet_call, risk_codes
 
 

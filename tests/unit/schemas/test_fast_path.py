@@ -13,7 +13,8 @@ from marshmallow import INCLUDE, RAISE, Schema, fields, validate
 
 from sophia_tasks.schemas import gong
 from sophia_tasks.schemas.fast import compile_schema
-from sophia_tasks.schemas.gong import CALL_ID_RE, GongCallSchema
+from sophia_tasks.schemas.fields import CALL_ID_RE
+from sophia_tasks.schemas.gong import GongCallSchema
 
 CORPUS = Path(__file__).resolve().parents[2] / "fixtures" / "gong_calls_corpus.ndjson"
 ACCEPTS = compile_schema(GongCallSchema())
@@ -36,7 +37,7 @@ def marshmallow_accepts(call: Any) -> bool:
 def value_for(field: fields.Field, depth: int, junk: bool = True) -> st.SearchStrategy[Any]:
     """Valid values of the field (weighted) mixed with wrong types, nulls and junk
     (``junk=False``: valid values only, and null where the field allows it)."""
-    from sophia_tasks.schemas.gong import GongCallId, IsoDateTime, StrictBoolean, StrictNumber
+    from sophia_tasks.schemas.fields import GongCallId, IsoDateTime, StrictBoolean, StrictNumber
 
     cls = type(field)
     if cls is GongCallId:

@@ -1,0 +1,4 @@
+"""The ``sophia-tasks`` command line: one module per command group, ``main`` is the entry point."""
+from sophia_tasks.cli.main import main
+
+__all__ = ["main"]

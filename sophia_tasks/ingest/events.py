@@ -1,0 +1,21 @@
+"""The event message the webhook and backfill put on the broker, one per accepted event."""
+from __future__ import annotations
+
+from typing import Any
+
+from sophia_tasks.core.documents import is_version, normalize_version, parse_time
+
+
+def make_event(collection: str, document: Any, event_id: str, received_at: str, published_at: str | None,
+               source: str, is_test: bool = False) -> dict[str, Any]:
+    """The message the webhook and backfill put on the broker, one per event."""
+    return {
+        "event_id": event_id,
+        "collection": collection,
+        "received_at": received_at,
+        "published_at": published_at if is_version(published_at) else normalize_version(published_at,
+                                                                                       parse_time(received_at)),
+        "source": source,
+        "is_test": bool(is_test),
+        "document": document,
+    }

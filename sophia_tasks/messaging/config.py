@@ -1,0 +1,92 @@
+"""The Celery configuration shared by every process that talks to the broker.
+
+The worker's app (``sophia_tasks.worker.app``) and the web app's publisher are both
+configured here, so a publisher never needs the modules that define the tasks.
+"""
+from __future__ import annotations
+
+from celery import Celery, current_app
+from kombu import Queue
+
+from sophia_tasks.core.flowspec import FlowSpec
+from sophia_tasks.messaging.routing import INGEST_QUEUE, LANES, STAGE_QUEUES, materialize_queue
+from sophia_tasks.messaging.serialization import NAME as ORJSON
+from sophia_tasks.messaging.serialization import register_orjson
+from sophia_tasks.settings import Settings
+
+
+def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
+    register_orjson()
+    queues = [Queue(settings.queue(q), routing_key=settings.queue(q)) for q in STAGE_QUEUES]
+    queues += [Queue(materialize_queue(settings, name, lane), routing_key=materialize_queue(settings, name, lane))
+               for lane in LANES for name in spec.materializations]
+    transport_options: dict[str, object] = {}
+    broker_transport: str | None = None
+    if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        # Our Redis transport: a killed worker can never lose a message in kombu's delivery window.
+        from sophia_tasks.messaging.transport import transport_options as redis_options
+
+        transport_options = redis_options(settings, (settings.queue("sophia."),))
+        if not settings.broker_url.startswith("rediss://"):  # rediss keeps kombu's own TLS checks
+            broker_transport = "sophia_tasks.messaging.transport:Transport"
+    elif settings.broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
+        # A 202 must mean the broker has the event: wait for the publisher confirm.
+        transport_options = {"confirm_publish": True, "connect_timeout": 3}
+    app.conf.update(
+        broker_url=settings.broker_url,
+        broker_transport_options=transport_options,
+        broker_transport=broker_transport,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        result_backend=None,
+        task_ignore_result=True,
+        task_serializer=ORJSON,
+        result_serializer="json",
+        accept_content=[ORJSON, "json"],
+        event_serializer="json",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        task_queues=queues,
+        task_default_queue=settings.queue("sophia.ops"),
+        task_create_missing_queues=True,
+        task_routes={
+            "sophia.validate": {"queue": settings.queue("sophia.validate")},
+            "sophia.derive": {"queue": settings.queue("sophia.derive")},
+            "sophia.backfill": {"queue": settings.queue("sophia.backfill")},
+            "sophia.ingest": {"queue": settings.queue(INGEST_QUEUE)},
+        },
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        # KB: a pool child past 250 MB is replaced after its task, so none settles above the 300 MB
+        # budget (a batch of 500 decoded calls is ~30-60 MB of Python objects on top of ~120 MB of code).
+        worker_max_memory_per_child=250_000,
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={
+            "purge-retention": {"task": "sophia.purge_retention", "schedule": 3600.0},
+            # Slack alerts (thresholds in the flow spec's alerts: section); a late run is dropped, not queued.
+            "alerts": {"task": "sophia.alerts", "schedule": settings.alerts_interval_seconds,
+                       "options": {"expires": settings.alerts_interval_seconds}},
+            "purge-journal": {"task": "sophia.purge_journal", "schedule": 3600.0},
+        },
+    )
+    app.conf.sophia_settings = settings
+    app.conf.sophia_spec = spec
+
+
+def publisher(settings: Settings, spec: FlowSpec, name: str = "sophia_tasks_publisher") -> Celery:
+    """A Celery app that only sends tasks by name: the web app's and the command line's."""
+    app = Celery(name, set_as_current=False)
+    configure(app, settings, spec)
+    return app
+
+
+def sender_for(settings: Settings, spec: FlowSpec) -> Celery:
+    """Inside a worker, its own app; elsewhere (the command line) a publisher for these settings."""
+    app = current_app
+    if app.conf.get("sophia_settings") is not None:
+        return app
+    return publisher(settings, spec)

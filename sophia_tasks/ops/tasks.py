@@ -1,0 +1,85 @@
+"""Operators' tasks: backfill, dead-letter replay, and the retention purges beat runs."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg2
+import redis as _redis
+from celery import current_app, shared_task
+from kombu.exceptions import OperationalError as _BrokerError  # a broker blip: the backfill task retries
+
+from sophia_tasks.materializers import get_materializer
+from sophia_tasks.ops.backfill import DEFAULT_BATCH, BackfillError, run_file_backfill, run_gong_backfill
+from sophia_tasks.ops.replay import replay_letters
+from sophia_tasks.pipeline.failures import StageTask
+from sophia_tasks.pipeline.runtime import context
+from sophia_tasks.store.journal import purge_expired
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="sophia.replay", base=StageTask)
+def replay(letter_ids: list[int]) -> int:
+    """Put dead letters back into the chain at the stage where each one failed."""
+    return replay_letters(context(), letter_ids)
+
+
+@shared_task(name="sophia.purge_retention", base=StageTask)
+def purge_retention() -> dict[str, int]:
+    """Delete staging rows older than each binding's retention_days (Postgres keeps 30 days)."""
+    ctx = context()
+    purged: dict[str, int] = {}
+    for mat in ctx.spec.materializations.values():
+        if mat.endpoint != "postgres":
+            continue
+        writer = get_materializer("postgres", ctx.settings, ctx.spec)
+        for binding in mat.bindings:
+            if binding.retention_days:
+                purged[str(binding.table)] = writer.purge_older_than(binding, binding.retention_days)  # type: ignore[attr-defined]
+    log.info("retention purge: %s", purged)
+    return purged
+
+
+@shared_task(name="sophia.backfill", bind=True, acks_late=True, reject_on_worker_lost=True,
+          autoretry_for=(psycopg2.OperationalError, _BrokerError, _redis.ConnectionError),
+          max_retries=5, retry_backoff=5, retry_backoff_max=120, retry_jitter=True)
+def backfill_task(self: Any, path: str | None = None, gong: bool = False, since: str | None = None,
+                  until: str | None = None, restart: bool = False, strict: bool = False,
+                  batch_size: int = DEFAULT_BATCH, max_retries: int = 5) -> dict[str, Any]:
+    """``celery -A sophia_tasks call sophia.backfill --kwargs '{"path": "CALLS.ndjson"}'``: the CLI's code in a worker.
+
+    A redelivered task (worker killed) resumes from the checkpoint. A backfill that
+    cannot go on (missing file, a Gong page that never comes) is logged and answered,
+    never retried blindly.
+    """
+    settings = self.app.conf.sophia_settings
+
+    def log_progress(done: int, total: int, published: int) -> None:
+        pct = f"{100.0 * done / total:.0f}%" if total else "?"
+        log.info("backfill %s: %d event(s) published by this run, %s", path or "gong", published, pct)
+
+    try:
+        if gong:
+            summary = run_gong_backfill(settings, since or "", until, restart=restart, batch_size=batch_size,
+                                        progress=log_progress, max_retries=max_retries)
+        elif path:
+            summary = run_file_backfill(settings, path, restart=restart, strict=strict, batch_size=batch_size,
+                                        progress=log_progress)
+        else:
+            raise BackfillError('sophia.backfill needs kwargs {"path": ...} or {"gong": true, "since": ...}')
+    except BackfillError as exc:
+        log.error("backfill failed: %s", exc)
+        return {"status": "failed", "error": str(exc)}
+    log.info("backfill %s: %s", summary.source, summary.line())
+    if summary.bad_examples:
+        log.warning("backfill %s: bad items (first %d): %s", summary.source, len(summary.bad_examples),
+                    "; ".join(summary.bad_examples))
+    return summary.to_dict()
+
+
+@shared_task(name="sophia.purge_journal", acks_late=True)
+def purge_journal_task() -> list[str]:
+    """Beat: drop journal partitions older than the flow spec's ``journal.retention_days``."""
+    app = current_app
+    return purge_expired(app.conf.sophia_settings.postgres_dsn, app.conf.sophia_spec.journal_retention_days)

@@ -1,0 +1,157 @@
+"""Where derived documents go, and what happens when a write fails.
+
+A target is written inline by the task (``SOPHIA_INLINE_TARGETS``), gathered in its
+target buffer (``SOPHIA_COALESCE_TARGETS``), or queued under a claim check. A failed
+document is sent again with backoff, or dead-lettered when no retry can help.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sophia_tasks.core.documents import meta
+from sophia_tasks.ingest.buffer import coalesces
+from sophia_tasks.materializers import TransientTargetError, WriteResult, write_deadline
+from sophia_tasks.pipeline import stages
+from sophia_tasks.pipeline.claim_checks import is_ref
+from sophia_tasks.pipeline.records import record_error, record_written
+from sophia_tasks.pipeline.runtime import Context, buffer_of, bulkhead, claim_store, send_materialize
+from sophia_tasks.store.deadletter import Letter
+
+log = logging.getLogger(__name__)
+
+
+def fan_out(ctx: Context, derived: dict[str, list[dict[str, Any]]], lane: str,
+            targets: list[str] | None, batch_id: str | None) -> None:
+    for name, docs in derived.items():
+        if not docs:
+            continue
+        names = [m.name for m in ctx.spec.materializations_of(name) if targets is None or m.name in targets]
+        if not names:
+            continue
+        inline = [t for t in names if inline_now(ctx, t)]
+        queued = [t for t in names if t not in inline]
+        gathered = []
+        for target in (t for t in queued if coalesces(ctx.settings, t)):
+            try:
+                buffer_of(ctx, target, name, lane).append(docs)
+                gathered.append(target)
+            except Exception as exc:  # the broker's Redis refused: queue this batch on its own instead
+                log.warning("%s: could not add %d document(s) to its buffer, queueing them: %s", target,
+                            len(docs), exc)
+        queued = [t for t in queued if t not in gathered]
+        if queued:  # first, so a slow target's write starts in another process while this one writes
+            batch = claim(ctx, docs, queued, f"{batch_id}:{name}" if batch_id else None)
+            for target in queued:
+                send_materialize(target, name, batch, lane=lane)
+        for target in inline:
+            write_inline(ctx, target, name, docs, lane, batch_id)
+
+
+#: Per process: target -> monotonic time until which its writes go through its queue instead.
+_inline_off: dict[str, float] = {}
+
+
+#: Seconds an inline write may wait on its target (lock, statement) before giving up.
+INLINE_DEADLINE = 2.0
+
+
+#: An inline write that failed, or took longer than this, sends the target's batches to its queue...
+INLINE_SLOW = 2.0
+
+
+#: ...for this many seconds.
+INLINE_BACKOFF = 30.0
+
+
+def inline_now(ctx: Context, target: str) -> bool:
+    return target in ctx.settings.inline_targets and _inline_off.get(target, 0.0) <= time.monotonic()
+
+
+def write_inline(ctx: Context, target: str, collection: str, documents: list[dict[str, Any]], lane: str,
+                 task_id: str | None) -> None:
+    """Write one target from the validate task: no claim check, no second decode, no queue wait.
+
+    Its failures take the queued path (``write_and_settle`` re-sends them with backoff or
+    dead-letters them), and a failed or slow write turns inline writing of that target off in
+    this process for ``INLINE_BACKOFF`` seconds, so a sick target costs the others one
+    batch's wait, not one per batch.
+    """
+    started = time.monotonic()
+    try:
+        with write_deadline(INLINE_DEADLINE):
+            result = write_and_settle(ctx, None, None, target, collection, documents, 1, lane,
+                                      f"{task_id}:{target}" if task_id else None)
+    except Exception as exc:  # not a target error (those are settled above): let the queued path retry it
+        log.warning("%s: inline write of %d document(s) failed, queueing them: %r", target, len(documents), exc)
+        _inline_off[target] = time.monotonic() + INLINE_BACKOFF
+        send_materialize(target, collection, claim(ctx, documents, [target], f"{task_id}:{target}:inline"
+                                                   if task_id else None), lane=lane)
+        return
+    took = time.monotonic() - started
+    if result.rejected or took > INLINE_SLOW:
+        _inline_off[target] = time.monotonic() + INLINE_BACKOFF
+        log.warning("%s: inline write %s (%.1f s); its batches go through its queue for %.0f s", target,
+                    f"had {len(result.rejected)} failure(s)" if result.rejected else "was slow", took, INLINE_BACKOFF)
+
+
+def claim(ctx: Context, documents: list[dict[str, Any]], targets: list[str], name: str | None = None) -> Any:
+    """What a materialize message carries: a claim check on a Redis broker, else the documents."""
+    if ctx.claims is None:
+        return documents
+    try:
+        return ctx.claims.put(documents, targets, name)
+    except Exception as exc:  # the broker's Redis refused the blob: send inline, lose nothing
+        log.warning("could not store a batch of %d document(s), sending it inline: %s", len(documents), exc)
+        return documents
+
+
+def documents_of(ctx: Context, batch: Any) -> list[dict[str, Any]] | None:
+    """The documents a materialize message stands for (None: its claim check is gone)."""
+    if not is_ref(batch):
+        return batch
+    return claim_store(ctx, f"a claim-checked batch {batch.get('$batch')}").get(batch)
+
+
+def write_and_settle(ctx: Context, node: str | None, slot: str | None, target: str, collection: str,
+                     documents: list[dict[str, Any]], attempt: int, lane: str,
+                     task_id: str | None = None) -> WriteResult:
+    """Write; then each failed document is re-sent (new claim) or dead-lettered. ``slot``: the
+    bulkhead slot to give back (None for an inline write, which holds none)."""
+    try:
+        try:
+            result = stages.materialize_documents(ctx.settings, ctx.spec, target, collection, documents)
+            error_reason = "data"
+        except TransientTargetError as exc:
+            result = WriteResult(failed=[(d, str(exc)[:2000]) for d in documents])
+            error_reason = "unreachable"
+    finally:
+        if slot is not None and node is not None:
+            bulkhead(ctx).release(node, target, slot)
+    if len(result.rejected) < len(documents):
+        record_written(ctx, target, collection, documents, result, lane)
+    if not result.rejected:
+        return result
+    keyless, retryable = result.keyless, result.failed
+    record_error(ctx, "materialize", target, error_reason, len(retryable))
+    letters = [Letter(stage="materialize", target=target, collection=collection, payload=d, error=e,
+                      event_id=meta(d).get("event_id"), attempts=attempt) for d, e in keyless]
+    if retryable and attempt < ctx.settings.retry_max:
+        countdown = stages.backoff_seconds(ctx.settings, attempt)
+        log.warning("%s: %d document(s) of %s failed (attempt %d of %d), retrying in %.1fs: %s", target,
+                    len(retryable), collection, attempt, ctx.settings.retry_max, countdown, retryable[0][1][:300])
+        again = [d for d, _ in retryable]
+        send_materialize(target, collection, claim(ctx, again, [target], f"{task_id}:retry" if task_id else None),
+                         attempt=attempt + 1,
+                         countdown=countdown, lane=lane)
+    else:
+        letters += [Letter(stage="materialize", target=target, collection=collection, payload=d, error=e,
+                           event_id=meta(d).get("event_id"), attempts=attempt,
+                           document_key=ctx.spec.collection(collection).key_of(d)) for d, e in retryable]
+        if retryable:
+            log.error("%s: %d document(s) of %s dead-lettered after %d attempts: %s", target, len(retryable),
+                      collection, attempt, retryable[0][1][:300])
+    if letters:
+        ctx.dlq.record(letters)
+    return result
