@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[local,dev]"
 	@touch $(STAMP)
 
 services: install
@@ -20,7 +20,8 @@ services: install
 demo: install services
 	$(BIN)/python -m sophia_tasks.dev.demo
 
-test: install services
+# The suite runs the lint gate first, so a new import cycle or lint finding fails CI.
+test: lint services
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-unit: install
@@ -45,6 +46,11 @@ bench: install services
 # 10 minutes at 500 events/s with the worker SIGKILLed every minute (docs/benchmarks.md).
 soak: install services
 	$(BIN)/python -m bench --scenario soak --out bench/results/$$(date +%F)-soak.json
+
+# ruff (pyproject.toml) and the import-linter contracts (.importlinter): layers, no cycles.
+lint: install
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) var/*.log build *.egg-info

@@ -20,7 +20,6 @@ import resource
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
-
 from urllib.parse import urlsplit
 
 BodyFn = Callable[[], tuple[bytes, Any]]

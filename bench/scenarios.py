@@ -248,7 +248,7 @@ def wait_targets(bench: Bench, n: int, t0: float, timeout: float, targets: tuple
     while len(done) < len(targets) and time.monotonic() < deadline:
         now = time.monotonic()
         values = bench.cache.hmget(COUNTERS, [fields[t] for t in targets])
-        for t, v in zip(targets, values):
+        for t, v in zip(targets, values, strict=True):
             if t not in counter_hit and v is not None and float(v) - base[t] >= n:
                 counter_hit[t] = now
         for t in targets:
@@ -325,8 +325,8 @@ def count_target(bench: Bench, target: str, ids: str = "", call_ids: list[str] |
 
 def enriched_rows(calls: Calls, n: int) -> tuple[list[dict[str, Any]], Any]:
     """The documents the Snowflake binding would write, made by the project's own stage functions."""
-    from sophia_tasks.pipeline import stages as pipeline
     from sophia_tasks.core.flowspec import load_spec
+    from sophia_tasks.pipeline import stages as pipeline
     from sophia_tasks.settings import load_settings
 
     spec = load_spec(load_settings().flow_path)
@@ -345,9 +345,9 @@ def sf_raw(bench: Bench, calls: Calls, n: int, batch: int) -> dict[str, Any]:
       in this process on the same rows, no Celery: the ceiling of our Snowflake path.
     The raw rate the target compares with is ``insert_json``.
     """
+    from sophia_tasks.core.documents import version_of
     from sophia_tasks.materializers.projection import keyed, project
     from sophia_tasks.materializers.snowflake import SnowflakeMaterializer
-    from sophia_tasks.core.documents import version_of
     from sophia_tasks.settings import load_settings
 
     docs, spec = enriched_rows(calls, n)
@@ -461,7 +461,8 @@ def drain(bench: Bench, calls: Calls, sizes: Sizes, profile: dict[str, Any] | No
     log("drain: " + ", ".join(f"{t} {v['events_per_s']} ev/s" for t, v in per_target.items()))
     result = {
         "method": f"{n} events POSTed as JSON arrays of {sizes.batch_body_events} with the worker stopped, so they "
-                  "sit on the broker as accepted events (in the ingest buffer on a Redis broker); then one worker starts "
+                  "sit on the broker as accepted events (in the ingest buffer on a Redis broker); "
+                  "then one worker starts "
                   f"(--concurrency {bench.worker_concurrency}); each target's time runs from the worker's "
                   "'ready.' log line to the moment the target holds all N documents (pipeline counters read every "
                   "20 ms, confirmed by Redis EXISTS on the run's keys / SELECT count(*) / Snowflake SELECT COUNT(*))",
@@ -767,7 +768,7 @@ class LagSampler:
             pipe = self.cache.pipeline(transaction=False)
             for cid in ids:
                 pipe.exists(OUR_PREFIX + cid)
-            found_r = [cid for cid, hit in zip(ids, pipe.execute()) if hit]
+            found_r = [cid for cid, hit in zip(ids, pipe.execute(), strict=True) if hit]
         found_p: list[str] = []
         if pg_ids:
             try:
@@ -905,7 +906,8 @@ def latency(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
     log(f"latency: offered {web['sent']} accepted {accepted}; web p99 {web['p99_ms']} ms; lag p99 "
         + ", ".join(f"{t} {hist[t]['p99_s']}s" for t in TARGETS))
     return {
-        "method": "open-loop webhook load (one event per POST, bench.loadgen on asyncio, response time from the scheduled send "
+        "method": "open-loop webhook load (one event per POST, bench.loadgen on asyncio, "
+                  "response time from the scheduled send "
                   "time); receipt-to-materialized lag per target from the pipeline's own lag histogram "
                   "(sophia:stats:counters lag_seconds_bucket deltas, received_at in _meta to the write, "
                   "quantiles interpolated inside buckets 0.05/0.1/0.25/0.5/1/2/5 s as status.quantile does; "

@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Any, TextIO
 
 try:  # python-json-logger >= 3 moved the formatter; the old module still works but warns.
@@ -35,7 +36,8 @@ NOISY_LOGGERS: tuple[str, ...] = ("snowflake.connector", "snowflake.connector.ve
 _MARKER = "_sophia_logs_handler"
 _JSON_KEYS = frozenset(("timestamp", "level", "logger", "message", "exc_info", "stack_info", *CONTEXT_FIELDS))
 
-_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("sophia_log_context", default={})
+_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "sophia_log_context", default=MappingProxyType({}))
 
 
 @contextmanager
@@ -156,8 +158,8 @@ def celery_setup_logging(**kwargs: Any) -> None:
     """Receiver for ``celery.signals.setup_logging``; the worker and beat connect it at start-up.
 
     Having any receiver on that signal makes Celery skip its own logging set-up (no root hijack, no stdout
-    redirection), so worker and beat lines use the same format as web and CLI.  Celery passes ``loglevel`` (an int,
-    from ``--loglevel``, whose CLI default is WARNING), which therefore takes precedence over ``SOPHIA_LOG_LEVEL``.
+    redirection), so worker and beat lines use the same format as web and CLI.  ``SOPHIA_LOG_LEVEL`` wins when set;
+    otherwise Celery's ``loglevel`` (from ``--loglevel``) applies.
     Not connected at import time: importing this module must not change Celery's behaviour.
     """
-    configure_logging(level=kwargs.get("loglevel"))
+    configure_logging(level=None if os.environ.get("SOPHIA_LOG_LEVEL") else kwargs.get("loglevel"))

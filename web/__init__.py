@@ -12,7 +12,13 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from sophia_tasks.core.flowspec import load_spec
+from sophia_tasks.logs import configure_logging
+from sophia_tasks.observe.sentry import init_sentry
 from sophia_tasks.settings import ConfigError, Settings, load_settings
+from web.documents import bp as documents_bp
+from web.health import bp as health_bp
+from web.services import Services
+from web.webhook import bp as webhook_bp
 
 log = logging.getLogger(__name__)
 
@@ -24,19 +30,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         raise ConfigError(
             "SOPHIA_WEBHOOK_TOKENS is not set: refusing to start an unauthenticated webhook "
             "(set SOPHIA_INSECURE_NO_AUTH=1 to allow it on a private network)")
+    configure_logging()
     spec = load_spec(settings.flow_path)
-    from sophia_tasks.observe.sentry import init_sentry; init_sentry(settings, "web")  # noqa: E702 SENTRY_DSN
-
-    from web.services import Services
-
+    init_sentry(settings, "web")  # SENTRY_DSN
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["sophia"] = Services(settings, spec)
-
-    from web.documents import bp as documents_bp
-    from web.health import bp as health_bp
-    from web.webhook import bp as webhook_bp
 
     app.register_blueprint(webhook_bp)
     app.register_blueprint(health_bp)
@@ -55,4 +55,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         response.status_code = 500
         return response
 
+    log.info("web app ready: collections %s, flow spec %s, body limit %d bytes", ", ".join(spec.collections),
+             spec.path, settings.max_body_bytes)
     return app

@@ -202,14 +202,16 @@ def _standard_webhooks(config: AuthConfig, headers: Mapping[str, str], body: byt
     timestamp_text = (headers.get("webhook-timestamp") or "").strip()
     signature_header = (headers.get("webhook-signature") or "").strip()
     if not msg_id or not timestamp_text or not signature_header:
-        raise AuthError(401, "missing credentials: webhook-id, webhook-timestamp and webhook-signature are all required")
+        raise AuthError(401, "missing credentials: webhook-id, webhook-timestamp and webhook-signature "
+                             "are all required")
     if not timestamp_text.isascii() or not timestamp_text.isdigit() or len(timestamp_text) > 12:
         raise AuthError(403, "invalid webhook-timestamp: expected unix seconds")
     timestamp = int(timestamp_text)
     if timestamp < now - WEBHOOK_TOLERANCE_SECONDS:
         raise AuthError(403, "webhook timestamp is too old (more than 5 minutes): rejected as a possible replay")
     if timestamp > now + WEBHOOK_TOLERANCE_SECONDS:
-        raise AuthError(403, "webhook timestamp is too far in the future (more than 5 minutes): check the sender's clock")
+        raise AuthError(403, "webhook timestamp is too far in the future (more than 5 minutes): "
+                             "check the sender's clock")
     try:
         payload = body.decode("utf-8")
     except UnicodeDecodeError:

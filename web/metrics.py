@@ -21,8 +21,13 @@ from typing import Any, Iterator
 
 import redis as redis_lib
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily, Metric)
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from sophia_tasks.observe.stats import LAG_BUCKETS, STAGES, Stats, parse_field
 

@@ -13,11 +13,11 @@ import redis as redis_lib
 from celery import Celery
 from flask import current_app
 
-from sophia_tasks.messaging.config import publisher
 from sophia_tasks.core.flowspec import FlowSpec
 from sophia_tasks.ingest.buffer import APPEND_LUA, IngestBuffer, buffer_for
-from sophia_tasks.settings import Settings
+from sophia_tasks.messaging.config import publisher
 from sophia_tasks.observe.stats import COUNTERS, THROUGHPUT_WINDOW, field
+from sophia_tasks.settings import Settings
 from web.auth import AuthConfig
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ class Services:
         if self._one_trip is not None and self.buffer is not None:
             return self._claim_count_and_append(events, collection)
         fresh, counted_at = self.claim_and_count([e["event_id"] for e in events], collection)
-        new_events = [e for e, is_new in zip(events, fresh) if is_new]
+        new_events = [e for e, is_new in zip(events, fresh, strict=False) if is_new]
         if not new_events:
             return fresh
         try:

@@ -87,7 +87,7 @@ def receive() -> Any:
         fresh = svc.accept(events, COLLECTION)
     except BrokerUnavailable:
         return error(503, "broker unavailable, retry later", retry_after=5)
-    new_events = [e for e, is_new in zip(events, fresh) if is_new]
+    new_events = [e for e, is_new in zip(events, fresh, strict=False) if is_new]
     if not new_events:
         body: dict[str, Any] = {"status": "duplicate"}
         if len(ids) == 1:
@@ -101,7 +101,7 @@ def receive() -> Any:
         body["event_id"] = ids[0]
     else:
         body["event_ids"] = ids
-        dups = [e["event_id"] for e, is_new in zip(events, fresh) if not is_new]
+        dups = [e["event_id"] for e, is_new in zip(events, fresh, strict=False) if not is_new]
         if dups:
             body["duplicates"] = dups
     if any(e["is_test"] for e in new_events):

@@ -19,7 +19,7 @@ def settings_or_exit() -> Settings:
     try:
         return load_settings()
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         raise  # unreachable
 
 
@@ -27,7 +27,7 @@ def spec_or_exit(settings: Settings) -> Any:
     try:
         return load_spec(settings.flow_path)
     except FlowSpecError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def table(rows: list[dict[str, Any]], columns: list[str], title: str | None = None) -> None:
@@ -54,10 +54,10 @@ def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except psycopg2.OperationalError as exc:
-            _fail(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}")
+            fail(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}")
         except redis.RedisError as exc:
-            _fail(f"Redis unreachable: {exc}")
+            fail(f"Redis unreachable: {exc}")
         except (FlowSpecError, ConfigError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
 
     return wrapper

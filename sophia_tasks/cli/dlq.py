@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,7 +10,6 @@ import click
 from sophia_tasks.cli.common import fail as _fail
 from sophia_tasks.cli.common import guard as _guard
 from sophia_tasks.cli.common import settings_or_exit as _settings
-from sophia_tasks.cli.common import spec_or_exit as _spec
 from sophia_tasks.cli.common import table as _table
 from sophia_tasks.settings import Settings
 
@@ -63,7 +61,7 @@ def dlq_list(stage: str | None, target: str | None, older_than: str | None, stat
     """List dead letters, oldest first."""
     letters = _store(_settings()).list(status=status, stage=stage, target=target,
                                        older_than_seconds=_age(older_than), limit=limit)
-    rows = [l.summary() for l in letters]
+    rows = [letter.summary() for letter in letters]
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
@@ -96,8 +94,8 @@ def dlq_show(letter_id: int) -> None:
 def dlq_replay(letter_ids: tuple[int, ...], replay_all: bool, stage: str | None, target: str | None,
                payload_file: str | None, as_json: bool) -> None:
     """Put letters back into the chain at the stage each one failed."""
-    from sophia_tasks.pipeline.runtime import build_context
     from sophia_tasks.ops.replay import replay_letters
+    from sophia_tasks.pipeline.runtime import build_context
 
     if not letter_ids and not replay_all:
         _fail("name letter ids or pass --all")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
 
 import click
 
@@ -21,12 +20,14 @@ from sophia_tasks.cli.dlq import dlq
 from sophia_tasks.cli.observe import alerts as alerts_command
 from sophia_tasks.cli.ops import backfill_command, check_command, rebuild_command
 from sophia_tasks.core.flowspec import FlowSpecError, load_spec
+from sophia_tasks.logs import configure_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sophia-tasks")
 def main() -> None:
     """sophia-tasks: webhook capture, validation, enrichment and materialization of Gong calls."""
+    configure_logging()
 
 
 # -- flows -------------------------------------------------------------------------------
@@ -84,8 +85,8 @@ def status(as_json: bool) -> None:
 @_guard
 def migrate() -> None:
     """Create the database, the service tables and every target's tables if missing (safe to rerun)."""
-    from sophia_tasks.store.db import connections
     from sophia_tasks.materializers import get_materializer
+    from sophia_tasks.store.db import connections
 
     settings = _settings()
     spec = _spec(settings)

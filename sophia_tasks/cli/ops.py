@@ -81,8 +81,14 @@ class ProgressReporter:
     def __enter__(self) -> "ProgressReporter":
         if self.quiet or not self.console.is_terminal:
             return self
-        from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
                              TextColumn("{task.fields[published]} events"), TextColumn("{task.fields[rate]}/s"),
@@ -149,7 +155,7 @@ def backfill_command(file_path: str | None, gong: bool, since: str | None, until
     A second run of a finished backfill publishes nothing (use --restart to force).
     Ctrl-C or a crash keeps the checkpoint: run the same command again to resume.
     """
-    from sophia_tasks.ops.backfill import BackfillError, CheckpointStore, run_file_backfill, run_gong_backfill
+    from sophia_tasks.ops.backfill import BackfillError, run_file_backfill, run_gong_backfill
 
     settings, _spec = _load()
     if list_checkpoints:

@@ -8,7 +8,6 @@ import sys
 import time
 import uuid
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import requests

@@ -27,8 +27,8 @@ from typing import Any
 from celery import bootsteps
 from kombu import Consumer, Queue
 
-from sophia_tasks.messaging.routing import materialize_message, stage_queue
 from sophia_tasks.ingest.buffer import IngestBuffer, buffer_for, coalesced_buffers, target_buffer
+from sophia_tasks.messaging.routing import materialize_message, stage_queue
 
 #: At most this many cuts are published per timer tick (the main process also fetches tasks).
 MAX_CUTS_PER_TICK = 20
@@ -79,7 +79,8 @@ class IngestBatcher(bootsteps.ConsumerStep):
     def get_consumers(self, channel: Any) -> list[Consumer]:
         queue = Queue(self.settings.queue("sophia.ingest"), routing_key=self.settings.queue("sophia.ingest"))
         prefetch = max(10, self.settings.ingest_batch_size * 2)
-        return [Consumer(channel, queues=[queue], callbacks=[self.on_message], accept=list(self.app.conf.accept_content),
+        return [Consumer(channel, queues=[queue], callbacks=[self.on_message],
+                         accept=list(self.app.conf.accept_content),
                          prefetch_count=prefetch)]
 
     def start(self, c: Any) -> None:

@@ -7,6 +7,7 @@ a factory under its name (``base.register``); the pipeline only knows
 from __future__ import annotations
 
 from sophia_tasks.core.flowspec import FlowSpec
+from sophia_tasks.core.process import ProcessLocal
 from sophia_tasks.materializers import postgres, redis, snowflake  # noqa: F401  (they register themselves)
 from sophia_tasks.materializers.base import (
     _REGISTRY,
@@ -17,7 +18,6 @@ from sophia_tasks.materializers.base import (
     register,
     write_deadline,
 )
-from sophia_tasks.core.process import ProcessLocal
 from sophia_tasks.settings import Settings
 
 __all__ = ["Materializer", "TransientTargetError", "WriteResult", "available", "deadline", "get_materializer",

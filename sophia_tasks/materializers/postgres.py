@@ -4,19 +4,18 @@ Identifiers always go through ``psycopg2.sql``; documents are bound values.
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
-from sophia_tasks.store.db import Connections, connections, jsonb_text
-from sophia_tasks.core.documents import encoded, latest_per_key, version_of
+from sophia_tasks.core.documents import latest_per_key, version_of
 from sophia_tasks.core.flowspec import Binding, FlowSpec
 from sophia_tasks.materializers.base import TransientTargetError, WriteResult, deadline, register
 from sophia_tasks.materializers.projection import keyed, project
 from sophia_tasks.settings import Settings
+from sophia_tasks.store.db import Connections, connections, jsonb_text
 
 PG_TYPES = {
     "string": "text",
@@ -98,7 +97,7 @@ class PostgresMaterializer:
             rows.append((key, jsonb_text(doc), version_of(doc), *[
                 psycopg2.extras.Json(v, dumps=jsonb_text) if p.type == "object" and v is not None
                 else v.replace("\x00", "\ufffd") if isinstance(v, str) else v
-                for p, v in zip(binding.projections, project(doc, binding.projections))]))
+                for p, v in zip(binding.projections, project(doc, binding.projections), strict=True)]))
         template = "(" + ", ".join(["%s", "%s::jsonb", "%s::timestamptz"] + ["%s"] * len(binding.projections)) + ")"
         try:
             for attempt in (1, 2):

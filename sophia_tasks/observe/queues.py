@@ -14,9 +14,9 @@ from typing import Any
 
 import redis as redis_lib
 
-from sophia_tasks.messaging.routing import INGEST_QUEUE, LANES, STAGE_QUEUES, materialize_queue
 from sophia_tasks.core.flowspec import FlowSpec
 from sophia_tasks.ingest.buffer import BUFFER_PREFIX, coalesced_buffers, target_buffer_name
+from sophia_tasks.messaging.routing import INGEST_QUEUE, LANES, STAGE_QUEUES, materialize_queue
 from sophia_tasks.settings import Settings
 
 # kombu's Redis transport keeps priorities 3, 6 and 9 in sibling lists named with this separator.

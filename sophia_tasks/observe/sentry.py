@@ -184,9 +184,8 @@ def init_sentry(settings: Settings, component: str) -> bool:
     import sentry_sdk
     from sentry_sdk.integrations.celery import CeleryIntegration
     from sentry_sdk.integrations.flask import FlaskIntegration
-    from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
-
     from sentry_sdk.integrations.logging import ignore_logger
+    from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
 
     ignore_logger(__name__)  # the scrubber's own complaints must not become events
     scrubber = Scrubber(secret_values(settings))

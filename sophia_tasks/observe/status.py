@@ -14,6 +14,8 @@ from datetime import datetime, timezone
 from typing import IO, Any, Mapping
 
 from sophia_tasks.core.flowspec import FlowSpec
+from sophia_tasks.messaging.routing import materialize_queue
+from sophia_tasks.observe.alerts import firing_alerts, window_baseline
 from sophia_tasks.observe.counts import (  # noqa: F401  (re-exported for the command line)
     diff_counters,
     empty_counts,
@@ -22,24 +24,9 @@ from sophia_tasks.observe.counts import (  # noqa: F401  (re-exported for the co
     quantile,
     target_counts,
 )
-from sophia_tasks.messaging.routing import materialize_queue
-from sophia_tasks.observe.alerts import firing_alerts, window_baseline
 from sophia_tasks.observe.queues import broker_snapshot
-from sophia_tasks.settings import Settings
 from sophia_tasks.observe.stats import Stats, parse_field
-
-
-
-
-
-
-
-
-
-
-
-
-
+from sophia_tasks.settings import Settings
 
 
 def _iso(ts: float | None) -> str | None:

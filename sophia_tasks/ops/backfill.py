@@ -44,16 +44,16 @@ import orjson
 import psycopg2
 import psycopg2.extras
 
-from sophia_tasks.store.db import connect
 from sophia_tasks.core.documents import format_version, parse_time, utcnow
+from sophia_tasks.core.flowspec import load_spec
 from sophia_tasks.ingest.envelope import EnvelopeError, parse_body
-from sophia_tasks.ops.gong_api import GongAPIError, GongClient
 from sophia_tasks.ingest.events import make_event
 from sophia_tasks.messaging import routing
 from sophia_tasks.messaging.config import sender_for
+from sophia_tasks.ops.gong_api import GongAPIError, GongClient
 from sophia_tasks.pipeline.bulk_window import window_for
-from sophia_tasks.core.flowspec import load_spec
 from sophia_tasks.settings import Settings
+from sophia_tasks.store.db import connect
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class CheckpointStore:
             row = cur.fetchone()
         if row is None:
             return None
-        data = dict(zip(_CP_COLUMNS, row))
+        data = dict(zip(_CP_COLUMNS, row, strict=True))
         data["params"] = data["params"] or {}
         data["bad_examples"] = list(data["bad_examples"] or [])
         return Checkpoint(**data)
@@ -233,7 +233,7 @@ class CheckpointStore:
         with self.conn.cursor() as cur:
             cur.execute(f"SELECT {', '.join(_CP_COLUMNS)}, updated_at FROM sophia_backfill_checkpoints "
                         "ORDER BY updated_at DESC LIMIT %s", (limit,))
-            return [dict(zip(_CP_COLUMNS + ("updated_at",), r)) for r in cur.fetchall()]
+            return [dict(zip(_CP_COLUMNS + ("updated_at",), r, strict=True)) for r in cur.fetchall()]
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -358,6 +358,8 @@ class _Run:
         window = getattr(self.publish, "window", None)
         if window is not None:
             self.summary.yielded_s = window.yielded_s
+        log.info("backfill %s: %s", self.summary.source, self.summary.line(),
+                 extra={"stage": "backfill", "events": self.summary.published})
         return self.summary
 
 

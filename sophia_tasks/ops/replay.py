@@ -20,25 +20,26 @@ def replay_letters(ctx: Context, letter_ids: list[int] | None, status: str = "pe
     letters = ctx.dlq.list(status=None if letter_ids else status, stage=stage, target=target,
                            ids=list(letter_ids) if letter_ids else None, limit=None)
     if letter_ids:
-        letters = [l for l in letters if l.status == "pending"] or letters
+        letters = [letter for letter in letters if letter.status == "pending"] or letters
     groups: dict[tuple[str, str | None, str], list[Any]] = defaultdict(list)
     for letter in letters:
         groups[(letter.stage, letter.target, letter.collection)].append(letter)
     sent = 0
     for (stage, tgt, collection), batch in groups.items():
-        payloads = [l.payload for l in batch]
+        payloads = [letter.payload for letter in batch]
         if stage == "validate":
             routing.send_validate(out, ctx.settings, payloads)
         elif stage == "derive":
             routing.send_derive(out, ctx.settings, collection, payloads)
         elif stage == "materialize" and tgt:
             if tgt not in ctx.spec.materializations:
-                log.error("letters %s name target %s, which the flow spec no longer has", [l.id for l in batch], tgt)
+                log.error("letters %s name target %s, which the flow spec no longer has",
+                          [letter.id for letter in batch], tgt)
                 continue
             routing.send_materialize(out, ctx.settings, tgt, collection, payloads)
         else:
-            log.error("letters %s have an unknown stage %s", [l.id for l in batch], stage)
+            log.error("letters %s have an unknown stage %s", [letter.id for letter in batch], stage)
             continue
-        ctx.dlq.mark_replayed([l.id for l in batch])
+        ctx.dlq.mark_replayed([letter.id for letter in batch])
         sent += len(batch)
     return sent

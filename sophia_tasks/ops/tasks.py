@@ -71,7 +71,6 @@ def backfill_task(self: Any, path: str | None = None, gong: bool = False, since:
     except BackfillError as exc:
         log.error("backfill failed: %s", exc)
         return {"status": "failed", "error": str(exc)}
-    log.info("backfill %s: %s", summary.source, summary.line())
     if summary.bad_examples:
         log.warning("backfill %s: bad items (first %d): %s", summary.source, len(summary.bad_examples),
                     "; ".join(summary.bad_examples))

@@ -1,6 +1,7 @@
 """What a stage records about a batch: counters, the lag histogram, throughput, error counts."""
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -12,7 +13,7 @@ from sophia_tasks.observe.stats import LAG_BUCKETS
 from sophia_tasks.observe.stats import field as stats_field
 from sophia_tasks.pipeline.runtime import Context
 
-log = __import__("logging").getLogger(__name__)
+log = logging.getLogger(__name__)
 
 def record_written(ctx: Context, target: str, collection: str, documents: list[dict[str, Any]],
                    result: WriteResult, lane: str | None = None) -> None:
@@ -67,4 +68,4 @@ def record_test_deliveries(ctx: Context, documents: list[dict[str, Any]]) -> Non
     ctx.stats.incr([("test_deliveries", {"collection": meta(d).get("collection")}, 1) for d in documents])
     for d in documents:
         log.info("test delivery %s for call %s acknowledged, not materialized", meta(d).get("event_id"),
-                 (d.get("metaData") or {}).get("id"))
+                 (d.get("metaData") or {}).get("id"), extra={"event_id": meta(d).get("event_id")})

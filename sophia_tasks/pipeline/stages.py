@@ -135,7 +135,7 @@ def derive_documents(spec: FlowSpec, collection: str, documents: list[dict[str, 
         result.documents[collection] = list(documents)
     for derivation in spec.derivations_of(collection):
         try:
-            pairs = list(zip(documents, _run_transform(derivation, documents)))
+            pairs = list(zip(documents, _run_transform(derivation, documents), strict=True))
         except Exception:
             pairs = []
             for doc in documents:

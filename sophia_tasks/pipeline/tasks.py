@@ -18,6 +18,7 @@ from celery import Task, shared_task
 
 from sophia_tasks.core.documents import encoding_cache
 from sophia_tasks.ingest.buffer import is_ref as is_events_ref
+from sophia_tasks.logs import log_context
 from sophia_tasks.messaging import routing
 from sophia_tasks.pipeline.batches import derive_and_fan_out, events_of_cut, journal_hook, validate_events_batch
 from sophia_tasks.pipeline.claim_checks import is_ref
@@ -43,6 +44,13 @@ VALIDATE_SLOT = "stage:validate"
 VALIDATE_WAIT = 10.0
 
 
+def batch_size(batch: Any) -> int | None:
+    """How many events or documents a message stands for: a list, or a claim check's or cut's ``n``."""
+    if isinstance(batch, list):
+        return len(batch)
+    return batch.get("n") if isinstance(batch, dict) else None
+
+
 @shared_task(name=routing.INGEST, base=StageTask)
 def ingest(events: list[dict[str, Any]]) -> None:
     """Fallback for ingest messages consumed one at a time (the batcher normally takes them)."""
@@ -61,7 +69,8 @@ def validate(events: Any, lane: str = "live", targets: list[str] | None = None, 
             send_validate(events, lane, targets)
             return
     try:
-        _validate(ctx, events, lane, targets)
+        with log_context(stage="validate", events=batch_size(events), task_id=validate.request.id):
+            _validate(ctx, events, lane, targets)
     finally:
         if cpu_slot is not None:
             validate_slots(ctx).release(node, VALIDATE_SLOT, cpu_slot)
@@ -85,7 +94,8 @@ def _validate(ctx: Context, events: Any, lane: str, targets: list[str] | None) -
 @shared_task(name=routing.DERIVE, base=StageTask)
 def derive(collection: str, documents: list[dict[str, Any]], lane: str = "live",
            targets: list[str] | None = None) -> None:
-    derive_and_fan_out(context(), collection, documents, lane, targets, derive.request.id)
+    with log_context(stage="derive", collection=collection, events=len(documents), task_id=derive.request.id):
+        derive_and_fan_out(context(), collection, documents, lane, targets, derive.request.id)
 
 
 @shared_task(name=routing.MATERIALIZE, bind=True, base=StageTask, soft_time_limit=240, time_limit=300)
@@ -97,6 +107,12 @@ def materialize(self: Task, target: str, collection: str, documents: Any, attemp
     a target buffer (``sophia_tasks.ingest.buffer``); either is released only once this target's
     share is settled, so a crash before that redelivers a message whose batch is still there.
     """
+    with log_context(stage="materialize", target=target, collection=collection, events=batch_size(documents),
+                     task_id=self.request.id):
+        _materialize(self, target, collection, documents, attempt, lane)
+
+
+def _materialize(self: Task, target: str, collection: str, documents: Any, attempt: int, lane: str) -> None:
     ctx = context()
     batch = documents
     gathered = buffer_of(ctx, target, collection, lane) if is_events_ref(batch) else None

@@ -12,26 +12,12 @@ are plain strings on purpose: a new value from Gong must not dead-letter real ca
 """
 from __future__ import annotations
 
-import datetime as dt
-import math
-import re
 from typing import Any
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields
 
 from sophia_tasks.schemas.fast import compile_schema
-from sophia_tasks.schemas.fields import CALL_ID_RE, GongCallId, IsoDateTime, StrictBoolean, StrictNumber, _type_name
-
-
-
-
-
-
-
-
-
-
-
+from sophia_tasks.schemas.fields import GongCallId, IsoDateTime, StrictBoolean, StrictNumber, _type_name
 
 
 def _str() -> fields.String:

@@ -13,8 +13,7 @@ from typing import Any, Iterable
 import psycopg2.extras
 from psycopg2 import sql
 
-from sophia_tasks.store.db import Connections, connections
-from sophia_tasks.store.db import jsonb_text
+from sophia_tasks.store.db import Connections, connections, jsonb_text
 
 STAGES = ("validate", "derive", "materialize")
 
@@ -65,9 +64,10 @@ class DeadLetterStore:
         self.conns = conns
 
     def record(self, letters: Iterable[Letter]) -> int:
-        rows = [(l.stage, l.target, l.collection, l.document_key, l.event_id, jsonb_text(l.payload),
-                 l.error[:20000], jsonb_text(l.details) if l.details is not None else None, l.attempts)
-                for l in letters]
+        rows = [(letter.stage, letter.target, letter.collection, letter.document_key, letter.event_id,
+                 jsonb_text(letter.payload), letter.error[:20000],
+                 jsonb_text(letter.details) if letter.details is not None else None, letter.attempts)
+                for letter in letters]
         if not rows:
             return 0
         with self.conns.transaction(self.dsn) as cur:
@@ -115,7 +115,7 @@ class DeadLetterStore:
             params.append(limit)
         with self.conns.transaction(self.dsn) as cur:
             cur.execute(query, params)
-            return [StoredLetter(**dict(zip(_COLUMNS, row))) for row in cur.fetchall()]
+            return [StoredLetter(**dict(zip(_COLUMNS, row, strict=True))) for row in cur.fetchall()]
 
     def get(self, letter_id: int) -> StoredLetter | None:
         found = self.list(status=None, ids=[letter_id], limit=1)

@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import orjson
 import psycopg2
@@ -42,11 +40,9 @@ import psycopg2.errors
 import psycopg2.extras
 from psycopg2 import sql
 
+from sophia_tasks.core.documents import parse_time, utcnow
 from sophia_tasks.core.process import ProcessLocal
-from sophia_tasks.store.db import connect, connections
-from sophia_tasks.core.documents import format_version, parse_time, utcnow
-from sophia_tasks.store.db import jsonb_text
-
+from sophia_tasks.store.db import connect, connections, jsonb_text
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +140,8 @@ def journal_rows(events: list[Any], lane: str, now: datetime | None = None) -> l
         event_id = _event_id(event)
         rows[(event_id, received)] = (
             event_id, received, str(event.get("collection") or ""), event.get("published_at"),
-            event.get("source"), lane, bool(event.get("is_test")), jsonb_text(event if type(event) is dict else dict(event)))
+            event.get("source"), lane, bool(event.get("is_test")),
+            jsonb_text(event if type(event) is dict else dict(event)))
     return list(rows.values())
 
 

@@ -177,7 +177,7 @@ class Harness:
                 cur.execute(f"SELECT id, stage, target, collection, document_key, payload, error, details, attempts, "
                             f"status FROM sophia_dead_letters WHERE {clauses} ORDER BY id", list(where.values()))
                 cols = [d[0] for d in cur.description]
-                return [dict(zip(cols, r)) for r in cur.fetchall()]
+                return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
         finally:
             conn.close()
 

@@ -56,7 +56,7 @@ def redis_ids(h: Harness, ids: set[str]) -> set[str]:
     pipe = h.cache.pipeline(transaction=False)
     for cid in ordered:
         pipe.exists(f"sophia:gong_calls_enriched:{cid}")
-    return {cid for cid, found in zip(ordered, pipe.execute()) if found}
+    return {cid for cid, found in zip(ordered, pipe.execute(), strict=True) if found}
 
 
 def wait_landed_once(h: Harness, ids: set[str], timeout: float = 60) -> None:
@@ -80,7 +80,7 @@ def checkpoint(h: Harness, source: str) -> dict[str, Any] | None:
             row = cur.fetchone()
             if row is None:
                 return None
-            return dict(zip(("status", "published", "skipped", "position", "line", "cursor", "page"), row))
+            return dict(zip(("status", "published", "skipped", "position", "line", "cursor", "page"), row, strict=True))
     finally:
         conn.close()
 
@@ -291,7 +291,7 @@ def test_gong_pages_all_land_429_is_waited_out_and_5xx_retried(
     assert statuses.count((2, 503)) == 1 and statuses.count((2, 502)) == 1 and (2, 200) in statuses
     # Never more than 3 requests in any second.
     times = [r.at for r in fake.requests]
-    assert all(b - a >= 0.3 for a, b in zip(times, times[1:])), times
+    assert all(b - a >= 0.3 for a, b in zip(times, times[1:], strict=False)), times
     assert all(times[i + 3] - times[i] >= 0.95 for i in range(len(times) - 3))
 
     again = run_json(harness, "backfill", "--gong", "--since", "2026-11-01", "--until", "2026-12-01", env=env)

@@ -15,9 +15,9 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Queue
 
+from sophia_tasks.dev.stack import free_port, port_open, wait_for
 from sophia_tasks.messaging import transport as guard
 from sophia_tasks.messaging.transport import Transport, side_keys, transport_options
-from sophia_tasks.dev.stack import free_port, port_open, wait_for
 
 PREFIX = "t.sophia."
 
@@ -137,8 +137,8 @@ def test_queues_outside_the_prefix_are_published_as_kombu_does(broker: str) -> N
 def test_the_celery_app_uses_the_guarded_transport_for_redis() -> None:
     from celery import Celery
 
-    from sophia_tasks.messaging.config import configure
     from sophia_tasks.core.flowspec import load_spec
+    from sophia_tasks.messaging.config import configure
     from sophia_tasks.settings import load_settings
 
     settings = load_settings({"SOPHIA_BROKER_URL": "redis://127.0.0.1:6379/0", "SOPHIA_VISIBILITY_TIMEOUT": "40",
@@ -156,8 +156,8 @@ def test_the_celery_app_uses_the_guarded_transport_for_redis() -> None:
 def test_queue_depth_counts_ready_and_reserved_messages(broker: str) -> None:
     from celery import Celery
 
-    from sophia_tasks.messaging.config import configure
     from sophia_tasks.core.flowspec import load_spec
+    from sophia_tasks.messaging.config import configure
     from sophia_tasks.observe.queues import broker_snapshot
     from sophia_tasks.settings import load_settings
 

@@ -75,7 +75,7 @@ def test_dry_run_changes_nothing_then_deploy_creates_the_tables_and_is_safe_twic
     for process in ("web: gunicorn", "worker: celery -A sophia_tasks worker", "beat: celery -A sophia_tasks beat"):
         assert process in dry.stdout
     # The curl line works as printed (against the test stack's web process).
-    (line,) = [l for l in dry.stdout.splitlines() if l.startswith("curl -X POST")]
+    (line,) = [printed for printed in dry.stdout.splitlines() if printed.startswith("curl -X POST")]
     sent = subprocess.run(["bash", "-c", line + " -s -o /dev/null -w '%{http_code}'"], env=env, capture_output=True,
                           text=True, timeout=30)
     assert sent.stdout.strip() == "202", sent.stdout + sent.stderr

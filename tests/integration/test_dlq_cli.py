@@ -6,9 +6,9 @@ from typing import Any, Iterator
 
 import pytest
 
+from sophia_tasks.core.documents import format_version, utcnow
 from sophia_tasks.store.db import connections
 from sophia_tasks.store.deadletter import DeadLetterStore, Letter
-from sophia_tasks.core.documents import format_version, utcnow
 from tests.integration.conftest import Harness, gong_call
 
 

@@ -7,9 +7,9 @@ PostgreSQL database and Snowflake emulator (call ids are unique per test).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
-import re
 import threading
 import time
 import uuid
@@ -18,7 +18,6 @@ from typing import Any, Iterator
 
 import psycopg2
 import pytest
-import redis
 
 from sophia_tasks.dev.stack import Stack, free_port, port_open, wait_for
 from tests.integration.conftest import TOKEN, Harness, gong_call
@@ -202,7 +201,7 @@ def test_worker_killed_mid_stream_every_event_lands_exactly_once(faults: FaultSt
     sender.join(180)
     final = faults.wait(lambda: all_landed(faults, ids), 180, "all 2,000 events in every target")
     exactly_once(final, len(ids))
-    assert not [l for l in faults.dead_letters() if l["document_key"] in set(ids)]
+    assert not [letter for letter in faults.dead_letters() if letter["document_key"] in set(ids)]
 
 
 def test_two_worker_nodes_share_the_work_and_survive_one_killed(faults: FaultStack) -> None:
@@ -318,8 +317,8 @@ def test_poison_document_is_dead_lettered_and_the_rest_of_its_batch_lands(faults
                                "source": "test"}, **c})
     from celery import Celery
 
-    from sophia_tasks.messaging.config import configure
     from sophia_tasks.core.flowspec import load_spec
+    from sophia_tasks.messaging.config import configure
 
     app = Celery("poison-sender", set_as_current=False)
     configure(app, settings, load_spec(settings.flow_path))
@@ -327,7 +326,7 @@ def test_poison_document_is_dead_lettered_and_the_rest_of_its_batch_lands(faults
                   queue=materialize_queue(settings, "postgres"))
     ids = [c["metaData"]["id"] for c in good]
     faults.wait(lambda: all(faults.pg_rows(i) for i in ids), 30, "the good documents in postgres")
-    letters = faults.wait(lambda: [l for l in faults.dead_letters(target="postgres", stage="materialize")
-                                   if l["document_key"] == poison["metaData"]["id"]], 90, "the poison letter")
+    letters = faults.wait(lambda: [letter for letter in faults.dead_letters(target="postgres", stage="materialize")
+                                   if letter["document_key"] == poison["metaData"]["id"]], 90, "the poison letter")
     assert letters[0]["attempts"] == int(faults.env["SOPHIA_RETRY_MAX"])
     assert "index row" in letters[0]["error"] or "exceeds" in letters[0]["error"]

@@ -8,9 +8,9 @@ from typing import Any
 
 import redis
 
+from sophia_tasks.core.documents import format_version, utcnow
 from sophia_tasks.store import journal as journal_module
 from sophia_tasks.store.db import connections
-from sophia_tasks.core.documents import format_version, utcnow
 from sophia_tasks.store.journal import journal_rows, purge_expired, write_rows
 from tests.integration.conftest import Harness, gong_call
 
@@ -29,7 +29,7 @@ def journal(h: Harness, event_id: str) -> list[dict[str, Any]]:
             cur.execute("SELECT event_id, received_at, lane, source, event, journaled_at FROM sophia_journal "
                         "WHERE event_id = %s", (event_id,))
             cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, r)) for r in cur.fetchall()]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
     finally:
         conn.close()
 

@@ -22,14 +22,14 @@ import requests
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
-from sophia_tasks.messaging.config import configure
 from sophia_tasks.core.documents import format_version
 from sophia_tasks.core.flowspec import FlowSpec, load_spec
-from sophia_tasks.ingest.buffer import coalesces
-from sophia_tasks.observe.queues import broker_snapshot
-from sophia_tasks.settings import Settings, load_settings
 from sophia_tasks.dev.stack import Stack, free_port
+from sophia_tasks.ingest.buffer import coalesces
+from sophia_tasks.messaging.config import configure
+from sophia_tasks.observe.queues import broker_snapshot
 from sophia_tasks.observe.stats import Stats
+from sophia_tasks.settings import Settings, load_settings
 from tests.integration.conftest import TOKEN, Harness, gong_call
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -200,15 +200,20 @@ def test_counts_from_two_worker_processes_add_up(harness: Harness, obs: ObsStack
                 assert obs.post([envelope(gong_call()) for _ in range(3)]).status_code == 202
                 sent += 3
             expected = sent
-            harness.wait(lambda: all(total(scrape(obs), "sophia_documents_written_total", target=t)
-                                     - total(before, "sophia_documents_written_total", target=t) >= expected
-                                     for t in targets), 60, f"{sent} documents written to every target")
-            if all(work_done(p, o) > 0 for p, o in zip(logs, offsets)):
+            harness.wait(
+                lambda expected=expected: all(
+                    total(scrape(obs), "sophia_documents_written_total", target=t)
+                    - total(before, "sophia_documents_written_total", target=t) >= expected
+                    for t in targets
+                ),
+                60, f"{sent} documents written to every target",
+            )
+            if all(work_done(p, o) > 0 for p, o in zip(logs, offsets, strict=True)):
                 break
         quiesce(obs)
         after = scrape(obs)
-        per_worker = [work_done(p, o) for p, o in zip(logs, offsets)]
-        validate_runs = sum(successes(p, o, "validate") for p, o in zip(logs, offsets))
+        per_worker = [work_done(p, o) for p, o in zip(logs, offsets, strict=True)]
+        validate_runs = sum(successes(p, o, "validate") for p, o in zip(logs, offsets, strict=True))
     finally:
         obs.stack.stop("obs-worker2")
     assert all(n > 0 for n in per_worker), f"one worker did no pipeline work: {per_worker}"
@@ -256,7 +261,7 @@ def test_every_named_metric_after_traffic(harness: Harness, obs: ObsStack) -> No
         buckets = sorted(((float(dict(ls)["le"]), v) for (n, ls), v in after.items()
                           if n == "estuary_flow_lag_seconds_bucket" and dict(ls).get("target") == t))
         assert buckets[-1] == (math.inf, count)
-        assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:])), f"{t}: buckets must be cumulative"
+        assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:], strict=False)), f"{t}: buckets must be cumulative"
         assert sample(after, "estuary_flow_lag_seconds_sum", target=t) > 0
         assert (total(after, "sophia_documents_written_total", target=t)
                 - total(before, "sophia_documents_written_total", target=t)) == 4

@@ -188,15 +188,14 @@ def test_metrics_and_readiness(harness: Harness) -> None:
 def test_batches_travel_by_claim_check_and_nothing_is_left_behind(harness: Harness) -> None:
     """On a Redis broker the derived batch is stored once beside the broker; the last target deletes it,
     and a materialize message redelivered after that is settled quietly (no error, no dead letter)."""
-    import redis as redis_lib
-
     import time as time_mod
 
+    import redis as redis_lib
     from celery import Celery
 
+    from sophia_tasks.core.flowspec import load_spec
     from sophia_tasks.messaging.config import configure
     from sophia_tasks.pipeline.claim_checks import PREFIX
-    from sophia_tasks.core.flowspec import load_spec
     from sophia_tasks.settings import load_settings
 
     broker = redis_lib.Redis.from_url(harness.env["SOPHIA_BROKER_URL"])

@@ -22,8 +22,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from standardwebhooks import Webhook
 
-from tests.integration.conftest import (GONG_PRIVATE_KEY, GONG_PUBLIC_PEM, TOKEN, TOKEN2, WEBHOOK_SECRET, Harness,
-                                        gong_call)
+from tests.integration.conftest import (
+    GONG_PRIVATE_KEY,
+    GONG_PUBLIC_PEM,
+    TOKEN,
+    TOKEN2,
+    WEBHOOK_SECRET,
+    Harness,
+    gong_call,
+)
 from tests.integration.test_pipeline import envelope, landed_everywhere
 
 GONG_PATH = "/webhooks/gong"
@@ -64,13 +71,14 @@ def test_token_rotation_both_tokens_accepted_at_once(harness: Harness) -> None:
     """During a rotation SOPHIA_WEBHOOK_TOKENS lists the old and the new token; both work, a
     near-miss of either does not."""
     calls = [gong_call(), gong_call()]
-    for token, call in zip((TOKEN, TOKEN2), calls):
+    for token, call in zip((TOKEN, TOKEN2), calls, strict=True):
         resp = harness.post(envelope(call), token=token)
         assert resp.status_code == 202, resp.text
     for near_miss in (TOKEN + TOKEN2, f"{TOKEN},{TOKEN2}", TOKEN2[:-1], TOKEN.upper(), f" {TOKEN}x"):
         assert harness.post(envelope(gong_call()), token=near_miss).status_code == 403, near_miss
     for call in calls:
-        harness.wait(lambda: landed_everywhere(harness, call["metaData"]["id"]), 60, "a call sent with each token")
+        harness.wait(lambda call=call: landed_everywhere(harness, call["metaData"]["id"]), 60,
+                     "a call sent with each token")
 
 
 def test_standard_webhooks_future_timestamp_refused(harness: Harness) -> None:
@@ -215,9 +223,10 @@ def test_sql_and_redis_injection_in_document_fields_is_stored_literally(harness:
     resp = harness.post([envelope(c) for c in calls])
     assert resp.status_code == 202, resp.text
 
-    for call, text in zip(calls, INJECTIONS):
+    for call, text in zip(calls, INJECTIONS, strict=True):
         cid = call["metaData"]["id"]
-        harness.wait(lambda: landed_everywhere(harness, cid, text), 60, f"the call titled {text!r}")
+        harness.wait(lambda cid=cid, text=text: landed_everywhere(harness, cid, text), 60,
+                     f"the call titled {text!r}")
         for doc in (harness.redis_doc(cid), harness.pg_rows(cid)[0][1], harness.sf_rows(cid)[0][1]):
             assert doc["content"]["brief"] == text
             assert doc["content"]["trackers"][0]["phrases"] == [text, {text: text}]

@@ -59,7 +59,7 @@ class SentryStandIn:
     def events(self) -> list[dict[str, Any]]:
         """Error events: envelope items of type event, or store payloads."""
         out = []
-        for path, body in zip(self.paths, self.bodies):
+        for path, body in zip(self.paths, self.bodies, strict=False):
             if path.startswith("/api/1/store/"):
                 out.append(json.loads(body))
                 continue

@@ -48,7 +48,8 @@ def test_status_table_is_readable_when_piped(obs: ObsStack) -> None:  # noqa: F8
     out = obs.cli("status")
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    for needle in ("flows in", "gong_calls_enriched", "targets", "snowflake", "obs.sophia.backfill.materialize.postgres",
+    for needle in ("flows in", "gong_calls_enriched", "targets", "snowflake",
+                   "obs.sophia.backfill.materialize.postgres",
                    "lag p99", "dead letters pending:", "throughput (60 s window):", "alerts firing:"):
         assert needle in text, needle
     assert "…" not in text, "a column was cut: the table must be wide enough when not a terminal"

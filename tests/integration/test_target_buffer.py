@@ -12,10 +12,10 @@ import uuid
 import orjson
 import redis
 
-from sophia_tasks.ingest.events import make_event
-from sophia_tasks.pipeline import stages as pipeline
 from sophia_tasks.core.flowspec import load_spec
 from sophia_tasks.ingest.buffer import BUFFER_PREFIX, coalesces, target_buffer
+from sophia_tasks.ingest.events import make_event
+from sophia_tasks.pipeline import stages as pipeline
 from sophia_tasks.settings import load_settings
 from tests.integration.conftest import Harness, gong_call
 from tests.integration.test_pipeline import envelope, landed_everywhere

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from sophia_tasks.settings import load_settings
 from sophia_tasks.dev.stack import free_port
+from sophia_tasks.settings import load_settings
 from tests.integration.conftest import Harness, gong_call
 
 

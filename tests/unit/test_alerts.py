@@ -6,9 +6,18 @@ from typing import Any
 import pytest
 import yaml
 
-from sophia_tasks.observe.alerts import (AlertsConfig, Check, Thresholds, evaluate, firing_message, load_alerts_config,
-                                 parse_alerts, parse_duration, resolved_message)
 from sophia_tasks.core.flowspec import FlowSpecError, load_spec, parse_spec
+from sophia_tasks.observe.alerts import (
+    AlertsConfig,
+    Check,
+    Thresholds,
+    evaluate,
+    firing_message,
+    load_alerts_config,
+    parse_alerts,
+    parse_duration,
+    resolved_message,
+)
 from sophia_tasks.settings import DEFAULT_FLOW
 
 TARGETS = ("redis", "postgres", "snowflake")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from sophia_tasks.ops.backfill import BadItem, canonical_id, item_to_event, item_version, parse_date, BackfillError
+from sophia_tasks.ops.backfill import BackfillError, BadItem, canonical_id, item_to_event, item_version, parse_date
 
 RECEIVED = "2026-11-25T12:00:00.000000Z"
 

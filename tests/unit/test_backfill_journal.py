@@ -8,8 +8,8 @@ import yaml
 
 from sophia_tasks.core.flowspec import FlowSpecError, load_spec, parse_spec
 from sophia_tasks.ops.rebuild import collections_feeding
-from sophia_tasks.store.journal import journal_rows, partition_name
 from sophia_tasks.settings import DEFAULT_FLOW
+from sophia_tasks.store.journal import journal_rows, partition_name
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 

@@ -50,7 +50,9 @@ def test_flushes_at_the_flush_age_when_nothing_waits_and_holds_while_a_backlog_w
     validate = b.settings.queue("sophia.validate")
     client.rpush(validate, *[b"batch"] * 9)  # batches already wait to be validated
     try:
-        b.buffer, b.messages, b.first_at = [{"e": 3}], [object()], time.monotonic() - b.settings.ingest_flush_seconds - 0.01
+        b.buffer, b.messages, b.first_at = (
+            [{"e": 3}], [object()], time.monotonic() - b.settings.ingest_flush_seconds - 0.01
+        )
         b._backlog_checked = 0.0
         b.flush_if_due()
         assert b.flushed == 2

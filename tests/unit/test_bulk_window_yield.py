@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 import redis
 
-from sophia_tasks.pipeline.bulk_window import BulkWindow, window_for
 from sophia_tasks.core.documents import format_version, utcnow
 from sophia_tasks.materializers import WriteResult
+from sophia_tasks.observe.stats import GAUGES, Stats
+from sophia_tasks.pipeline.bulk_window import BulkWindow, window_for
 from sophia_tasks.pipeline.records import record_written
 from sophia_tasks.settings import load_settings
-from sophia_tasks.observe.stats import GAUGES, Stats
 
 URL = "redis://127.0.0.1:6379/12"
 

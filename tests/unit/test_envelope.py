@@ -355,7 +355,8 @@ def test_brackets_inside_strings_do_not_count_as_depth() -> None:
         (envelope({}), "invalid call", "data.metaData is missing"),
         (envelope({"metaData": []}), "invalid call", "data.metaData must be a JSON object"),
         (envelope({"metaData": {"title": "x"}}), "invalid call", "data.metaData.id is missing"),
-        (envelope({"metaData": {"id": 123}}), "invalid call", "data.metaData.id must be a string of digits, got number"),
+        (envelope({"metaData": {"id": 123}}), "invalid call",
+         "data.metaData.id must be a string of digits, got number"),
         (envelope({"metaData": {"id": None}}), "invalid call", "got null"),
         (envelope({"metaData": {"id": "12ab"}}), "invalid call", "1-32 digits"),
         (envelope({"metaData": {"id": ""}}), "invalid call", "1-32 digits"),
@@ -439,7 +440,9 @@ def _check(raw: bytes, content_type: str | None, webhook_id: str | None) -> None
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300), content_types, webhook_ids)
-def test_arbitrary_bytes_never_raise_anything_else(raw: bytes, content_type: str | None, webhook_id: str | None) -> None:
+def test_arbitrary_bytes_never_raise_anything_else(
+    raw: bytes, content_type: str | None, webhook_id: str | None
+) -> None:
     _check(raw, content_type, webhook_id)
 
 

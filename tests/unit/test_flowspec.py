@@ -33,11 +33,15 @@ def test_rows_for_flows_list() -> None:
 
 
 @pytest.mark.parametrize("mutate, expected", [
-    (lambda d: d["collections"]["gong_calls"].update(key="metaData.id"), "collections.gong_calls.key: must be a JSON pointer"),
+    (lambda d: d["collections"]["gong_calls"].update(key="metaData.id"),
+     "collections.gong_calls.key: must be a JSON pointer"),
     (lambda d: d["collections"]["gong_calls"].update(schema="nope"), "collections.gong_calls.schema: unknown schema"),
-    (lambda d: d["derivations"]["gong_calls_enriched"].update(source="missing"), "derivations.gong_calls_enriched.source"),
-    (lambda d: d["derivations"]["gong_calls_enriched"].update(transform="no.such.module:fn"), "cannot import no.such.module"),
-    (lambda d: d["materializations"]["redis"].update(endpoint="kafka"), "materializations.redis.endpoint: must be one of"),
+    (lambda d: d["derivations"]["gong_calls_enriched"].update(source="missing"),
+     "derivations.gong_calls_enriched.source"),
+    (lambda d: d["derivations"]["gong_calls_enriched"].update(transform="no.such.module:fn"),
+     "cannot import no.such.module"),
+    (lambda d: d["materializations"]["redis"].update(endpoint="kafka"),
+     "materializations.redis.endpoint: must be one of"),
     (lambda d: d["materializations"]["postgres"]["bindings"][0]["resource"].update(table="x; drop table y"),
      "materializations.postgres.bindings[0].resource.table"),
     (lambda d: d["materializations"]["redis"]["bindings"][0]["resource"].update(ttl_seconds=-5),

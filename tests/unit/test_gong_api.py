@@ -10,8 +10,14 @@ from typing import Any
 import pytest
 import requests
 
-from sophia_tasks.ops.gong_api import (CONTENT_SELECTOR, GongAPIError, GongClient, TokenBucket, iso_utc,
-                                   retry_after_seconds)
+from sophia_tasks.ops.gong_api import (
+    CONTENT_SELECTOR,
+    GongAPIError,
+    GongClient,
+    TokenBucket,
+    iso_utc,
+    retry_after_seconds,
+)
 
 SINCE = datetime(2026, 11, 1, tzinfo=timezone.utc)
 UNTIL = datetime(2026, 12, 1, tzinfo=timezone.utc)
@@ -80,7 +86,7 @@ def test_token_bucket_spaces_calls_to_the_rate() -> None:
     for _ in range(7):
         bucket.acquire()
         stamps.append(clock.now)
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     assert all(g == pytest.approx(1 / 3) for g in gaps)
     assert all(stamps[i + 3] - stamps[i] >= 1.0 - 1e-9 for i in range(len(stamps) - 3))
     with pytest.raises(ValueError):

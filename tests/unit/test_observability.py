@@ -12,8 +12,7 @@ from typing import Any, Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sophia_tasks.observe.sentry import (FILTERED, Scrubber, init_sentry, secret_values,
-                                        should_report_retry)
+from sophia_tasks.observe.sentry import FILTERED, Scrubber, init_sentry, secret_values, should_report_retry
 from sophia_tasks.settings import Settings, SnowflakeSettings, load_settings
 
 TOKEN = "tok-" + "a1b2c3d4e5f6a7b8"
@@ -197,8 +196,8 @@ class _FakeStats:
 def _render(monkeypatch: pytest.MonkeyPatch, counters: dict[str, float], snapshot: Any,
             dead: Any) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     import sophia_tasks.observe.alerts as alerts
-    import sophia_tasks.observe.queues as queues
     import sophia_tasks.observe.counts as status
+    import sophia_tasks.observe.queues as queues
     import web.metrics as metrics
     from sophia_tasks.core.flowspec import load_spec
 

@@ -10,8 +10,8 @@ import redis
 
 from sophia_tasks.core.documents import format_version, utcnow
 from sophia_tasks.materializers import WriteResult
-from sophia_tasks.pipeline.records import record_written
 from sophia_tasks.observe.stats import Stats
+from sophia_tasks.pipeline.records import record_written
 
 URL = "redis://127.0.0.1:6379/12"
 

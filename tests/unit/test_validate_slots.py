@@ -7,9 +7,9 @@ import uuid
 import redis
 
 from sophia_tasks.pipeline.bulkhead import Bulkhead
-from sophia_tasks.settings import load_settings
 from sophia_tasks.pipeline.runtime import VALIDATE_SLOT_TTL
 from sophia_tasks.pipeline.tasks import VALIDATE_SLOT
+from sophia_tasks.settings import load_settings
 
 URL = "redis://127.0.0.1:6379/12"
 

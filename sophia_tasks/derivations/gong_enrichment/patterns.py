@@ -12,7 +12,7 @@ _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 def _edge(ch: str) -> str:
-    """How a keyword that begins or ends with ``ch`` meets its neighbours.
+    r"""How a keyword that begins or ends with ``ch`` meets its neighbours.
 
     "ascii": an ASCII letter, digit or _ must not touch another one. Deliberately not
     ``\w``: Japanese or Chinese text runs words together, and "Clariを検討" must still

@@ -194,7 +194,7 @@ def test_text_index_equals_its_definition(blocks: list[tuple[str, Any]]) -> None
         starts.append(pos)
         pos += len(text) + 1
     assert text_index.starts == starts
-    for start, (_, text) in zip(starts, firsts):
+    for start, (_, text) in zip(starts, firsts, strict=True):
         assert text_index.blob[start:start + len(text)] == text
 
 

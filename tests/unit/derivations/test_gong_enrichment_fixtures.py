@@ -45,7 +45,9 @@ def test_corpus_covers_the_awkward_cases() -> None:
     names = [p.get("name", "") for c in calls for p in c.get("parties") or []]
     assert any("\u4e00" <= ch <= "\u9fff" for n in names for ch in n), "no CJK name"
     assert any("\u0600" <= ch <= "\u06ff" for n in names for ch in n), "no Arabic name"
-    titles = [c["metaData"]["title"] for c in calls] + [p.get("title") or "" for c in calls for p in c.get("parties") or []]
+    titles = [c["metaData"]["title"] for c in calls] + [
+        p.get("title") or "" for c in calls for p in c.get("parties") or []
+    ]
     assert any(ord(ch) > 0xFFFF for t in titles for ch in t), "no emoji in titles"
     offsets = Counter(c["metaData"]["started"][-6:] for c in calls)
     assert len(offsets) >= 4

@@ -130,7 +130,8 @@ def test_contact_fields_are_masked_whatever_their_shape() -> None:
 
 def test_every_string_is_walked_but_meta_and_keys_are_not() -> None:
     doc = {"_meta": {"operator": "ops@sophia.dev", "phone": "+1 415 555 0100"},
-           "metaData": {"id": "7782342274025937895", "title": "Call jo@acme.com 🚀", "customData": {"note": ["+1 415 555 0101"]}},
+           "metaData": {"id": "7782342274025937895", "title": "Call jo@acme.com 🚀",
+                        "customData": {"note": ["+1 415 555 0101"]}},
            "content": {"outline": [{"section": "Intro", "items": [{"text": "ring 415-555-0102"}]}]},
            "collaboration": {"publicComments": [{"comment": "cc jo@acme.com"}]},
            "weird": [[["+1 415 555 0103"]], ("tuple", "+1 415 555 0104")],
@@ -185,11 +186,11 @@ def test_every_email_left_in_the_corpus_output_is_masked() -> None:
 def test_timestamps_and_ids_survive_in_the_corpus_output() -> None:
     calls, _ = generate_calls_with_pii(250, seed=7)
     out = derive(calls, None, NOW)
-    for call, doc in zip(calls, out):
+    for call, doc in zip(calls, out, strict=True):
         md_in, md_out = call["metaData"], doc["metaData"]
         for key in ("id", "started", "scheduled", "duration", "workspaceId", "primaryUserId", "url", "meetingUrl"):
             assert md_out.get(key) == md_in.get(key), key
-        for p_in, p_out in zip(call.get("parties") or [], doc.get("parties") or []):
+        for p_in, p_out in zip(call.get("parties") or [], doc.get("parties") or [], strict=True):
             assert (p_in["id"], p_in.get("userId"), p_in["name"]) == (p_out["id"], p_out.get("userId"), p_out["name"])
 
 
@@ -237,7 +238,8 @@ def _reference_walk(value: Any, masker: PiiMasker) -> Any:
         out = {k: (field(k, v) if k in contact and not isinstance(v, (dict, list)) else _reference_walk(v, masker))
                for k, v in value.items()}
         name = value.get("name")
-        if isinstance(name, str) and name in contact and "value" in value and not isinstance(value["value"], (dict, list)):
+        if (isinstance(name, str) and name in contact and "value" in value
+                and not isinstance(value["value"], (dict, list))):
             out["value"] = field(name, value["value"])
         return out
     return value
@@ -284,8 +286,8 @@ def test_phoneish_lead_bytes_cover_every_character_a_phone_can_hold() -> None:
     assert needed <= PHONEISH_LEAD_BYTES
 
 
-@pytest.mark.parametrize("text", ["+1 415-555-0132", "０９０-１２３４-５６７８", "٠٥٠١٢٣٤٥٦٧", "+49\u00a030\u00a01234567",
-                                  "415\u2013555\u20130132", "x 555-0132"])
+@pytest.mark.parametrize("text", ["+1 415-555-0132", "０９０-１２３４-５６７８", "٠٥٠١٢٣٤٥٦٧",
+                                  "+49\u00a030\u00a01234567", "415\u2013555\u20130132", "x 555-0132"])
 def test_may_hold_phone_never_misses(text: str) -> None:
     from sophia_tasks.derivations.pii import may_hold_phone
 

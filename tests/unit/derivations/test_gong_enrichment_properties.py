@@ -100,7 +100,7 @@ def test_derive_never_raises_and_stays_in_bounds(calls: list[dict[str, Any]], co
 
     assert calls == before  # input never mutated
     assert len(out) == len(calls)
-    for call, doc in zip(calls, out):
+    for call, doc in zip(calls, out, strict=True):
         e = doc["enrichment"]
         assert type(e["risk_score"]) is int and 0 <= e["risk_score"] <= 100
         codes = [r["code"] for r in e["risk_indicators"]]

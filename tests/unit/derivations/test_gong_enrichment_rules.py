@@ -64,7 +64,9 @@ def test_competitor_tracker_hit_fires_and_count_zero_does_not() -> None:
     assert "competitor_mentioned" not in risk_codes(enrich(call))  # inactive tracker, phrases ignored too
     call["content"]["trackers"][0]["count"] = 3
     e = enrich(call)
-    assert evidence(e, "competitor_mentioned") == 'Clari mentioned; trackers: "Clari"; tracker "Competition" hit 3 time(s)'
+    assert evidence(e, "competitor_mentioned") == (
+        'Clari mentioned; trackers: "Clari"; tracker "Competition" hit 3 time(s)'
+    )
 
 
 def test_competitor_tracker_by_type_and_by_occurrences_without_count() -> None:
@@ -339,8 +341,8 @@ def test_opportunity_trackers_fire(code: str, tracker: str) -> None:
 
 def test_timeline_from_crm_close_date() -> None:
     call = quiet_call()
-    call["context"] = [{"system": "Salesforce", "objects": [{"objectType": "Opportunity",
-                                                              "fields": [{"name": "CloseDate", "value": "2026-12-31"}]}]}]
+    call["context"] = [{"system": "Salesforce", "objects": [
+        {"objectType": "Opportunity", "fields": [{"name": "CloseDate", "value": "2026-12-31"}]}]}]
     assert evidence(enrich(call), "timeline_defined") == "Salesforce Opportunity CloseDate = 2026-12-31"
     call["context"][0]["objects"][0]["fields"][0]["value"] = None
     assert "timeline_defined" not in opportunity_codes(enrich(call))

@@ -8,10 +8,10 @@ import pytest
 
 from sophia_tasks.core.flowspec import load_spec
 from sophia_tasks.materializers.postgres import PostgresMaterializer
-from sophia_tasks.store.db import jsonb_text
 from sophia_tasks.materializers.projection import coerce, keyed, project
 from sophia_tasks.materializers.snowflake import SnowflakeMaterializer, _chunks, quote_ident
 from sophia_tasks.settings import DEFAULT_FLOW, Settings
+from sophia_tasks.store.db import jsonb_text
 
 
 @pytest.fixture(scope="module")

@@ -25,11 +25,11 @@ def run(settings) -> None:  # type: ignore[no-untyped-def]
         barrier = threading.Barrier(8)
         got: list[tuple[int, int]] = []
 
-        def ask() -> None:
+        def ask(barrier: threading.Barrier, got: list[tuple[int, int]], svc: Services) -> None:
             barrier.wait()
             got.append((id(svc.redis), id(svc.celery)))
 
-        threads = [threading.Thread(target=ask) for _ in range(8)]
+        threads = [threading.Thread(target=ask, args=(barrier, got, svc)) for _ in range(8)]
         for t in threads:
             t.start()
         for t in threads:
