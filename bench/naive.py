@@ -164,7 +164,7 @@ _spec_cache: list[Any] = []
 
 def _spec() -> Any:
     if not _spec_cache:
-        from sophia_tasks.core.flowspec import load_spec
+        from sophia_tasks.flows import load_spec
 
         _spec_cache.append(load_spec(settings.flow_path))
     return _spec_cache[0]

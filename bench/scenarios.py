@@ -325,7 +325,7 @@ def count_target(bench: Bench, target: str, ids: str = "", call_ids: list[str] |
 
 def enriched_rows(calls: Calls, n: int) -> tuple[list[dict[str, Any]], Any]:
     """The documents the Snowflake binding would write, made by the project's own stage functions."""
-    from sophia_tasks.core.flowspec import load_spec
+    from sophia_tasks.flows import load_spec
     from sophia_tasks.pipeline import stages as pipeline
     from sophia_tasks.settings import load_settings
 

@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from sophia_tasks.core.flowspec import load_spec
+from sophia_tasks.flows import load_spec
 from sophia_tasks.logs import configure_logging
 from sophia_tasks.observe.sentry import init_sentry
 from sophia_tasks.settings import ConfigError, Settings, load_settings

@@ -25,14 +25,14 @@ log = logging.getLogger(__name__)
 DEDUPE_PREFIX = "sophia:dedupe:"
 
 
-# Lua: ``claim(keys, window)`` claims each dedupe key for the window; answers 1 per first delivery
-# (claimed now), 0 per duplicate, and how many were first deliveries. ``count(...)`` counts them as
+# Lua: ``dedupe(keys, window)`` sets each dedupe key for the window; answers 1 per first delivery
+# (its key set now), 0 per duplicate, and how many were first deliveries. ``count(...)`` counts them as
 # accepted. It runs last and through ``redis.pcall``: a counter that cannot be incremented (a value
-# someone overwrote) costs a statistic, never the event, which is claimed and appended by then.
+# someone overwrote) costs a statistic, never the event, which is deduped and appended by then.
 # Integer increments: HINCRBYFLOAT and INCRBYFLOAT format a long double, and were a sixth of the
 # script's time on the server. The values they left are integral, so HINCRBY and INCRBY accept them.
-_CLAIM_AND_COUNT_LUA = """
-local function claim(keys, window)
+_DEDUPE_AND_COUNT_LUA = """
+local function dedupe(keys, window)
   local out, n = {}, 0
   for i, key in ipairs(keys) do
     if redis.call('SET', key, '1', 'NX', 'EX', window) then
@@ -54,22 +54,22 @@ end
 """
 
 # KEYS: dedupe keys; ARGV: window, counters hash, counter field, throughput key, its expiry.
-_CLAIM_AND_COUNT = _CLAIM_AND_COUNT_LUA + """
-local out, n = claim(KEYS, ARGV[1])
+_DEDUPE_AND_COUNT = _DEDUPE_AND_COUNT_LUA + """
+local out, n = dedupe(KEYS, ARGV[1])
 count(ARGV[2], ARGV[3], ARGV[4], ARGV[5], n)
 return out
 """
 
-# When the broker's Redis and the cache's Redis are one server (two databases), the claim, the append
+# When the broker's Redis and the cache's Redis are one server (two databases), the dedupe, the append
 # to the ingest buffer and the count are one round trip: this script selects each database itself.
 # KEYS: dedupe keys..., buffer, since. ARGV: cache db, broker db, window, counters hash, counter field,
 # throughput key, its expiry, then one encoded event per dedupe key. Answers 1/0 per event as above.
-_CLAIM_COUNT_AND_APPEND = _CLAIM_AND_COUNT_LUA + APPEND_LUA + """
+_DEDUPE_COUNT_AND_APPEND = _DEDUPE_AND_COUNT_LUA + APPEND_LUA + """
 local n = #KEYS - 2
 local keys = {}
 for i = 1, n do keys[i] = KEYS[i] end
 redis.call('SELECT', ARGV[1])
-local out, fresh_n = claim(keys, ARGV[3])
+local out, fresh_n = dedupe(keys, ARGV[3])
 if fresh_n > 0 then
   local fresh = {}
   for i = 1, n do
@@ -126,10 +126,10 @@ class Services:
         # built twice by two threads at once leaves one unreferenced, and a garbage-collected
         # redis client closes its connection pool, sockets in use by the other thread included.
         self._lock = threading.Lock()
-        self._claim_script: Any = None
+        self._dedupe_script: Any = None
         self._buffer: Any = None
         self._accept_script: Any = None
-        # (cache db, broker db) when one script can claim, count and append; else None.
+        # (cache db, broker db) when one script can dedupe, count and append; else None.
         self._one_trip = same_server(settings.redis_url, settings.broker_url)
 
     def _fork_check(self) -> None:
@@ -139,7 +139,7 @@ class Services:
                     self._celery = None
                     self._redis = None
                     self._stats = None
-                    self._claim_script = None
+                    self._dedupe_script = None
                     self._buffer = None
                     self._accept_script = None
                     self._pid = os.getpid()
@@ -218,14 +218,14 @@ class Services:
     def accept(self, events: list[dict[str, Any]], collection: str) -> list[bool]:
         """Claim the events' ids for the dedupe window, hand the first deliveries to the broker and
         count them as accepted; answers True per first delivery. Raises BrokerUnavailable when the
-        broker did not take them (then nothing is claimed or counted, so the sender's retry is new).
+        broker did not take them (then nothing is deduped or counted, so the sender's retry is new).
 
-        One round trip when the broker and the cache are one Redis server; else a claim-and-count
+        One round trip when the broker and the cache are one Redis server; else a dedupe-and-count
         script, then the publish.
         """
         if self._one_trip is not None and self.buffer is not None:
-            return self._claim_count_and_append(events, collection)
-        fresh, counted_at = self.claim_and_count([e["event_id"] for e in events], collection)
+            return self._dedupe_count_and_append(events, collection)
+        fresh, counted_at = self.dedupe_and_count([e["event_id"] for e in events], collection)
         new_events = [e for e, is_new in zip(events, fresh, strict=False) if is_new]
         if not new_events:
             return fresh
@@ -240,14 +240,14 @@ class Services:
             self.count_accepted(collection, len(new_events))
         return fresh
 
-    def _claim_count_and_append(self, events: list[dict[str, Any]], collection: str) -> list[bool]:
+    def _dedupe_count_and_append(self, events: list[dict[str, Any]], collection: str) -> list[bool]:
         assert self._one_trip is not None
         buffer = self.buffer
         now = int(time.time())
         try:
             script = self._accept_script
             if script is None:
-                script = self._accept_script = buffer.client.register_script(_CLAIM_COUNT_AND_APPEND)
+                script = self._accept_script = buffer.client.register_script(_DEDUPE_COUNT_AND_APPEND)
             flags = script(
                 keys=[DEDUPE_PREFIX + e["event_id"] for e in events] + [buffer.buffer_key, buffer.since_key],
                 args=[self._one_trip[0], self._one_trip[1], self.settings.dedupe_window_seconds, COUNTERS,
@@ -258,7 +258,7 @@ class Services:
             raise BrokerUnavailable(str(exc)) from exc
         return [bool(f) for f in flags]
 
-    def claim_and_count(self, event_ids: list[str], collection: str) -> tuple[list[bool], int | None]:
+    def dedupe_and_count(self, event_ids: list[str], collection: str) -> tuple[list[bool], int | None]:
         """Mark ids as seen for the dedupe window (True where this is the first delivery) and count
         the first deliveries as accepted, in one round trip (a Lua script).
 
@@ -270,9 +270,9 @@ class Services:
         """
         now = int(time.time())
         try:
-            script = self._claim_script
+            script = self._dedupe_script
             if script is None:
-                script = self._claim_script = self.redis.register_script(_CLAIM_AND_COUNT)
+                script = self._dedupe_script = self.redis.register_script(_DEDUPE_AND_COUNT)
             flags = script(keys=[DEDUPE_PREFIX + e for e in event_ids],
                            args=[self.settings.dedupe_window_seconds, COUNTERS, _accepted_field(collection),
                                  f"sophia:stats:tp:capture:{now}", THROUGHPUT_WINDOW * 2])
@@ -282,7 +282,7 @@ class Services:
             return [True] * len(event_ids), None
 
     def uncount(self, collection: str, n: int, counted_at: int) -> None:
-        """Take back what :meth:`claim_and_count` counted for events that did not reach the broker."""
+        """Take back what :meth:`dedupe_and_count` counted for events that did not reach the broker."""
         if not n:
             return
         try:
@@ -327,12 +327,12 @@ class Services:
         self._stats.record([("events_accepted", {"collection": collection}, n)], {"capture": n})
 
     def release(self, event_ids: list[str]) -> None:
-        """Undo claims for events that did not reach the broker, so the sender's retry is accepted."""
+        """Drop the dedupe keys of events that did not reach the broker, so the sender's retry is accepted."""
         try:
             if event_ids:
                 self.redis.delete(*[DEDUPE_PREFIX + e for e in event_ids])
         except redis_lib.RedisError as exc:
-            log.warning("could not release dedupe claims: %s", exc)
+            log.warning("could not drop dedupe keys: %s", exc)
 
 
 def services() -> Services:

@@ -6,7 +6,8 @@ from typing import Any, Callable
 
 import click
 
-from sophia_tasks.core.flowspec import FlowSpecError, load_spec
+from sophia_tasks.core.flowspec import FlowSpecError
+from sophia_tasks.flows import load_spec
 from sophia_tasks.settings import ConfigError, Settings, load_settings
 
 

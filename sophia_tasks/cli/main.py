@@ -19,7 +19,8 @@ from sophia_tasks.cli.common import table as _table
 from sophia_tasks.cli.dlq import dlq
 from sophia_tasks.cli.observe import alerts as alerts_command
 from sophia_tasks.cli.ops import backfill_command, check_command, rebuild_command
-from sophia_tasks.core.flowspec import FlowSpecError, load_spec
+from sophia_tasks.core.flowspec import FlowSpecError
+from sophia_tasks.flows import load_spec
 from sophia_tasks.logs import configure_logging
 
 

@@ -25,7 +25,8 @@ def _fail(message: str, code: int = 1) -> None:
 
 def _load() -> tuple[Any, Any]:
     """Settings and flow spec, or a one-line exit."""
-    from sophia_tasks.core.flowspec import FlowSpecError, load_spec
+    from sophia_tasks.core.flowspec import FlowSpecError
+    from sophia_tasks.flows import load_spec
     from sophia_tasks.settings import ConfigError, load_settings
 
     try:
@@ -297,7 +298,8 @@ def _first_line(exc: BaseException) -> str:
 
 def check_config() -> tuple[CheckResult, Any]:
     """Settings load, the flow spec is valid, and the webhook has some authentication."""
-    from sophia_tasks.core.flowspec import FlowSpecError, load_spec
+    from sophia_tasks.core.flowspec import FlowSpecError
+    from sophia_tasks.flows import load_spec
     from sophia_tasks.settings import ConfigError, load_settings
 
     try:

@@ -18,10 +18,12 @@ import yaml
 from sophia_tasks.core.alert_rules import check_alerts_section
 from sophia_tasks.schemas import get_validator
 
-ENDPOINTS = ("redis", "postgres", "snowflake")
+#: An endpoint's own resource checks: ``check(resource, source, projections, where)`` answers the problems of one
+#: binding's ``resource`` (each materializer plugin registers its own: ``sophia_tasks.materializers.base.register``).
+ResourceCheck = Callable[[Mapping[str, Any], str, "tuple[Projection, ...]", str], list[str]]
 PROJECTION_TYPES = ("string", "integer", "number", "boolean", "timestamp", "object")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
-_SQL_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+SQL_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 
 
 class FlowSpecError(ValueError):
@@ -201,7 +203,7 @@ def _check_pointer(value: Any, where: str, problems: list[str]) -> str:
     return value
 
 
-def _parse_projections(raw: Any, where: str, endpoint: str, problems: list[str]) -> tuple[Projection, ...]:
+def _parse_projections(raw: Any, where: str, problems: list[str]) -> tuple[Projection, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, Mapping):
@@ -210,7 +212,7 @@ def _parse_projections(raw: Any, where: str, endpoint: str, problems: list[str])
     out = []
     for column, conf in raw.items():
         here = f"{where}.{column}"
-        if not isinstance(column, str) or not _SQL_IDENT.match(column):
+        if not isinstance(column, str) or not SQL_IDENT.match(column):
             problems.append(f"{here}: column name must be letters, digits and underscores (max 63)")
             continue
         if isinstance(conf, str):
@@ -227,7 +229,13 @@ def _parse_projections(raw: Any, where: str, endpoint: str, problems: list[str])
     return tuple(out)
 
 
-def parse_spec(data: Any, path: str = "<flow spec>", check_imports: bool = True) -> FlowSpec:
+def parse_spec(data: Any, path: str = "<flow spec>", check_imports: bool = True,
+               endpoints: Mapping[str, ResourceCheck] | None = None) -> FlowSpec:
+    """The flow spec in ``data``, or a FlowSpecError with every problem found.
+
+    ``endpoints`` are the materializers' names and resource checks (``sophia_tasks.flows`` passes the
+    registered plugins'); without them a binding's resource is not checked here.
+    """
     problems: list[str] = []
     if not isinstance(data, Mapping):
         raise FlowSpecError(path, ["top level: must be a mapping with collections, derivations, materializations"])
@@ -317,8 +325,11 @@ def parse_spec(data: Any, path: str = "<flow spec>", check_imports: bool = True)
             problems.append(f"{where}: must be a mapping with endpoint and bindings")
             continue
         endpoint = conf.get("endpoint")
-        if endpoint not in ENDPOINTS:
-            problems.append(f"{where}.endpoint: must be one of {', '.join(ENDPOINTS)}, got {endpoint!r}")
+        if endpoints is not None and endpoint not in endpoints:
+            problems.append(f"{where}.endpoint: must be one of {', '.join(endpoints)}, got {endpoint!r}")
+            continue
+        if not isinstance(endpoint, str) or not endpoint:
+            problems.append(f"{where}.endpoint: required (the name of a materializer), got {endpoint!r}")
             continue
         raw_bindings = conf.get("bindings")
         if not isinstance(raw_bindings, list) or not raw_bindings:
@@ -344,30 +355,9 @@ def parse_spec(data: Any, path: str = "<flow spec>", check_imports: bool = True)
                 problems.append(f"{bw}.resource: must be a mapping")
                 continue
             resource = dict(resource)
-            if endpoint in ("postgres", "snowflake"):
-                table = resource.get("table")
-                if not isinstance(table, str) or not _SQL_IDENT.match(table):
-                    problems.append(f"{bw}.resource.table: required, letters, digits and underscores (max 63)")
-                kc = resource.get("key_column", "key")
-                if not isinstance(kc, str) or not _SQL_IDENT.match(kc):
-                    problems.append(f"{bw}.resource.key_column: letters, digits and underscores (max 63)")
-                rd = resource.get("retention_days")
-                if rd is not None and (not isinstance(rd, int) or isinstance(rd, bool) or rd < 1):
-                    problems.append(f"{bw}.resource.retention_days: must be a positive integer")
-            if endpoint == "redis":
-                ttl = resource.get("ttl_seconds", 86400)
-                if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1:
-                    problems.append(f"{bw}.resource.ttl_seconds: must be a positive integer, got {ttl!r}")
-                prefix = resource.get("key_prefix", f"sophia:{source}:")
-                if not isinstance(prefix, str) or not prefix or any(ch.isspace() for ch in prefix):
-                    problems.append(f"{bw}.resource.key_prefix: must be a non-empty string without spaces")
-            projections = _parse_projections(resource.get("projections"), f"{bw}.resource.projections",
-                                             endpoint, problems)
-            if endpoint in ("postgres", "snowflake"):
-                reserved = {str(resource.get("key_column", "key")).lower(), "flow_document", "flow_published_at"}
-                for p in projections:
-                    if p.column.lower() in reserved:
-                        problems.append(f"{bw}.resource.projections.{p.column}: clashes with a reserved column")
+            projections = _parse_projections(resource.get("projections"), f"{bw}.resource.projections", problems)
+            if endpoints is not None:
+                problems += endpoints[endpoint](resource, str(source), projections, f"{bw}.resource")
             bindings.append(Binding(source=str(source), resource=resource, projections=projections))
         materializations[name] = Materialization(name=name, endpoint=str(endpoint), bindings=tuple(bindings),
                                                  description=str(conf.get("description", "")))
@@ -394,7 +384,8 @@ def parse_spec(data: Any, path: str = "<flow spec>", check_imports: bool = True)
                     journal_retention_days=journal_retention_days)
 
 
-def load_spec(path: str | Path, check_imports: bool = True) -> FlowSpec:
+def load_spec(path: str | Path, check_imports: bool = True,
+              endpoints: Mapping[str, ResourceCheck] | None = None) -> FlowSpec:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -406,9 +397,4 @@ def load_spec(path: str | Path, check_imports: bool = True) -> FlowSpec:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         raise FlowSpecError(str(p), [f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
-    return parse_spec(data, str(p), check_imports=check_imports)
-
-
-@lru_cache(maxsize=8)
-def cached_spec(path: str) -> FlowSpec:
-    return load_spec(path)
+    return parse_spec(data, str(p), check_imports=check_imports, endpoints=endpoints)

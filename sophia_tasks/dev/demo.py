@@ -38,7 +38,7 @@ def main() -> int:
     ensure_services()
     env = demo_env()
     os.environ.update(env)
-    from sophia_tasks.core.flowspec import load_spec
+    from sophia_tasks.flows import load_spec
     from sophia_tasks.materializers import get_materializer
     from sophia_tasks.settings import load_settings
 

@@ -6,7 +6,7 @@ a factory under its name (``base.register``); the pipeline only knows
 """
 from __future__ import annotations
 
-from sophia_tasks.core.flowspec import FlowSpec
+from sophia_tasks.core.flowspec import FlowSpec, ResourceCheck
 from sophia_tasks.core.process import ProcessLocal
 from sophia_tasks.materializers import postgres, redis, snowflake  # noqa: F401  (they register themselves)
 from sophia_tasks.materializers.base import (
@@ -21,7 +21,7 @@ from sophia_tasks.materializers.base import (
 from sophia_tasks.settings import Settings
 
 __all__ = ["Materializer", "TransientTargetError", "WriteResult", "available", "deadline", "get_materializer",
-           "register", "reset_instances", "write_deadline"]
+           "register", "reset_instances", "resource_checks", "write_deadline"]
 
 _instances: ProcessLocal[tuple[str, int], Materializer] = ProcessLocal()
 
@@ -30,13 +30,18 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def resource_checks() -> dict[str, ResourceCheck]:
+    """Each endpoint's resource checks, for the flow spec loader (``sophia_tasks.flows``)."""
+    return {name: plugin.check for name, plugin in _REGISTRY.items()}
+
+
 def get_materializer(endpoint: str, settings: Settings, spec: FlowSpec) -> Materializer:
     """One instance per process and endpoint: connections survive between batches."""
     key = (endpoint, id(settings))
     inst = _instances.get(key)
     if inst is None:
         try:
-            factory = _REGISTRY[endpoint]
+            factory = _REGISTRY[endpoint].factory
         except KeyError:
             raise KeyError(f"no materializer named {endpoint!r}; available: {', '.join(sorted(_REGISTRY))}") from None
         inst = factory(settings, spec)

@@ -9,7 +9,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
-from sophia_tasks.core.flowspec import Binding, FlowSpec
+from sophia_tasks.core.flowspec import Binding, FlowSpec, ResourceCheck
 from sophia_tasks.settings import Settings
 
 
@@ -66,12 +66,24 @@ def deadline() -> float | None:
 
 
 Factory = Callable[[Settings, FlowSpec], Materializer]
-_REGISTRY: dict[str, Factory] = {}
 
 
-def register(name: str) -> Callable[[Factory], Factory]:
+@dataclass(frozen=True)
+class Plugin:
+    """A materializer as the registry knows it: its endpoint name, its resource checks (run when a
+    flow spec is loaded) and its constructor, registered together as in Redpanda Connect."""
+
+    name: str
+    check: ResourceCheck
+    factory: Factory
+
+
+_REGISTRY: dict[str, Plugin] = {}
+
+
+def register(name: str, check: ResourceCheck) -> Callable[[Factory], Factory]:
     def deco(factory: Factory) -> Factory:
-        _REGISTRY[name] = factory
+        _REGISTRY[name] = Plugin(name, check, factory)
         return factory
 
     return deco

@@ -13,7 +13,7 @@ from psycopg2 import sql
 from sophia_tasks.core.documents import latest_per_key, version_of
 from sophia_tasks.core.flowspec import Binding, FlowSpec
 from sophia_tasks.materializers.base import TransientTargetError, WriteResult, deadline, register
-from sophia_tasks.materializers.projection import keyed, project
+from sophia_tasks.materializers.projection import check_table_resource, keyed, project
 from sophia_tasks.settings import Settings
 from sophia_tasks.store.db import Connections, connections, jsonb_text
 
@@ -154,6 +154,6 @@ class PostgresMaterializer:
         self.conns.discard(self.dsn)
 
 
-@register("postgres")
+@register("postgres", check_table_resource)
 def factory(settings: Settings, spec: FlowSpec) -> PostgresMaterializer:
     return PostgresMaterializer(settings, spec)

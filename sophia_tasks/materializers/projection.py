@@ -6,10 +6,11 @@ batch: the whole document is still in ``flow_document``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Iterable
 
 from sophia_tasks.core.documents import format_version, parse_time
-from sophia_tasks.core.flowspec import Binding, FlowSpec, Projection, resolve_pointer
+from sophia_tasks.core.flowspec import SQL_IDENT, Binding, FlowSpec, Projection, resolve_pointer
 
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
@@ -65,3 +66,23 @@ def keyed(spec: FlowSpec, binding: Binding, documents: list[dict[str, Any]]
         else:
             ok.append((str(value), doc))
     return ok, bad
+
+
+def check_table_resource(resource: Mapping[str, Any], source: str, projections: tuple[Projection, ...],
+                         where: str) -> list[str]:
+    """The resource checks of a SQL table binding (PostgreSQL, Snowflake)."""
+    problems = []
+    table = resource.get("table")
+    if not isinstance(table, str) or not SQL_IDENT.match(table):
+        problems.append(f"{where}.table: required, letters, digits and underscores (max 63)")
+    kc = resource.get("key_column", "key")
+    if not isinstance(kc, str) or not SQL_IDENT.match(kc):
+        problems.append(f"{where}.key_column: letters, digits and underscores (max 63)")
+    rd = resource.get("retention_days")
+    if rd is not None and (not isinstance(rd, int) or isinstance(rd, bool) or rd < 1):
+        problems.append(f"{where}.retention_days: must be a positive integer")
+    reserved = {str(kc).lower(), "flow_document", "flow_published_at"}
+    for p in projections:
+        if p.column.lower() in reserved:
+            problems.append(f"{where}.projections.{p.column}: clashes with a reserved column")
+    return problems

@@ -1,14 +1,16 @@
 """Redis hot cache: one pipelined script call per chunk, last write wins by version."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 import redis as redis_lib
 
 from sophia_tasks.core.documents import encoded, latest_per_key, version_of
-from sophia_tasks.core.flowspec import Binding, FlowSpec
+from sophia_tasks.core.flowspec import Binding, FlowSpec, Projection
 from sophia_tasks.materializers.base import TransientTargetError, WriteResult, register
+from sophia_tasks.materializers.projection import keyed
 from sophia_tasks.settings import Settings
 
 # For each key: keep the stored value when its _meta.published_at is newer than the
@@ -50,8 +52,6 @@ class RedisMaterializer:
         return f"{binding.key_prefix}{key}"
 
     def write_batch(self, binding: Binding, documents: list[dict[str, Any]]) -> WriteResult:
-        from sophia_tasks.materializers.projection import keyed
-
         pairs, bad = keyed(self.spec, binding, documents)
         pairs = latest_per_key(pairs)
         result = WriteResult(keyless=list(bad))
@@ -89,6 +89,19 @@ class RedisMaterializer:
         self.client.close()
 
 
-@register("redis")
+def check_resource(resource: Mapping[str, Any], source: str, projections: tuple[Projection, ...],
+                   where: str) -> list[str]:
+    """A Redis binding's resource: the TTL and the key prefix."""
+    problems = []
+    ttl = resource.get("ttl_seconds", 86400)
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1:
+        problems.append(f"{where}.ttl_seconds: must be a positive integer, got {ttl!r}")
+    prefix = resource.get("key_prefix", f"sophia:{source}:")
+    if not isinstance(prefix, str) or not prefix or any(ch.isspace() for ch in prefix):
+        problems.append(f"{where}.key_prefix: must be a non-empty string without spaces")
+    return problems
+
+
+@register("redis", check_resource)
 def factory(settings: Settings, spec: FlowSpec) -> RedisMaterializer:
     return RedisMaterializer(settings, spec)

@@ -17,7 +17,7 @@ import orjson
 from sophia_tasks.core.documents import encoded, latest_per_key, version_of
 from sophia_tasks.core.flowspec import Binding, FlowSpec
 from sophia_tasks.materializers.base import TransientTargetError, WriteResult, register
-from sophia_tasks.materializers.projection import keyed, project
+from sophia_tasks.materializers.projection import check_table_resource, keyed, project
 from sophia_tasks.settings import Settings, SnowflakeSettings
 
 log = logging.getLogger(__name__)
@@ -268,6 +268,6 @@ def _chunks(rows: list[bytes], limit: int) -> list[list[bytes]]:
     return out
 
 
-@register("snowflake")
+@register("snowflake", check_table_resource)
 def factory(settings: Settings, spec: FlowSpec) -> SnowflakeMaterializer:
     return SnowflakeMaterializer(settings, spec)

@@ -196,7 +196,7 @@ def init_sentry(settings: Settings, component: str) -> bool:
         dsn=settings.sentry_dsn,
         environment=settings.sentry_environment,
         release=_release(),
-        send_default_pii=False,
+        # No user data is sent: that is sentry-sdk's default (send_default_pii, deprecated by name in 2.7x).
         max_request_body_size="never",
         include_local_variables=True,
         traces_sample_rate=settings.sentry_traces_sample_rate if tracing else None,

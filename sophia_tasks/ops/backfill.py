@@ -45,7 +45,7 @@ import psycopg2
 import psycopg2.extras
 
 from sophia_tasks.core.documents import format_version, parse_time, utcnow
-from sophia_tasks.core.flowspec import load_spec
+from sophia_tasks.flows import load_spec
 from sophia_tasks.ingest.envelope import EnvelopeError, parse_body
 from sophia_tasks.ingest.events import make_event
 from sophia_tasks.messaging import routing

@@ -12,8 +12,9 @@ from typing import Any, Callable, TypeVar
 
 from celery import current_app
 
-from sophia_tasks.core.flowspec import FlowSpec, load_spec
+from sophia_tasks.core.flowspec import FlowSpec
 from sophia_tasks.core.process import ProcessLocal
+from sophia_tasks.flows import load_spec
 from sophia_tasks.ingest.buffer import IngestBuffer, buffer_for, target_buffer
 from sophia_tasks.messaging import routing
 from sophia_tasks.observe.stats import Stats

@@ -12,7 +12,8 @@ from celery import Celery
 from celery.signals import setup_logging
 
 # Task modules (and signal handlers): imported for what they register.
-from sophia_tasks.core.flowspec import FlowSpec, load_spec
+from sophia_tasks.core.flowspec import FlowSpec
+from sophia_tasks.flows import load_spec
 from sophia_tasks.ingest.batcher import IngestBatcher
 from sophia_tasks.logs import celery_setup_logging, quiet_third_party
 from sophia_tasks.messaging.config import configure

@@ -137,7 +137,7 @@ def test_queues_outside_the_prefix_are_published_as_kombu_does(broker: str) -> N
 def test_the_celery_app_uses_the_guarded_transport_for_redis() -> None:
     from celery import Celery
 
-    from sophia_tasks.core.flowspec import load_spec
+    from sophia_tasks.flows import load_spec
     from sophia_tasks.messaging.config import configure
     from sophia_tasks.settings import load_settings
 
@@ -156,7 +156,7 @@ def test_the_celery_app_uses_the_guarded_transport_for_redis() -> None:
 def test_queue_depth_counts_ready_and_reserved_messages(broker: str) -> None:
     from celery import Celery
 
-    from sophia_tasks.core.flowspec import load_spec
+    from sophia_tasks.flows import load_spec
     from sophia_tasks.messaging.config import configure
     from sophia_tasks.observe.queues import broker_snapshot
     from sophia_tasks.settings import load_settings

@@ -98,7 +98,7 @@ def faults(request: pytest.FixtureRequest, harness: Harness,
 def _delete_rabbit_queues(env: dict[str, str]) -> None:
     from kombu import Connection
 
-    from sophia_tasks.core.flowspec import load_spec
+    from sophia_tasks.flows import load_spec
     from sophia_tasks.observe.queues import all_queues
     from sophia_tasks.settings import load_settings
 
@@ -317,7 +317,7 @@ def test_poison_document_is_dead_lettered_and_the_rest_of_its_batch_lands(faults
                                "source": "test"}, **c})
     from celery import Celery
 
-    from sophia_tasks.core.flowspec import load_spec
+    from sophia_tasks.flows import load_spec
     from sophia_tasks.messaging.config import configure
 
     app = Celery("poison-sender", set_as_current=False)

@@ -181,7 +181,7 @@ def test_a_cut_whose_worker_died_before_publishing_is_swept_and_lands(harness: H
 
 def test_queue_length_of_the_ingest_queue_counts_the_buffered_events(harness: Harness, broker: redis.Redis) -> None:
     """sophia_queue_length{queue="sophia.ingest"} must show events accepted but not yet cut."""
-    from sophia_tasks.core.flowspec import load_spec
+    from sophia_tasks.flows import load_spec
     from sophia_tasks.observe.queues import broker_snapshot
     from sophia_tasks.settings import load_settings
 

@@ -23,8 +23,9 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from sophia_tasks.core.documents import format_version
-from sophia_tasks.core.flowspec import FlowSpec, load_spec
+from sophia_tasks.core.flowspec import FlowSpec
 from sophia_tasks.dev.stack import Stack, free_port
+from sophia_tasks.flows import load_spec
 from sophia_tasks.ingest.buffer import coalesces
 from sophia_tasks.messaging.config import configure
 from sophia_tasks.observe.queues import broker_snapshot

@@ -193,7 +193,7 @@ def test_batches_travel_by_claim_check_and_nothing_is_left_behind(harness: Harne
     import redis as redis_lib
     from celery import Celery
 
-    from sophia_tasks.core.flowspec import load_spec
+    from sophia_tasks.flows import load_spec
     from sophia_tasks.messaging.config import configure
     from sophia_tasks.pipeline.claim_checks import PREFIX
     from sophia_tasks.settings import load_settings

@@ -12,7 +12,7 @@ import uuid
 import orjson
 import redis
 
-from sophia_tasks.core.flowspec import load_spec
+from sophia_tasks.flows import load_spec
 from sophia_tasks.ingest.buffer import BUFFER_PREFIX, coalesces, target_buffer
 from sophia_tasks.ingest.events import make_event
 from sophia_tasks.pipeline import stages as pipeline

@@ -6,7 +6,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sophia_tasks.core.flowspec import FlowSpecError, load_spec, parse_spec
+from sophia_tasks.core.flowspec import FlowSpecError
+from sophia_tasks.flows import load_spec, parse_spec
 from sophia_tasks.observe.alerts import (
     AlertsConfig,
     Check,

@@ -6,7 +6,8 @@ from datetime import date, datetime, timezone
 import pytest
 import yaml
 
-from sophia_tasks.core.flowspec import FlowSpecError, load_spec, parse_spec
+from sophia_tasks.core.flowspec import FlowSpecError
+from sophia_tasks.flows import load_spec, parse_spec
 from sophia_tasks.ops.rebuild import collections_feeding
 from sophia_tasks.settings import DEFAULT_FLOW
 from sophia_tasks.store.journal import journal_rows, partition_name

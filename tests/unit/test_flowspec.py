@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sophia_tasks.core.flowspec import FlowSpecError, load_spec, parse_spec, resolve_pointer
+from sophia_tasks.core.flowspec import FlowSpecError, resolve_pointer
+from sophia_tasks.flows import load_spec, parse_spec
 from sophia_tasks.settings import DEFAULT_FLOW
 
 

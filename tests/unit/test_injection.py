@@ -14,7 +14,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from sophia_tasks.core.flowspec import Binding, FlowSpecError, parse_spec
+from sophia_tasks.core.flowspec import Binding, FlowSpecError
+from sophia_tasks.flows import parse_spec
 from sophia_tasks.materializers.postgres import PostgresMaterializer
 from sophia_tasks.materializers.redis import RedisMaterializer
 from sophia_tasks.materializers.snowflake import SnowflakeMaterializer, quote_ident

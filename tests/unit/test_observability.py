@@ -199,7 +199,7 @@ def _render(monkeypatch: pytest.MonkeyPatch, counters: dict[str, float], snapsho
     import sophia_tasks.observe.counts as status
     import sophia_tasks.observe.queues as queues
     import web.metrics as metrics
-    from sophia_tasks.core.flowspec import load_spec
+    from sophia_tasks.flows import load_spec
 
     monkeypatch.setattr(metrics, "_stats_for", lambda url: _FakeStats(counters))
     monkeypatch.setattr(alerts, "firing_alerts", lambda client: [{"kind": "lag", "target": "snowflake"}])
@@ -293,7 +293,7 @@ def test_non_redis_broker_counts_messages_by_passive_declare() -> None:
     """The AMQP branch, driven through kombu's in-memory transport (same channel API, no server)."""
     from kombu import Connection, Exchange, Producer, Queue
 
-    from sophia_tasks.core.flowspec import load_spec
+    from sophia_tasks.flows import load_spec
     from sophia_tasks.observe.queues import broker_snapshot
 
     settings = Settings(broker_url="memory://", queue_prefix=f"unit-{time.time_ns()}.")

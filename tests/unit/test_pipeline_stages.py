@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from sophia_tasks.core.flowspec import load_spec, parse_spec
+from sophia_tasks.flows import load_spec, parse_spec
 from sophia_tasks.ingest.events import make_event
 from sophia_tasks.materializers import TransientTargetError, WriteResult
 from sophia_tasks.pipeline.stages import backoff_seconds, derive_documents, validate_events, write_isolating

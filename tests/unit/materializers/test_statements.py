@@ -6,7 +6,7 @@ import json
 import psycopg2
 import pytest
 
-from sophia_tasks.core.flowspec import load_spec
+from sophia_tasks.flows import load_spec
 from sophia_tasks.materializers.postgres import PostgresMaterializer
 from sophia_tasks.materializers.projection import coerce, keyed, project
 from sophia_tasks.materializers.snowflake import SnowflakeMaterializer, _chunks, quote_ident

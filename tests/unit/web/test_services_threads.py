@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from sophia_tasks.core.flowspec import load_spec
+from sophia_tasks.flows import load_spec
 from sophia_tasks.settings import load_settings
 from web.services import Services
 
