@@ -71,10 +71,11 @@ class AuthConfig:
     insecure_no_auth: bool
     public_url: str | None
 
-    def problems(self) -> list[str]:
-        """Configuration errors to report at start-up (never includes the secrets themselves)."""
+    def problems(self, require_tokens: bool = True) -> list[str]:
+        """Configuration errors to report at start-up (never includes the secrets themselves).
+        ``require_tokens=False``: the secrets' format only (tokens are optional beside another method)."""
         found = []
-        if not self.tokens and not self.insecure_no_auth:
+        if require_tokens and not self.tokens and not self.insecure_no_auth:
             found.append("SOPHIA_WEBHOOK_TOKENS is empty (set SOPHIA_INSECURE_NO_AUTH=1 to run without auth)")
         for index, secret in enumerate(self.webhook_secrets):
             if _webhook(secret) is None:
