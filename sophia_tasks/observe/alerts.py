@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 import redis as redis_lib
 import yaml
 
-from sophia_tasks.core.alert_rules import AlertsConfig, Thresholds, parse_alerts, parse_duration  # noqa: F401
+from sophia_tasks.core.alert_rules import AlertsConfig, parse_alerts
 from sophia_tasks.core.flowspec import FlowSpec, FlowSpecError
 from sophia_tasks.observe.counts import diff_counters, empty_counts, lag_quantiles, pending_dead_letters, target_counts
 from sophia_tasks.observe.stats import Stats

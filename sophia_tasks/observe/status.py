@@ -16,12 +16,11 @@ from typing import IO, Any, Mapping
 from sophia_tasks.core.flowspec import FlowSpec
 from sophia_tasks.messaging.routing import materialize_queue
 from sophia_tasks.observe.alerts import firing_alerts, window_baseline
-from sophia_tasks.observe.counts import (  # noqa: F401  (re-exported for the command line)
+from sophia_tasks.observe.counts import (
     diff_counters,
     empty_counts,
     lag_quantiles,
     pending_dead_letters,
-    quantile,
     target_counts,
 )
 from sophia_tasks.observe.queues import broker_snapshot

@@ -42,7 +42,7 @@ def fan_out(ctx: Context, derived: dict[str, list[dict[str, Any]]], lane: str,
                             len(docs), exc)
         queued = [t for t in queued if t not in gathered]
         if queued:  # first, so a slow target's write starts in another process while this one writes
-            batch = claim(ctx, docs, queued, f"{batch_id}:{name}" if batch_id else None)
+            batch = claim_check(ctx, docs, queued, f"{batch_id}:{name}" if batch_id else None)
             for target in queued:
                 send_materialize(target, name, batch, lane=lane)
         for target in inline:
@@ -51,16 +51,10 @@ def fan_out(ctx: Context, derived: dict[str, list[dict[str, Any]]], lane: str,
 
 #: Per process: target -> monotonic time until which its writes go through its queue instead.
 _inline_off: dict[str, float] = {}
-
-
 #: Seconds an inline write may wait on its target (lock, statement) before giving up.
 INLINE_DEADLINE = 2.0
-
-
 #: An inline write that failed, or took longer than this, sends the target's batches to its queue...
 INLINE_SLOW = 2.0
-
-
 #: ...for this many seconds.
 INLINE_BACKOFF = 30.0
 
@@ -86,7 +80,7 @@ def write_inline(ctx: Context, target: str, collection: str, documents: list[dic
     except Exception as exc:  # not a target error (those are settled above): let the queued path retry it
         log.warning("%s: inline write of %d document(s) failed, queueing them: %r", target, len(documents), exc)
         _inline_off[target] = time.monotonic() + INLINE_BACKOFF
-        send_materialize(target, collection, claim(ctx, documents, [target], f"{task_id}:{target}:inline"
+        send_materialize(target, collection, claim_check(ctx, documents, [target], f"{task_id}:{target}:inline"
                                                    if task_id else None), lane=lane)
         return
     took = time.monotonic() - started
@@ -96,7 +90,7 @@ def write_inline(ctx: Context, target: str, collection: str, documents: list[dic
                     f"had {len(result.rejected)} failure(s)" if result.rejected else "was slow", took, INLINE_BACKOFF)
 
 
-def claim(ctx: Context, documents: list[dict[str, Any]], targets: list[str], name: str | None = None) -> Any:
+def claim_check(ctx: Context, documents: list[dict[str, Any]], targets: list[str], name: str | None = None) -> Any:
     """What a materialize message carries: a claim check on a Redis broker, else the documents."""
     if ctx.claims is None:
         return documents
@@ -142,7 +136,7 @@ def write_and_settle(ctx: Context, node: str | None, slot: str | None, target: s
         log.warning("%s: %d document(s) of %s failed (attempt %d of %d), retrying in %.1fs: %s", target,
                     len(retryable), collection, attempt, ctx.settings.retry_max, countdown, retryable[0][1][:300])
         again = [d for d, _ in retryable]
-        send_materialize(target, collection, claim(ctx, again, [target], f"{task_id}:retry" if task_id else None),
+        send_materialize(target, collection, claim_check(ctx, again, [target], f"{task_id}:retry" if task_id else None),
                          attempt=attempt + 1,
                          countdown=countdown, lane=lane)
     else:

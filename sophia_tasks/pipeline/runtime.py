@@ -27,14 +27,17 @@ from sophia_tasks.store.deadletter import DeadLetterStore
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
 @dataclass
 class Context:
+    """What a stage needs in one process: settings, the spec, and the clients of its stores."""
+
     settings: Settings
     spec: FlowSpec
     dlq: DeadLetterStore
     stats: Stats
-    claims: "ClaimStore | None" = None
-    events: "IngestBuffer | None" = None
+    claims: ClaimStore | None = None
+    events: IngestBuffer | None = None
 
 
 def build_context(settings: Settings, spec: FlowSpec | None = None) -> Context:

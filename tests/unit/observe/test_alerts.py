@@ -6,19 +6,10 @@ from typing import Any
 import pytest
 import yaml
 
+from sophia_tasks.core.alert_rules import AlertsConfig, Thresholds, parse_alerts, parse_duration
 from sophia_tasks.core.flowspec import FlowSpecError
 from sophia_tasks.flows import load_spec, parse_spec
-from sophia_tasks.observe.alerts import (
-    AlertsConfig,
-    Check,
-    Thresholds,
-    evaluate,
-    firing_message,
-    load_alerts_config,
-    parse_alerts,
-    parse_duration,
-    resolved_message,
-)
+from sophia_tasks.observe.alerts import Check, evaluate, firing_message, load_alerts_config, resolved_message
 from sophia_tasks.settings import DEFAULT_FLOW
 
 TARGETS = ("redis", "postgres", "snowflake")

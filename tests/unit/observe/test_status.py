@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from sophia_tasks.observe.status import diff_counters, lag_quantiles, quantile, render_status, target_counts
+from sophia_tasks.observe.counts import diff_counters, lag_quantiles, quantile, target_counts
+from sophia_tasks.observe.status import render_status
 
 
 def test_quantile_interpolates_inside_a_bucket() -> None:
