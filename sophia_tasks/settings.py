@@ -5,16 +5,82 @@ the benchmark can run a whole stack side by side with other database numbers.
 """
 from __future__ import annotations
 
+import hmac
 import os
-from dataclasses import dataclass, field, replace
+import re
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 DEFAULT_FLOW = Path(__file__).parent / "flows" / "default.yaml"
 
 
 class ConfigError(ValueError):
     """A variable has a value we cannot use; the message names it."""
+
+
+class Secret:
+    """A credential that never shows itself: repr and str print asterisks, ``reveal()`` gives the value.
+
+    Why: settings travel into reprs, tracebacks, Celery's reports and log lines; a plain string
+    would be printed there in clear.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = str(value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def reveal(value: Secret | str | None) -> str | None:
+    """The value of a secret setting (None stays None)."""
+    return value.reveal() if isinstance(value, Secret) else value
+
+
+def _secret(value: Any) -> Any:
+    return value if value is None or isinstance(value, Secret) else Secret(value)
+
+
+#: ``scheme://user:password@host`` and libpq's ``password=...``: what a URL or DSN repr must not show.
+_URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]*):[^@/\s]+@")
+_DSN_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by asterisks."""
+    return _DSN_PASSWORD.sub(r"\1**********", _URL_PASSWORD.sub(r"\1:**********@", url))
+
+
+def _env(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    """``name`` from the environment, or the contents of the file named by ``name_FILE`` (the
+    convention of Docker and Kubernetes secrets; a trailing newline is dropped). Both set is an error."""
+    path = env.get(f"{name}_FILE")
+    if path:
+        if env.get(name):
+            raise ConfigError(f"{name} and {name}_FILE are both set: keep one")
+        try:
+            return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror or exc}") from None
+    value = env.get(name)
+    return default if value is None else value
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -49,11 +115,26 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def _secrets(env: Mapping[str, str], name: str) -> tuple[Secret, ...]:
+    """A comma-separated list of secrets (several at once: rotation without downtime)."""
+    raw = _env(env, name) or ""
+    return tuple(Secret(part.strip()) for part in raw.split(",") if part.strip())
+
+
+#: Variables whose value is a credential, or may hold one (a URL with a password): each also has a
+#: ``_FILE`` form, and none is ever printed.
+SECRET_VARIABLES = (
+    "SOPHIA_WEBHOOK_TOKENS", "SOPHIA_WEBHOOK_SECRET", "SOPHIA_SNOWFLAKE_PASSWORD", "SOPHIA_GONG_ACCESS_KEY",
+    "SOPHIA_GONG_ACCESS_KEY_SECRET", "SOPHIA_SLACK_WEBHOOK_URL", "SENTRY_DSN", "SOPHIA_BROKER_URL",
+    "SOPHIA_REDIS_URL", "SOPHIA_POSTGRES_DSN", "SOPHIA_GONG_JWT_PUBLIC_KEY",
+)
+
+
 @dataclass(frozen=True)
 class SnowflakeSettings:
     account: str | None
     user: str
-    password: str
+    password: Secret
     database: str
     schema: str
     warehouse: str | None
@@ -66,6 +147,9 @@ class SnowflakeSettings:
     #: The connector's cloud platform probe at every login (telemetry only): off unless asked for.
     platform_detection: bool = False
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "password", _secret(self.password))
+
     @property
     def emulator(self) -> bool:
         """No account means the local fakesnow server (dev, demo, tests, CI)."""
@@ -74,7 +158,7 @@ class SnowflakeSettings:
     def connect_kwargs(self) -> dict[str, object]:
         kwargs: dict[str, object] = {
             "user": self.user,
-            "password": self.password,
+            "password": self.password.reveal(),
             "database": self.database,
             "schema": self.schema,
             # Server-side binding: a whole batch travels as one bound JSON value.
@@ -96,7 +180,7 @@ class SnowflakeSettings:
         return kwargs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     broker_url: str = "redis://127.0.0.1:6379/0"
     redis_url: str = "redis://127.0.0.1:6379/1"
@@ -108,16 +192,16 @@ class Settings:
         )
     )
     snowflake_data_dir: str = "var/snowflake"
-    webhook_tokens: tuple[str, ...] = ()
-    webhook_secrets: tuple[str, ...] = ()
+    webhook_tokens: tuple[Secret, ...] = ()
+    webhook_secrets: tuple[Secret, ...] = ()
     gong_jwt_public_key: str | None = None
     insecure_no_auth: bool = False
     public_url: str | None = None
     flow_path: Path = DEFAULT_FLOW
-    sentry_dsn: str | None = None
+    sentry_dsn: Secret | None = None
     sentry_environment: str | None = None
     sentry_traces_sample_rate: float = 0.0
-    slack_webhook_url: str | None = None
+    slack_webhook_url: Secret | None = None
     # How often beat runs sophia.alerts (thresholds live in the flow spec's alerts: section).
     alerts_interval_seconds: float = 60.0
     max_body_bytes: int = 1024 * 1024
@@ -161,8 +245,22 @@ class Settings:
     validate_concurrency: int = os.cpu_count() or 2
     # Gong API (backfill --gong): Basic auth with an access key and its secret.
     gong_api_url: str = "https://api.gong.io"
-    gong_access_key: str | None = None
-    gong_access_key_secret: str | None = None
+    gong_access_key: Secret | None = None
+    gong_access_key_secret: Secret | None = None
+
+    def __post_init__(self) -> None:
+        """Secrets given as plain strings (tests, ``with_overrides``) are wrapped, so none prints."""
+        for name in ("webhook_tokens", "webhook_secrets"):
+            object.__setattr__(self, name, tuple(_secret(v) for v in getattr(self, name)))
+        for name in ("sentry_dsn", "slack_webhook_url", "gong_access_key", "gong_access_key_secret"):
+            object.__setattr__(self, name, _secret(getattr(self, name)))
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            parts.append(f"{f.name}={mask_url(value)!r}" if f.name in _URL_FIELDS else f"{f.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
 
     def queue(self, name: str) -> str:
         """Queue names carry an optional prefix so a benchmark or test stack never steals demo work."""
@@ -172,13 +270,16 @@ class Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
+_URL_FIELDS = ("broker_url", "redis_url", "postgres_dsn")
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     flow = env.get("SOPHIA_FLOW")
     snowflake = SnowflakeSettings(
         account=env.get("SOPHIA_SNOWFLAKE_ACCOUNT") or None,
         user=env.get("SOPHIA_SNOWFLAKE_USER", "sophia"),
-        password=env.get("SOPHIA_SNOWFLAKE_PASSWORD", "sophia"),
+        password=Secret(_env(env, "SOPHIA_SNOWFLAKE_PASSWORD", "sophia") or ""),
         database=env.get("SOPHIA_SNOWFLAKE_DATABASE", "SOPHIA"),
         schema=env.get("SOPHIA_SNOWFLAKE_SCHEMA", "PUBLIC"),
         warehouse=env.get("SOPHIA_SNOWFLAKE_WAREHOUSE") or None,
@@ -191,21 +292,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         platform_detection=_bool(env, "SOPHIA_SNOWFLAKE_PLATFORM_DETECTION"),
     )
     settings = Settings(
-        broker_url=env.get("SOPHIA_BROKER_URL", Settings.broker_url),
-        redis_url=env.get("SOPHIA_REDIS_URL", Settings.redis_url),
-        postgres_dsn=env.get("SOPHIA_POSTGRES_DSN", Settings.postgres_dsn),
+        broker_url=_env(env, "SOPHIA_BROKER_URL") or Settings.broker_url,
+        redis_url=_env(env, "SOPHIA_REDIS_URL") or Settings.redis_url,
+        postgres_dsn=_env(env, "SOPHIA_POSTGRES_DSN") or Settings.postgres_dsn,
         snowflake=snowflake,
         snowflake_data_dir=env.get("SOPHIA_SNOWFLAKE_DATA_DIR", Settings.snowflake_data_dir),
-        webhook_tokens=_list(env, "SOPHIA_WEBHOOK_TOKENS"),
-        webhook_secrets=_list(env, "SOPHIA_WEBHOOK_SECRET"),
-        gong_jwt_public_key=env.get("SOPHIA_GONG_JWT_PUBLIC_KEY") or None,
+        webhook_tokens=_secrets(env, "SOPHIA_WEBHOOK_TOKENS"),
+        webhook_secrets=_secrets(env, "SOPHIA_WEBHOOK_SECRET"),
+        gong_jwt_public_key=_env(env, "SOPHIA_GONG_JWT_PUBLIC_KEY") or None,
         insecure_no_auth=_bool(env, "SOPHIA_INSECURE_NO_AUTH"),
         public_url=(env.get("SOPHIA_PUBLIC_URL") or None),
         flow_path=Path(flow) if flow else DEFAULT_FLOW,
-        sentry_dsn=env.get("SENTRY_DSN") or None,
+        sentry_dsn=_secret(_env(env, "SENTRY_DSN") or None),
         sentry_environment=env.get("SENTRY_ENVIRONMENT") or None,
         sentry_traces_sample_rate=_float(env, "SENTRY_TRACES_SAMPLE_RATE", 0.0),
-        slack_webhook_url=env.get("SOPHIA_SLACK_WEBHOOK_URL") or None,
+        slack_webhook_url=_secret(_env(env, "SOPHIA_SLACK_WEBHOOK_URL") or None),
         alerts_interval_seconds=_float(env, "SOPHIA_ALERTS_INTERVAL_SECONDS", Settings.alerts_interval_seconds),
         max_body_bytes=_int(env, "SOPHIA_MAX_BODY_BYTES", Settings.max_body_bytes),
         dedupe_window_seconds=_int(env, "SOPHIA_DEDUPE_WINDOW_SECONDS", Settings.dedupe_window_seconds),
@@ -232,8 +333,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bulk_yield_lag=_float(env, "SOPHIA_BULK_YIELD_LAG", Settings.bulk_yield_lag),
         validate_concurrency=_int(env, "SOPHIA_VALIDATE_CONCURRENCY", Settings.validate_concurrency),
         gong_api_url=(env.get("SOPHIA_GONG_API_URL") or Settings.gong_api_url).rstrip("/"),
-        gong_access_key=env.get("SOPHIA_GONG_ACCESS_KEY") or None,
-        gong_access_key_secret=env.get("SOPHIA_GONG_ACCESS_KEY_SECRET") or None,
+        gong_access_key=_secret(_env(env, "SOPHIA_GONG_ACCESS_KEY") or None),
+        gong_access_key_secret=_secret(_env(env, "SOPHIA_GONG_ACCESS_KEY_SECRET") or None),
     )
     if settings.coalesce_rows < 1 or not 0 < settings.coalesce_seconds <= 60:
         raise ConfigError("SOPHIA_COALESCE_ROWS must be at least 1 and SOPHIA_COALESCE_SECONDS between 0 and 60")

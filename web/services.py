@@ -112,8 +112,8 @@ class Services:
         self.settings = settings
         self.spec = spec
         self.auth = AuthConfig(
-            tokens=settings.webhook_tokens,
-            webhook_secrets=settings.webhook_secrets,
+            tokens=tuple(t.reveal() for t in settings.webhook_tokens),
+            webhook_secrets=tuple(s.reveal() for s in settings.webhook_secrets),
             gong_public_key_pem=settings.gong_jwt_public_key,
             insecure_no_auth=settings.insecure_no_auth,
             public_url=settings.public_url.rstrip("/") if settings.public_url else None,

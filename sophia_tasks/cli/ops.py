@@ -333,7 +333,8 @@ def _auth_problems(settings: Any) -> list[str]:
         from web.auth import AuthConfig
     except ImportError:  # the CLI installed without the web package
         return []
-    config = AuthConfig(tokens=settings.webhook_tokens, webhook_secrets=settings.webhook_secrets,
+    config = AuthConfig(tokens=tuple(t.reveal() for t in settings.webhook_tokens),
+                        webhook_secrets=tuple(s.reveal() for s in settings.webhook_secrets),
                         gong_public_key_pem=settings.gong_jwt_public_key, insecure_no_auth=settings.insecure_no_auth,
                         public_url=settings.public_url)
     # Tokens are optional when another method is configured (create_app's rule, checked above).

@@ -28,6 +28,7 @@ from celery import bootsteps
 from kombu import Consumer, Queue
 
 from sophia_tasks.ingest.buffer import IngestBuffer, buffer_for, coalesced_buffers, target_buffer
+from sophia_tasks.messaging.config import settings_of, spec_of
 from sophia_tasks.messaging.routing import materialize_message, stage_queue
 
 #: At most this many cuts are published per timer tick (the main process also fetches tasks).
@@ -60,7 +61,7 @@ class IngestBatcher(bootsteps.ConsumerStep):
     def __init__(self, c: Any, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
         self.app = c.app
-        self.settings = c.app.conf.sophia_settings
+        self.settings = settings_of(c.app)
         self.buffer: list[dict[str, Any]] = []
         self.messages: list[Any] = []
         self.first_at = 0.0
@@ -95,7 +96,7 @@ class IngestBatcher(bootsteps.ConsumerStep):
             client = self.events_buffer.client
             self.target_buffers = [
                 (target, collection, lane, target_buffer(self.settings, client, target, collection, lane))
-                for target, collection, lane in coalesced_buffers(self.settings, self.app.conf.sophia_spec)]
+                for target, collection, lane in coalesced_buffers(self.settings, spec_of(self.app))]
         if self.events_buffer is not None and self.cut_timer is None:
             self.cut_timer = c.timer.call_repeatedly(interval, self.cut_due)
 

@@ -5,6 +5,8 @@ configured here, so a publisher never needs the modules that define the tasks.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery, current_app
 from kombu import Queue
 
@@ -73,8 +75,33 @@ def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
             "purge-journal": {"task": "sophia.purge_journal", "schedule": 3600.0},
         },
     )
-    app.conf.sophia_settings = settings
-    app.conf.sophia_spec = spec
+    bind(app, settings, spec)
+
+
+def bind(app: Any, settings: Settings, spec: FlowSpec) -> None:
+    """Settings and the spec travel on the app object, never in ``app.conf``: Celery prints its conf
+    (``celery report``, ``celery inspect conf``, Flower's worker pages)."""
+    app.sophia_settings = settings
+    app.sophia_spec = spec
+
+
+def is_bound(app: Any = None) -> bool:
+    return getattr(app if app is not None else current_app, "sophia_settings", None) is not None
+
+
+def settings_of(app: Any = None) -> Settings:
+    """The settings of ``app`` (default: the current app, a worker's own)."""
+    settings = getattr(app if app is not None else current_app, "sophia_settings", None)
+    if settings is None:
+        raise RuntimeError("this Celery app was not configured by sophia_tasks.messaging.config.configure")
+    return settings
+
+
+def spec_of(app: Any = None) -> FlowSpec:
+    spec = getattr(app if app is not None else current_app, "sophia_spec", None)
+    if spec is None:
+        raise RuntimeError("this Celery app was not configured by sophia_tasks.messaging.config.configure")
+    return spec
 
 
 def publisher(settings: Settings, spec: FlowSpec, name: str = "sophia_tasks_publisher") -> Celery:
@@ -87,6 +114,6 @@ def publisher(settings: Settings, spec: FlowSpec, name: str = "sophia_tasks_publ
 def sender_for(settings: Settings, spec: FlowSpec) -> Celery:
     """Inside a worker, its own app; elsewhere (the command line) a publisher for these settings."""
     app = current_app
-    if app.conf.get("sophia_settings") is not None:
+    if is_bound(app):
         return app
     return publisher(settings, spec)

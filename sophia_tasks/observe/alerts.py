@@ -33,7 +33,7 @@ from sophia_tasks.core.alert_rules import AlertsConfig, parse_alerts
 from sophia_tasks.core.flowspec import FlowSpec, FlowSpecError
 from sophia_tasks.observe.counts import diff_counters, empty_counts, lag_quantiles, pending_dead_letters, target_counts
 from sophia_tasks.observe.stats import Stats
-from sophia_tasks.settings import Settings
+from sophia_tasks.settings import Settings, reveal
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ def run_checks(settings: Settings, spec: FlowSpec, now: float | None = None, dry
                                  "detail": check.detail})
             if not client.hsetnx(STATE_KEY, check.key, record):
                 continue  # another evaluation sent it a moment ago
-            if post_slack(settings.slack_webhook_url, firing_message(prefix, check)):
+            if post_slack(reveal(settings.slack_webhook_url), firing_message(prefix, check)):
                 fired.append(check.key)
             else:
                 client.hdel(STATE_KEY, check.key)  # not sent: the next evaluation tries again
@@ -285,7 +285,7 @@ def run_checks(settings: Settings, spec: FlowSpec, now: float | None = None, dry
             since = json.loads(raw).get("since")
         except ValueError:
             since = None
-        if post_slack(settings.slack_webhook_url, resolved_message(prefix, check, kind, target, since, now)):
+        if post_slack(reveal(settings.slack_webhook_url), resolved_message(prefix, check, kind, target, since, now)):
             resolved.append(key)
         else:
             client.hsetnx(STATE_KEY, key, raw)  # keep it firing so the resolution is sent next time

@@ -28,7 +28,8 @@ from urllib.parse import urlsplit
 from celery import signals
 
 from sophia_tasks.derivations.pii import mask_text
-from sophia_tasks.settings import Settings
+from sophia_tasks.messaging.config import is_bound, settings_of
+from sophia_tasks.settings import Settings, reveal
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,15 @@ MIN_SECRET_LEN = 6
 
 def secret_values(settings: Settings) -> list[str]:
     """Every configured credential, so it is removed wherever it appears (messages, vars, reprs)."""
-    values: list[str] = [*settings.webhook_tokens, *settings.webhook_secrets]
-    for secret in settings.webhook_secrets:
+    tokens = [t.reveal() for t in settings.webhook_tokens]
+    secrets = [s.reveal() for s in settings.webhook_secrets]
+    values: list[str] = [*tokens, *secrets]
+    for secret in secrets:
         if secret.startswith("whsec_"):
             values.append(secret[len("whsec_"):])
-    if settings.snowflake.password and settings.snowflake.password != "sophia":
-        values.append(settings.snowflake.password)
+    password = settings.snowflake.password.reveal()
+    if password and password != "sophia":
+        values.append(password)
     for url in (settings.broker_url, settings.redis_url, settings.postgres_dsn):
         try:
             password = urlsplit(url).password
@@ -75,8 +79,9 @@ def secret_values(settings: Settings) -> list[str]:
             password = None
         if password:
             values.append(password)
-    if settings.slack_webhook_url:
-        values.append(settings.slack_webhook_url)
+    for secret in (settings.slack_webhook_url, settings.sentry_dsn, settings.gong_access_key_secret):
+        if secret:
+            values.append(secret.reveal())
     return [v for v in values if v and len(v) >= MIN_SECRET_LEN]
 
 
@@ -193,7 +198,7 @@ def init_sentry(settings: Settings, component: str) -> bool:
                                    "postgres_dsn", "broker_url", "redis_url", "slack_webhook_url", "password"]
     tracing = settings.sentry_traces_sample_rate > 0
     sentry_sdk.init(
-        dsn=settings.sentry_dsn,
+        dsn=reveal(settings.sentry_dsn),
         environment=settings.sentry_environment,
         release=_release(),
         # No user data is sent: that is sentry-sdk's default (send_default_pii, deprecated by name in 2.7x).
@@ -221,19 +226,15 @@ def _release() -> str | None:
         return None
 
 
-def _settings_of(conf: Any) -> Settings | None:
-    settings = getattr(conf, "sophia_settings", None) if conf is not None else None
-    if settings is None:
-        from celery import current_app
-
-        settings = getattr(current_app.conf, "sophia_settings", None)
-    return settings
+def _settings_of(app: Any = None) -> Settings | None:
+    """The settings a worker's or beat's app was configured with (None: not one of ours)."""
+    return settings_of(app) if is_bound(app) else None
 
 
 # -- Celery wiring: the worker's main process (batcher), each pool child, and beat ---------------
 @signals.celeryd_init.connect
-def _on_worker_init(sender: Any = None, conf: Any = None, **_: Any) -> None:
-    settings = _settings_of(conf)
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    settings = _settings_of()
     if settings is not None:
         init_sentry(settings, "worker")
 
@@ -248,7 +249,7 @@ def _on_pool_child_init(**_: Any) -> None:
 
 @signals.beat_init.connect
 def _on_beat_init(sender: Any = None, **_: Any) -> None:
-    settings = _settings_of(getattr(sender, "app", None) and sender.app.conf)
+    settings = _settings_of(getattr(sender, "app", None))
     if settings is not None:
         init_sentry(settings, "beat")
 

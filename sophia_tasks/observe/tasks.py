@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import shared_task
 
+from sophia_tasks.messaging.config import settings_of, spec_of
 from sophia_tasks.observe.alerts import run_checks
 
 log = logging.getLogger(__name__)
@@ -14,8 +15,7 @@ log = logging.getLogger(__name__)
 @shared_task(name="sophia.alerts", bind=True, ignore_result=True)
 def alerts_task(self: Any) -> dict[str, Any]:
     """Beat runs this every SOPHIA_ALERTS_INTERVAL_SECONDS; a failure is logged, the next run retries."""
-    conf = self.app.conf
-    report = run_checks(conf.sophia_settings, conf.sophia_spec)
+    report = run_checks(settings_of(self.app), spec_of(self.app))
     if report["fired"] or report["resolved"] or report["failed"]:
         log.info("alerts: fired %s, resolved %s, failed to post %s", report["fired"], report["resolved"],
                  report["failed"])

@@ -514,8 +514,8 @@ def parse_date(value: str | datetime | None, what: str) -> datetime | None:
 def gong_client(settings: Settings, max_retries: int = 5) -> GongClient:
     if not settings.gong_access_key or not settings.gong_access_key_secret:
         raise BackfillError("SOPHIA_GONG_ACCESS_KEY and SOPHIA_GONG_ACCESS_KEY_SECRET must be set for --gong")
-    return GongClient(settings.gong_api_url, settings.gong_access_key, settings.gong_access_key_secret,
-                      max_retries=max_retries)
+    return GongClient(settings.gong_api_url, settings.gong_access_key.reveal(),
+                      settings.gong_access_key_secret.reveal(), max_retries=max_retries)
 
 
 def run_gong_backfill(settings: Settings, since: str | datetime, until: str | datetime | None = None, *,

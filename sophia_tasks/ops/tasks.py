@@ -6,10 +6,11 @@ from typing import Any
 
 import psycopg2
 import redis as _redis
-from celery import current_app, shared_task
+from celery import shared_task
 from kombu.exceptions import OperationalError as _BrokerError  # a broker blip: the backfill task retries
 
 from sophia_tasks.materializers import get_materializer
+from sophia_tasks.messaging.config import settings_of, spec_of
 from sophia_tasks.ops.backfill import DEFAULT_BATCH, BackfillError, run_file_backfill, run_gong_backfill
 from sophia_tasks.ops.replay import replay_letters
 from sophia_tasks.pipeline.failures import StageTask
@@ -53,7 +54,7 @@ def backfill_task(self: Any, path: str | None = None, gong: bool = False, since:
     cannot go on (missing file, a Gong page that never comes) is logged and answered,
     never retried blindly.
     """
-    settings = self.app.conf.sophia_settings
+    settings = settings_of(self.app)
 
     def log_progress(done: int, total: int, published: int) -> None:
         pct = f"{100.0 * done / total:.0f}%" if total else "?"
@@ -80,5 +81,4 @@ def backfill_task(self: Any, path: str | None = None, gong: bool = False, since:
 @shared_task(name="sophia.purge_journal", acks_late=True)
 def purge_journal_task() -> list[str]:
     """Beat: drop journal partitions older than the flow spec's ``journal.retention_days``."""
-    app = current_app
-    return purge_expired(app.conf.sophia_settings.postgres_dsn, app.conf.sophia_spec.journal_retention_days)
+    return purge_expired(settings_of().postgres_dsn, spec_of().journal_retention_days)

@@ -17,6 +17,7 @@ from sophia_tasks.core.process import ProcessLocal
 from sophia_tasks.flows import load_spec
 from sophia_tasks.ingest.buffer import IngestBuffer, buffer_for, target_buffer
 from sophia_tasks.messaging import routing
+from sophia_tasks.messaging.config import settings_of, spec_of
 from sophia_tasks.observe.stats import Stats
 from sophia_tasks.pipeline.bulk_window import BulkWindow, window_for
 from sophia_tasks.pipeline.bulkhead import Bulkhead
@@ -59,7 +60,7 @@ def kept(key: Any, make: Callable[[], T]) -> T:
 
 def context() -> Context:
     """One per process: settings and spec from the app, clients opened after the fork."""
-    return kept("context", lambda: build_context(current_app.conf.sophia_settings, current_app.conf.sophia_spec))
+    return kept("context", lambda: build_context(settings_of(), spec_of()))
 
 
 def bulkhead(ctx: Context) -> Bulkhead:

@@ -6,9 +6,9 @@ import logging
 from typing import Any
 
 import redis as redis_lib
-from celery import current_app
 from celery.signals import celeryd_after_setup, worker_init
 
+from sophia_tasks.messaging.config import settings_of, spec_of
 from sophia_tasks.pipeline.bulkhead import clear_node
 from sophia_tasks.pipeline.stages import warm_derivations
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 @celeryd_after_setup.connect
 def _clear_stale_slots(sender: str, instance: Any = None, **kwargs: Any) -> None:
     """Slots held by a worker that was killed under this node name would otherwise block it for minutes."""
-    settings = current_app.conf.sophia_settings
+    settings = settings_of()
     client = redis_lib.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
     try:
         n = clear_node(client, sender)
@@ -46,8 +46,8 @@ def _prepare_pool(**kwargs: Any) -> None:
     batch, and again after each memory recycle. The derivations build their compiled configs here
     for the same reason (``stages.warm_derivations``).
     """
-    warm_derivations(current_app.conf.sophia_spec)
-    if any(m.endpoint == "snowflake" for m in current_app.conf.sophia_spec.materializations.values()):
+    warm_derivations(spec_of())
+    if any(m.endpoint == "snowflake" for m in spec_of().materializations.values()):
         try:
             import snowflake.connector  # noqa: F401
             import snowflake.connector.errors  # noqa: F401

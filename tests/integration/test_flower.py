@@ -1,14 +1,16 @@
 """Flower, as the Procfile runs it, against the test broker: basic auth, workers, task events, metrics."""
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 import requests
 
 from sophia_tasks.dev.stack import BIN, Process, free_port, port_open, wait_for
-from tests.integration.conftest import Harness, gong_call
+from tests.integration.conftest import TOKEN, TOKEN2, WEBHOOK_SECRET, Harness, gong_call
 
 USER, PASSWORD = "ops", "flower-" + str(time.time_ns())
 
@@ -16,9 +18,10 @@ USER, PASSWORD = "ops", "flower-" + str(time.time_ns())
 @pytest.fixture(scope="module")
 def flower(harness: Harness) -> Iterator[str]:
     port = free_port()
+    # As the Procfile starts it: the credentials in the environment, where `ps` cannot see them.
     proc: Process = harness.stack.spawn("flower", [
-        str(BIN / "celery"), "-A", "sophia_tasks", "flower", "--address=127.0.0.1", f"--port={port}",
-        f"--basic-auth={USER}:{PASSWORD}"])
+        str(BIN / "celery"), "-A", "sophia_tasks", "flower", "--address=127.0.0.1", f"--port={port}"],
+        extra_env={"FLOWER_BASIC_AUTH": f"{USER}:{PASSWORD}"})
     try:
         wait_for(lambda: port_open("127.0.0.1", port), 30, "flower", proc.popen, proc.log_path)
         yield f"http://127.0.0.1:{port}"
@@ -68,3 +71,18 @@ def test_flower_sees_the_worker_and_its_task_events(harness: Harness, flower: st
     assert tasks.status_code == 200 and tasks.json(), tasks.text
     # Flower serves /metrics and /healthcheck without auth (Prometheus scrapes them): it binds to loopback.
     assert requests.get(flower + "/healthcheck", timeout=10).text == "OK"
+
+
+def test_flower_shows_no_secret_and_its_password_is_not_on_its_command_line(harness: Harness, flower: str) -> None:
+    """Flower's worker pages show each worker's Celery conf (``inspect conf``): no setting of ours is there."""
+    auth = (USER, PASSWORD)
+    workers = harness.wait(lambda: requests.get(flower + "/api/workers", params={"refresh": 1}, auth=auth,
+                                                timeout=15).json(), 30, "flower's worker list")
+    conf = [w.get("conf") for w in workers.values() if w.get("conf")]
+    assert conf, workers  # the page really carries the workers' configuration
+    page = json.dumps(workers)
+    assert "broker_url" in page
+    for secret in (TOKEN, TOKEN2, WEBHOOK_SECRET, WEBHOOK_SECRET.split("_", 1)[1], "sophia_settings"):
+        assert secret not in page
+    argv = Path(f"/proc/{harness.stack.processes['flower'].popen.pid}/cmdline").read_bytes().decode()
+    assert PASSWORD not in argv and "basic-auth" not in argv

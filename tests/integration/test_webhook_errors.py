@@ -74,7 +74,7 @@ def test_broker_down_answers_503_with_retry_after(harness: Harness) -> None:
     call = gong_call()
     accepted_before = harness.counter("events_accepted", collection="gong_calls")
     resp = client.post("/estuary/webhook", data=json.dumps({"type": "call_completed", "data": call}),
-                       headers={"Authorization": f"Bearer {settings.webhook_tokens[0]}",
+                       headers={"Authorization": f"Bearer {settings.webhook_tokens[0].reveal()}",
                                 "Content-Type": "application/json"})
     assert resp.status_code == 503
     assert resp.headers["Retry-After"]
@@ -92,7 +92,7 @@ def test_rate_limit_per_credential_429_with_retry_after(harness: Harness) -> Non
 
     settings = load_settings().with_overrides(rate_limit_per_minute=3)
     client = create_app(settings).test_client()
-    token_a, token_b = settings.webhook_tokens[0], settings.webhook_tokens[1]
+    token_a, token_b = settings.webhook_tokens[0].reveal(), settings.webhook_tokens[1].reveal()
 
     def post(token: str) -> object:
         body = json.dumps({"type": "call_completed", "data": gong_call()})

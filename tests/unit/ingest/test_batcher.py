@@ -14,7 +14,7 @@ URL = "redis://127.0.0.1:6379/12"
 
 def batcher(prefix: str = "tbatch.") -> IngestBatcher:
     settings = load_settings({"SOPHIA_BROKER_URL": URL, "SOPHIA_QUEUE_PREFIX": prefix})
-    b = IngestBatcher(SimpleNamespace(app=SimpleNamespace(conf=SimpleNamespace(sophia_settings=settings))))
+    b = IngestBatcher(SimpleNamespace(app=SimpleNamespace(sophia_settings=settings)))
     b.flushed = 0  # type: ignore[attr-defined]
 
     def flush() -> None:

@@ -167,5 +167,5 @@ def test_beat_runs_the_alerts_task() -> None:
     from sophia_tasks import app
 
     entry = app.conf.beat_schedule["alerts"]
-    assert entry["task"] == "sophia.alerts" and entry["schedule"] == app.conf.sophia_settings.alerts_interval_seconds
+    assert entry["task"] == "sophia.alerts" and entry["schedule"] == app.sophia_settings.alerts_interval_seconds
     assert "sophia.alerts" in app.tasks
