@@ -11,8 +11,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 
-from sophia_tasks.dev.stack import BIN
+from sophia_tasks.dev.stack import BIN, free_port, port_open, wait_for
 from tests.integration.conftest import TOKEN, TOKEN2, WEBHOOK_SECRET, Harness, gong_call
 
 MARK = uuid.uuid4().hex[:10]
@@ -91,8 +92,6 @@ def test_a_variable_and_its_file_form_together_stop_the_start(harness: Harness, 
 
 def test_secrets_from_files_start_the_web_app_and_authenticate(harness: Harness, tmp_path: Path) -> None:
     """The _FILE form end to end: a token read from a file authenticates a webhook on a web app of its own."""
-    from sophia_tasks.dev.stack import free_port, port_open, wait_for
-
     token = f"file-token-{MARK}"
     path = tmp_path / "tokens"
     path.write_text(token + "\n")
@@ -106,8 +105,6 @@ def test_secrets_from_files_start_the_web_app_and_authenticate(harness: Harness,
         wait_for(lambda: port_open("127.0.0.1", port), 30, "the web app", web)
         url = f"http://127.0.0.1:{port}/estuary/webhook"
         body = {"id": f"evt-{MARK}", "type": "call_completed", "data": gong_call()}
-        import requests
-
         assert requests.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code \
             == 202
         assert requests.post(url, json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).status_code \
