@@ -33,10 +33,12 @@ test-integration: install services
 # Development defaults so the whole Procfile starts; set your own in production.
 up: install services
 	@mkdir -p var/snowflake
-	@export PATH="$(abspath $(BIN)):$$PATH" \
-	  SOPHIA_WEBHOOK_TOKENS="$${SOPHIA_WEBHOOK_TOKENS:-dev-token}" \
-	  FLOWER_BASIC_AUTH="$${FLOWER_BASIC_AUTH:-admin:dev-password}"; \
+	@export PATH="$(abspath $(BIN)):$$PATH"; \
+	[ -n "$$SOPHIA_WEBHOOK_TOKENS_FILE" ] || export SOPHIA_WEBHOOK_TOKENS="$${SOPHIA_WEBHOOK_TOKENS:-dev-token}"; \
+	[ -n "$$SOPHIA_READ_TOKENS_FILE" ] || export SOPHIA_READ_TOKENS="$${SOPHIA_READ_TOKENS:-dev-read-token}"; \
+	[ -n "$$FLOWER_BASIC_AUTH_FILE" ] || export FLOWER_BASIC_AUTH="$${FLOWER_BASIC_AUTH:-admin:dev-password}"; \
 	echo "webhook: http://127.0.0.1:$${PORT:-9009}/estuary/webhook (bearer token from SOPHIA_WEBHOOK_TOKENS, dev default dev-token)"; \
+	echo "reads:   documents and /metrics with a bearer token from SOPHIA_READ_TOKENS (dev default dev-read-token)"; \
 	echo "flower:  http://127.0.0.1:$${FLOWER_PORT:-5555} (FLOWER_BASIC_AUTH, dev default admin:dev-password)"; \
 	exec $(BIN)/honcho start --port $${PORT:-9009}
 

@@ -124,9 +124,9 @@ def _secrets(env: Mapping[str, str], name: str) -> tuple[Secret, ...]:
 #: Variables whose value is a credential, or may hold one (a URL with a password): each also has a
 #: ``_FILE`` form, and none is ever printed.
 SECRET_VARIABLES = (
-    "SOPHIA_WEBHOOK_TOKENS", "SOPHIA_WEBHOOK_SECRET", "SOPHIA_SNOWFLAKE_PASSWORD", "SOPHIA_GONG_ACCESS_KEY",
-    "SOPHIA_GONG_ACCESS_KEY_SECRET", "SOPHIA_SLACK_WEBHOOK_URL", "SENTRY_DSN", "SOPHIA_BROKER_URL",
-    "SOPHIA_REDIS_URL", "SOPHIA_POSTGRES_DSN", "SOPHIA_GONG_JWT_PUBLIC_KEY",
+    "SOPHIA_WEBHOOK_TOKENS", "SOPHIA_WEBHOOK_SECRET", "SOPHIA_READ_TOKENS", "SOPHIA_SNOWFLAKE_PASSWORD",
+    "SOPHIA_GONG_ACCESS_KEY", "SOPHIA_GONG_ACCESS_KEY_SECRET", "SOPHIA_SLACK_WEBHOOK_URL", "SENTRY_DSN",
+    "SOPHIA_BROKER_URL", "SOPHIA_REDIS_URL", "SOPHIA_POSTGRES_DSN", "SOPHIA_GONG_JWT_PUBLIC_KEY",
 )
 
 
@@ -194,6 +194,8 @@ class Settings:
     snowflake_data_dir: str = "var/snowflake"
     webhook_tokens: tuple[Secret, ...] = ()
     webhook_secrets: tuple[Secret, ...] = ()
+    #: Bearer tokens for reads (documents, /metrics); none configured: reads are refused.
+    read_tokens: tuple[Secret, ...] = ()
     gong_jwt_public_key: str | None = None
     insecure_no_auth: bool = False
     public_url: str | None = None
@@ -250,7 +252,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         """Secrets given as plain strings (tests, ``with_overrides``) are wrapped, so none prints."""
-        for name in ("webhook_tokens", "webhook_secrets"):
+        for name in ("webhook_tokens", "webhook_secrets", "read_tokens"):
             object.__setattr__(self, name, tuple(_secret(v) for v in getattr(self, name)))
         for name in ("sentry_dsn", "slack_webhook_url", "gong_access_key", "gong_access_key_secret"):
             object.__setattr__(self, name, _secret(getattr(self, name)))
@@ -299,6 +301,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         snowflake_data_dir=env.get("SOPHIA_SNOWFLAKE_DATA_DIR", Settings.snowflake_data_dir),
         webhook_tokens=_secrets(env, "SOPHIA_WEBHOOK_TOKENS"),
         webhook_secrets=_secrets(env, "SOPHIA_WEBHOOK_SECRET"),
+        read_tokens=_secrets(env, "SOPHIA_READ_TOKENS"),
         gong_jwt_public_key=_env(env, "SOPHIA_GONG_JWT_PUBLIC_KEY") or None,
         insecure_no_auth=_bool(env, "SOPHIA_INSECURE_NO_AUTH"),
         public_url=(env.get("SOPHIA_PUBLIC_URL") or None),

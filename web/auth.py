@@ -70,6 +70,8 @@ class AuthConfig:
     gong_public_key_pem: str | None
     insecure_no_auth: bool
     public_url: str | None
+    #: Bearer tokens for reads (documents, /metrics): a separate set, so a sender's token cannot read.
+    read_tokens: tuple[str, ...] = ()
 
     def problems(self, require_tokens: bool = True) -> list[str]:
         """Configuration errors to report at start-up (never includes the secrets themselves).
@@ -133,6 +135,31 @@ def authenticate(
     if signature is not None:
         raise AuthError(401, "missing credentials: a webhook signature was sent but no webhook secret is configured")
     raise AuthError(401, "missing credentials")
+
+
+def authenticate_read(config: AuthConfig, headers: Mapping[str, str]) -> Principal:
+    """Who reads, or AuthError: 401 without a bearer token, 403 with a wrong one or a write token.
+
+    Only ``Authorization: Bearer <read token>`` reads: a webhook token, a signature or a Gong JWT
+    proves the right to send events, not to read them back."""
+    authorization = (_case_insensitive(headers).get("authorization") or "").strip()
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        if not config.read_tokens and config.insecure_no_auth:
+            return _anonymous()
+        raise AuthError(401, "missing credentials: reads need 'Authorization: Bearer <read token>'")
+    presented = _digest(token)
+    matched: str | None = None
+    for candidate in config.read_tokens:
+        # As for webhook tokens: every token compared in constant time, no early exit.
+        if hmac.compare_digest(presented, _configured_digest(candidate)) and matched is None:
+            matched = candidate
+    if matched is not None:
+        return Principal("read", f"read:{_configured_fingerprint(matched)}")
+    if not config.read_tokens and config.insecure_no_auth:
+        return _anonymous()
+    raise AuthError(403, "invalid read token (webhook tokens cannot read; reads need one of SOPHIA_READ_TOKENS)")
 
 
 # --------------------------------------------------------------------------- helpers

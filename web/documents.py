@@ -7,6 +7,7 @@ import orjson
 import redis as redis_lib
 from flask import Blueprint, Response, jsonify
 
+from web.access import refuse_read
 from web.services import services
 
 bp = Blueprint("documents", __name__)
@@ -14,6 +15,9 @@ bp = Blueprint("documents", __name__)
 
 @bp.get("/v1/collections/<collection>/documents/<key>")
 def get_document(collection: str, key: str) -> Any:
+    refused = refuse_read()
+    if refused is not None:
+        return refused
     svc = services()
     binding = None
     for mat in svc.spec.materializations.values():

@@ -5,6 +5,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from web.access import refuse_read
 from web.services import services
 
 bp = Blueprint("health", __name__)
@@ -51,9 +52,13 @@ def readyz() -> Any:
 
 
 @bp.get("/metrics")
-def metrics() -> Response:
+def metrics() -> Any:
+    """Prometheus scrapes with a read token (``authorization: {credentials_file: ...}``)."""
     from web.metrics import render
 
+    refused = refuse_read()
+    if refused is not None:
+        return refused
     body, content_type = render(services())
     return Response(body, content_type=content_type)
 

@@ -35,7 +35,9 @@ def document() -> dict[str, Any]:
                                "event_ids": {"type": "array", "items": {"type": "string"}}}}
     webhook = {
         "summary": "Capture Gong call events",
-        "security": [{"bearer": []}],
+        # Any one of: a webhook token, a Standard Webhooks signature, a Gong signed JWT.
+        "security": [{"bearer": []}, {"webhookId": [], "webhookTimestamp": [], "webhookSignature": []},
+                     {"gongJwt": []}],
         "requestBody": {"required": True, "content": {"application/json": {"schema": body},
                                                       "application/x-ndjson": {"schema": {"type": "string"}}}},
         "responses": {
@@ -50,21 +52,41 @@ def document() -> dict[str, Any]:
             "503": _resp("Broker unavailable (see Retry-After)", _ERROR),
         },
     }
+    read_refusals = {"401": _resp("Missing credentials", _ERROR),
+                     "403": _resp("Not a read token (a webhook token cannot read)", _ERROR),
+                     "429": _resp("Rate limited (see Retry-After)", _ERROR)}
     return {
         "openapi": "3.1.0",
         "info": {"title": "sophia-tasks webhook", "version": "1"},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {"securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "A webhook token (SOPHIA_WEBHOOK_TOKENS): sends events, cannot read"},
+            "webhookId": {"type": "apiKey", "in": "header", "name": "webhook-id",
+                          "description": "Standard Webhooks: the message id (signed with SOPHIA_WEBHOOK_SECRET)"},
+            "webhookTimestamp": {"type": "apiKey", "in": "header", "name": "webhook-timestamp",
+                                 "description": "Standard Webhooks: unix seconds, within 5 minutes"},
+            "webhookSignature": {"type": "apiKey", "in": "header", "name": "webhook-signature",
+                                 "description": "Standard Webhooks: v1,<base64 HMAC-SHA256>"},
+            "gongJwt": {"type": "apiKey", "in": "header", "name": "Authorization",
+                        "description": "A Gong automation rule's signed JWT (RS256; body_sha256, exp, webhook_url), "
+                                       "checked with SOPHIA_GONG_JWT_PUBLIC_KEY"},
+            "read": {"type": "http", "scheme": "bearer",
+                     "description": "A read token (SOPHIA_READ_TOKENS): documents and /metrics"},
+        }},
         "paths": {
             "/estuary/webhook": {"post": dict(webhook, operationId="captureEstuary")},
             "/webhooks/gong": {"post": dict(webhook, operationId="captureGong")},
             "/healthz": {"get": {"summary": "Process up", "responses": {"200": _resp("ok")}}},
             "/readyz": {"get": {"summary": "Broker, Redis and Postgres reachable",
                                 "responses": {"200": _resp("ready"), "503": _resp("not ready")}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [{"read": []}],
+                                 "responses": {"200": {"description": "text"}, **read_refusals}}},
             "/v1/collections/{collection}/documents/{key}": {"get": {
                 "summary": "A document from the Redis hot cache",
                 "parameters": [{"name": "collection", "in": "path", "required": True, "schema": {"type": "string"}},
                                {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": _resp("the document", {"type": "object"}), "404": _resp("absent", _ERROR)}}},
+                "security": [{"read": []}],
+                "responses": {"200": _resp("the document", {"type": "object"}), "404": _resp("absent", _ERROR),
+                              **read_refusals}}},
         },
     }

@@ -117,6 +117,7 @@ class Services:
             gong_public_key_pem=settings.gong_jwt_public_key,
             insecure_no_auth=settings.insecure_no_auth,
             public_url=settings.public_url.rstrip("/") if settings.public_url else None,
+            read_tokens=tuple(t.reveal() for t in settings.read_tokens),
         )
         self._celery: Celery | None = None
         self._redis: redis_lib.Redis | None = None

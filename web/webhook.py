@@ -10,11 +10,12 @@ import logging
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, request
 
 from sophia_tasks.core.documents import format_version, normalize_version, utcnow
 from sophia_tasks.ingest.envelope import EnvelopeError, UnsupportedMediaType, parse_body
 from sophia_tasks.ingest.events import make_event
+from web.access import error
 from web.auth import AuthError, authenticate
 from web.services import BrokerUnavailable, services
 
@@ -22,17 +23,6 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("webhook", __name__)
 COLLECTION = "gong_calls"
-
-
-def error(status: int, message: str, detail: Any = None, retry_after: int | None = None) -> Any:
-    body: dict[str, Any] = {"error": message}
-    if detail is not None:
-        body["detail"] = detail
-    response = jsonify(body)
-    response.status_code = status
-    if retry_after is not None:
-        response.headers["Retry-After"] = str(retry_after)
-    return response
 
 
 @bp.post("/estuary/webhook")

@@ -63,7 +63,7 @@ MIN_SECRET_LEN = 6
 
 def secret_values(settings: Settings) -> list[str]:
     """Every configured credential, so it is removed wherever it appears (messages, vars, reprs)."""
-    tokens = [t.reveal() for t in settings.webhook_tokens]
+    tokens = [t.reveal() for t in (*settings.webhook_tokens, *settings.read_tokens)]
     secrets = [s.reveal() for s in settings.webhook_secrets]
     values: list[str] = [*tokens, *secrets]
     for secret in secrets:

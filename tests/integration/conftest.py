@@ -7,6 +7,7 @@ import json
 import os
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -15,10 +16,11 @@ import pytest
 import redis
 import requests
 
-from sophia_tasks.dev.stack import Stack, ensure_services, free_port
+from sophia_tasks.dev.stack import BIN, ROOT, Stack, ensure_services, free_port, port_open, wait_for
 
 TOKEN = "test-token-" + uuid.uuid4().hex[:12]
 TOKEN2 = "rotated-token-" + uuid.uuid4().hex[:12]
+READ_TOKEN = "read-token-" + uuid.uuid4().hex[:12]
 WEBHOOK_SECRET = "whsec_" + __import__("base64").b64encode(uuid.uuid4().bytes * 2).decode()
 
 
@@ -69,6 +71,7 @@ def _test_env(tmp: Path, slot: int, pair: tuple[int, int]) -> dict[str, str]:
         "SOPHIA_SNOWFLAKE_NETWORK_TIMEOUT": "3",
         "PORT": str(free_port()),
         "SOPHIA_WEBHOOK_TOKENS": f"{TOKEN},{TOKEN2}",
+        "SOPHIA_READ_TOKENS": READ_TOKEN,
         "SOPHIA_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "SOPHIA_GONG_JWT_PUBLIC_KEY": GONG_PUBLIC_PEM,
         "SOPHIA_RETRY_MAX": "5",
@@ -119,6 +122,14 @@ class Harness:
         data = raw if raw is not None else json.dumps(body).encode()
         h.setdefault("Content-Type", "application/json")
         return self.http.post(self.url + path, data=data, headers=h, timeout=30)
+
+    def read(self, path: str, token: str | None = READ_TOKEN, **kwargs: Any) -> requests.Response:
+        """GET a read endpoint (documents, /metrics) with the stack's read token."""
+        headers = dict(kwargs.pop("headers", None) or {})
+        if token is not None:
+            headers.setdefault("Authorization", f"Bearer {token}")
+        kwargs.setdefault("timeout", 30)
+        return self.http.get(self.url + path, headers=headers, **kwargs)
 
     # -- reading the targets ---------------------------------------------------------------
     def redis_doc(self, call_id: str) -> dict[str, Any] | None:
@@ -255,3 +266,22 @@ def gong_call(call_id: str | None = None, title: str = "Acme - discovery", **met
                         "interactionStats": [{"name": "Talk Ratio", "value": 0.48},
                                              {"name": "Longest Monologue", "value": 95}]},
     }
+
+
+@contextmanager
+def another_web_app(harness: Harness, **env: str) -> Iterator[str]:
+    """A web app of its own on the test stack's stores, with some variables changed; yields its URL."""
+    import subprocess
+
+    port = free_port()
+    merged = {**harness.env, "PORT": str(port), **env}
+    merged = {k: v for k, v in merged.items() if v is not None}
+    proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), "--workers", "1",
+                             "web:create_app()"], cwd=str(ROOT), env=merged, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: port_open("127.0.0.1", port), 30, "another web app", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

@@ -289,7 +289,7 @@ def test_unicode_and_control_characters_are_stored_literally(harness: Harness) -
     doc = harness.redis_doc(cid)
     assert doc["metaData"]["title"] == WEIRD and doc["metaData"]["customData"] == "\x00" * 3
     assert doc["content"]["brief"] == WITH_NUL
-    served = harness.http.get(f"{harness.url}/v1/collections/gong_calls_enriched/documents/{cid}").json()
+    served = harness.read(f"/v1/collections/gong_calls_enriched/documents/{cid}").json()
     assert served["metaData"]["title"] == WEIRD and served["content"]["brief"] == WITH_NUL
 
     (_, sf_doc, _, sf_title), = harness.sf_rows(cid)

@@ -31,7 +31,7 @@ from sophia_tasks.messaging.config import configure
 from sophia_tasks.observe.queues import broker_snapshot
 from sophia_tasks.observe.stats import Stats
 from sophia_tasks.settings import Settings, load_settings
-from tests.integration.conftest import TOKEN, Harness, gong_call
+from tests.integration.conftest import READ_TOKEN, TOKEN, Harness, gong_call
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 NAMED = ("estuary_flow_lag_seconds", "estuary_flow_throughput_eps", "estuary_flow_errors_total",
@@ -40,6 +40,8 @@ NAMED = ("estuary_flow_lag_seconds", "estuary_flow_throughput_eps", "estuary_flo
 
 
 # -- helpers shared by the observability tests ---------------------------------------------------
+READ_AUTH = {"Authorization": f"Bearer {READ_TOKEN}"}
+
 class ObsStack:
     """A web app, a worker and a Snowflake emulator of their own, isolated from the other tests.
 
@@ -135,7 +137,7 @@ def celery_for(settings: Settings, spec: FlowSpec) -> Celery:
 def scrape(h: Harness | ObsStack) -> Samples:
     # A new connection each time: gunicorn closes idle keep-alive connections after 5 s, and reusing
     # a pooled one just as it closes fails the request (RemoteDisconnected).
-    resp = requests.get(h.url + "/metrics", timeout=15)
+    resp = requests.get(h.url + "/metrics", timeout=15, headers=READ_AUTH)
     assert resp.status_code == 200, resp.text
     out: Samples = {}
     for family in text_string_to_metric_families(resp.text):
@@ -402,7 +404,7 @@ def exported_names(h: ObsStack) -> set[str]:
 
     A family can be declared without samples yet (no alert firing, no write so far): querying it is valid.
     """
-    text = requests.get(h.url + "/metrics", timeout=15).text
+    text = requests.get(h.url + "/metrics", timeout=15, headers=READ_AUTH).text
     names = {name for name, _ in scrape(h)}
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",),
                 "summary": ("_count", "_sum", "")}

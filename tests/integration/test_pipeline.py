@@ -43,7 +43,7 @@ def test_posted_call_lands_in_all_three_targets(harness: Harness) -> None:
     assert sf_id == cid and sf_doc["metaData"]["id"] == cid and sf_title == call["metaData"]["title"]
 
     # And it is served back from the hot cache.
-    got = harness.http.get(f"{harness.url}/v1/collections/gong_calls_enriched/documents/{cid}")
+    got = harness.read(f"/v1/collections/gong_calls_enriched/documents/{cid}")
     assert got.status_code == 200 and got.json()["metaData"]["id"] == cid
 
 
@@ -176,7 +176,7 @@ def test_metrics_and_readiness(harness: Harness) -> None:
     call = gong_call()
     harness.post(envelope(call))
     harness.wait(lambda: landed_everywhere(harness, call["metaData"]["id"]), 30, "the call")
-    text = harness.http.get(harness.url + "/metrics").text
+    text = harness.read("/metrics").text
     for name in ("estuary_flow_lag_seconds_bucket", "estuary_flow_throughput_eps", "estuary_flow_errors_total",
                  "estuary_materialization_lag_bytes", "sophia_queue_length", "sophia_dead_letters"):
         assert name in text, name

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from sophia_tasks.dev.stack import BIN, free_port, port_open, wait_for
-from tests.integration.conftest import TOKEN, TOKEN2, WEBHOOK_SECRET, Harness, gong_call
+from sophia_tasks.dev.stack import BIN
+from tests.integration.conftest import TOKEN, TOKEN2, WEBHOOK_SECRET, Harness, another_web_app, gong_call
 
 MARK = uuid.uuid4().hex[:10]
 #: Secrets the command-line runs below get on top of the stack's own tokens and webhook secret.
@@ -70,9 +70,9 @@ def test_error_answers_and_logs_show_no_secret(harness: Harness) -> None:
         harness.post({"id": "e", "type": "call_completed", "data": gong_call()}, token=wrong),
         harness.post(None, raw=b"{broken", token=TOKEN),
         harness.post({"id": "e", "type": "call_completed"}, token=TOKEN2),
-        harness.http.get(harness.url + "/v1/collections/gong_calls_enriched/documents/nope", timeout=10),
+        harness.read("/v1/collections/gong_calls_enriched/documents/nope", token=TOKEN),
     ]
-    assert [a.status_code for a in answers][:3] == [403, 400, 400]
+    assert [a.status_code for a in answers] == [403, 400, 400, 403]
     text = "\n".join(a.text + json.dumps(dict(a.headers)) for a in answers)
     logs = "".join(p.log_path.read_text(errors="replace") for p in harness.stack.processes.values())
     assert leaks("answers", text) + leaks("logs", logs) + ([f"{wrong} in answers"] if wrong in text else []) == []
@@ -95,20 +95,10 @@ def test_secrets_from_files_start_the_web_app_and_authenticate(harness: Harness,
     token = f"file-token-{MARK}"
     path = tmp_path / "tokens"
     path.write_text(token + "\n")
-    port = free_port()
-    env = {k: v for k, v in harness.env.items() if k != "SOPHIA_WEBHOOK_TOKENS"}
-    env.update(SOPHIA_WEBHOOK_TOKENS_FILE=str(path), PORT=str(port))
-    web = subprocess.Popen([str(BIN / "gunicorn"), "-c", "deploy/gunicorn.conf.py", "--workers", "1",
-                            "web:create_app()"], cwd=str(Path(__file__).resolve().parents[2]), env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for(lambda: port_open("127.0.0.1", port), 30, "the web app", web)
-        url = f"http://127.0.0.1:{port}/estuary/webhook"
+    with another_web_app(harness, SOPHIA_WEBHOOK_TOKENS=None, SOPHIA_WEBHOOK_TOKENS_FILE=str(path)) as url:
         body = {"id": f"evt-{MARK}", "type": "call_completed", "data": gong_call()}
-        assert requests.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code \
-            == 202
-        assert requests.post(url, json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).status_code \
-            == 403
-    finally:
-        web.terminate()
-        web.wait(timeout=15)
+        accepted = requests.post(url + "/estuary/webhook", json=body, headers={"Authorization": f"Bearer {token}"},
+                                 timeout=10)
+        refused = requests.post(url + "/estuary/webhook", json=body, headers={"Authorization": f"Bearer {TOKEN}"},
+                                timeout=10)
+    assert (accepted.status_code, refused.status_code) == (202, 403), (accepted.text, refused.text)

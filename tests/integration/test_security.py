@@ -19,16 +19,19 @@ from typing import Any, Iterator
 
 import jwt
 import pytest
+import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 from standardwebhooks import Webhook
 
 from tests.integration.conftest import (
     GONG_PRIVATE_KEY,
     GONG_PUBLIC_PEM,
+    READ_TOKEN,
     TOKEN,
     TOKEN2,
     WEBHOOK_SECRET,
     Harness,
+    another_web_app,
     gong_call,
 )
 from tests.integration.test_pipeline import envelope, landed_everywhere
@@ -264,7 +267,7 @@ def test_a_fake_version_inside_a_field_does_not_fool_last_write_wins(harness: Ha
 ])
 def test_document_lookup_keys_are_literal(harness: Harness, sentinel: str, path: str) -> None:
     """The lookup key is one exact Redis GET: a glob, CRLF or SQL in it finds nothing and runs nothing."""
-    resp = harness.http.get(harness.url + path, timeout=10)
+    resp = harness.read(path, timeout=10)
     assert resp.status_code == 404, resp.text
     assert resp.json()["error"] == "not found"
     assert harness.cache.get(sentinel) == b"still here"
@@ -332,7 +335,7 @@ def test_credentials_never_in_logs_metrics_keys_or_dead_letters(harness: Harness
     assert len(letters) >= 1
     wait_for_marker(harness)
 
-    metrics = harness.http.get(harness.url + "/metrics", timeout=30)
+    metrics = harness.read("/metrics", timeout=30)
     assert metrics.status_code == 200 and "sophia_dead_letters" in metrics.text
     places = {
         "web log": harness.stack.processes["web"].log_path.read_text(errors="replace"),
@@ -404,3 +407,27 @@ def test_sentry_events_carry_no_credentials(harness: Harness, monkeypatch: pytes
     for name, value in {"TOKEN": TOKEN, "TOKEN2": TOKEN2, "secret": WEBHOOK_SECRET,
                         "secret base64": WEBHOOK_SECRET.split("_", 1)[1]}.items():
         assert value not in text, f"{name} reached Sentry"
+
+
+@pytest.mark.parametrize("path", ["/v1/collections/gong_calls_enriched/documents/1", "/metrics"])
+def test_reads_need_a_read_token(harness: Harness, path: str) -> None:
+    """401 without credentials, 403 with a wrong token, a webhook token, a signature or a Basic header;
+    200 (or 404 for an absent document) with a read token."""
+    assert harness.read(path, token=None).status_code == 401
+    assert harness.read(path, token=None).headers["WWW-Authenticate"].startswith("Bearer")
+    for token in (READ_TOKEN + "x", TOKEN, TOKEN2):
+        refused = harness.read(path, token=token)
+        assert refused.status_code == 403 and "read token" in refused.json()["error"], (token, refused.text)
+    basic = "Basic " + base64.b64encode(f"user:{READ_TOKEN}".encode()).decode()
+    assert harness.read(path, token=None, headers={"Authorization": basic}).status_code == 401
+    signed_only = signed(b"", f"msg_{uuid.uuid4().hex}", datetime.now(timezone.utc))
+    assert harness.read(path, token=None, headers=signed_only).status_code == 401
+    assert harness.read(path).status_code in (200, 404)
+
+
+def test_reads_count_against_the_rate_limit(harness: Harness) -> None:
+    with another_web_app(harness, SOPHIA_RATE_LIMIT_PER_MINUTE="2") as url:
+        read = {"Authorization": f"Bearer {READ_TOKEN}"}
+        answers = [requests.get(url + "/metrics", headers=read, timeout=30) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert int(answers[2].headers["Retry-After"]) >= 1

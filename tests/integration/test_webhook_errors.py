@@ -57,9 +57,9 @@ def test_oversized_body_413(harness: Harness) -> None:
 
 
 def test_unknown_document_404(harness: Harness) -> None:
-    r = harness.http.get(f"{harness.url}/v1/collections/gong_calls_enriched/documents/999999999999")
+    r = harness.read("/v1/collections/gong_calls_enriched/documents/999999999999")
     assert r.status_code == 404
-    r = harness.http.get(f"{harness.url}/v1/collections/nope/documents/1")
+    r = harness.read("/v1/collections/nope/documents/1")
     assert r.status_code == 404
 
 
