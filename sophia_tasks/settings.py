@@ -5,6 +5,7 @@ the benchmark can run a whole stack side by side with other database numbers.
 """
 from __future__ import annotations
 
+import base64
 import hmac
 import os
 import re
@@ -127,6 +128,7 @@ SECRET_VARIABLES = (
     "SOPHIA_WEBHOOK_TOKENS", "SOPHIA_WEBHOOK_SECRET", "SOPHIA_READ_TOKENS", "SOPHIA_SNOWFLAKE_PASSWORD",
     "SOPHIA_GONG_ACCESS_KEY", "SOPHIA_GONG_ACCESS_KEY_SECRET", "SOPHIA_SLACK_WEBHOOK_URL", "SENTRY_DSN",
     "SOPHIA_BROKER_URL", "SOPHIA_REDIS_URL", "SOPHIA_POSTGRES_DSN", "SOPHIA_GONG_JWT_PUBLIC_KEY",
+    "SOPHIA_DATA_KEYS",
 )
 
 
@@ -196,6 +198,10 @@ class Settings:
     webhook_secrets: tuple[Secret, ...] = ()
     #: Bearer tokens for reads (documents, /metrics); none configured: reads are refused.
     read_tokens: tuple[Secret, ...] = ()
+    #: Fernet keys sealing the journal and the dead letters at rest: the first seals, all open.
+    data_keys: tuple[Secret, ...] = ()
+    #: Days a dead letter is kept, replayed or not (beat purges older ones).
+    dead_letter_retention_days: int = 30
     gong_jwt_public_key: str | None = None
     insecure_no_auth: bool = False
     public_url: str | None = None
@@ -252,7 +258,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         """Secrets given as plain strings (tests, ``with_overrides``) are wrapped, so none prints."""
-        for name in ("webhook_tokens", "webhook_secrets", "read_tokens"):
+        for name in ("webhook_tokens", "webhook_secrets", "read_tokens", "data_keys"):
             object.__setattr__(self, name, tuple(_secret(v) for v in getattr(self, name)))
         for name in ("sentry_dsn", "slack_webhook_url", "gong_access_key", "gong_access_key_secret"):
             object.__setattr__(self, name, _secret(getattr(self, name)))
@@ -273,6 +279,13 @@ class Settings:
 
 
 _URL_FIELDS = ("broker_url", "redis_url", "postgres_dsn")
+
+
+def _is_fernet_key(key: str) -> bool:
+    try:
+        return len(base64.urlsafe_b64decode(key.encode("ascii"))) == 32
+    except (ValueError, UnicodeEncodeError):
+        return False
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -302,6 +315,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         webhook_tokens=_secrets(env, "SOPHIA_WEBHOOK_TOKENS"),
         webhook_secrets=_secrets(env, "SOPHIA_WEBHOOK_SECRET"),
         read_tokens=_secrets(env, "SOPHIA_READ_TOKENS"),
+        data_keys=_secrets(env, "SOPHIA_DATA_KEYS"),
+        dead_letter_retention_days=_int(env, "SOPHIA_DEAD_LETTER_RETENTION_DAYS", 30),
         gong_jwt_public_key=_env(env, "SOPHIA_GONG_JWT_PUBLIC_KEY") or None,
         insecure_no_auth=_bool(env, "SOPHIA_INSECURE_NO_AUTH"),
         public_url=(env.get("SOPHIA_PUBLIC_URL") or None),
@@ -339,6 +354,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         gong_access_key=_secret(_env(env, "SOPHIA_GONG_ACCESS_KEY") or None),
         gong_access_key_secret=_secret(_env(env, "SOPHIA_GONG_ACCESS_KEY_SECRET") or None),
     )
+    for index, key in enumerate(settings.data_keys, 1):
+        if not _is_fernet_key(key.reveal()):
+            raise ConfigError(f"SOPHIA_DATA_KEYS entry {index} is not a Fernet key (32 url-safe base64 bytes; "
+                              "`sophia-tasks keys new` prints one)")
+    if settings.dead_letter_retention_days < 1:
+        raise ConfigError("SOPHIA_DEAD_LETTER_RETENTION_DAYS must be at least 1")
     if settings.coalesce_rows < 1 or not 0 < settings.coalesce_seconds <= 60:
         raise ConfigError("SOPHIA_COALESCE_ROWS must be at least 1 and SOPHIA_COALESCE_SECONDS between 0 and 60")
     if settings.retry_backoff_max * 2 >= settings.visibility_timeout:

@@ -9,6 +9,7 @@ import click
 from sophia_tasks.core.flowspec import FlowSpecError
 from sophia_tasks.flows import load_spec
 from sophia_tasks.settings import ConfigError, Settings, load_settings
+from sophia_tasks.store.sealing import SealedError
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -58,7 +59,7 @@ def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}")
         except redis.RedisError as exc:
             fail(f"Redis unreachable: {exc}")
-        except (FlowSpecError, ConfigError) as exc:
+        except (FlowSpecError, ConfigError, SealedError) as exc:
             fail(str(exc))
 
     return wrapper

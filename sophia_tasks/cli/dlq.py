@@ -21,8 +21,9 @@ def dlq() -> None:
 
 def _store(settings: Settings) -> Any:
     from sophia_tasks.store.deadletter import DeadLetterStore
+    from sophia_tasks.store.sealing import sealer_for
 
-    return DeadLetterStore(settings.postgres_dsn)
+    return DeadLetterStore(settings.postgres_dsn, sealer=sealer_for(settings))
 
 
 def _age(value: str | None) -> float | None:

@@ -17,6 +17,7 @@ from sophia_tasks.cli.common import settings_or_exit as _settings
 from sophia_tasks.cli.common import spec_or_exit as _spec
 from sophia_tasks.cli.common import table as _table
 from sophia_tasks.cli.dlq import dlq
+from sophia_tasks.cli.keys import keys
 from sophia_tasks.cli.observe import alerts as alerts_command
 from sophia_tasks.cli.ops import backfill_command, check_command, rebuild_command
 from sophia_tasks.core.flowspec import FlowSpecError
@@ -132,6 +133,7 @@ def emulator(data_dir: str | None) -> None:
 
 # -- commands defined in other modules: one add_command line each below --
 main.add_command(dlq)
+main.add_command(keys)
 main.add_command(backfill_command)
 main.add_command(rebuild_command)
 main.add_command(check_command)

@@ -16,6 +16,7 @@ from sophia_tasks.ops.backfill import paced_publish
 from sophia_tasks.pipeline.stages import validate_events
 from sophia_tasks.settings import Settings
 from sophia_tasks.store.journal import count_events, iter_batches
+from sophia_tasks.store.sealing import sealer_for
 
 
 # -- rebuild --------------------------------------------------------------------------------
@@ -83,7 +84,8 @@ def rebuild(settings: Settings, spec: FlowSpec, target: str, since: datetime | N
     done = 0
     if progress:
         progress(0, summary.total)
-    for batch in iter_batches(settings.postgres_dsn, batch_size, since, until, collections):
+    for batch in iter_batches(settings.postgres_dsn, batch_size, since, until, collections,
+                              sealer=sealer_for(settings)):
         checked = validate_events(spec, batch)
         bad = {letter.event_id for letter in checked.letters}
         good = [e for e in batch if e.get("event_id") not in bad]

@@ -28,7 +28,8 @@ def replay(letter_ids: list[int]) -> int:
 
 @shared_task(name="sophia.purge_retention", base=StageTask)
 def purge_retention() -> dict[str, int]:
-    """Delete staging rows older than each binding's retention_days (Postgres keeps 30 days)."""
+    """Delete staging rows older than each binding's retention_days (Postgres keeps 30 days), and dead
+    letters older than SOPHIA_DEAD_LETTER_RETENTION_DAYS (30), replayed or not: they hold PII."""
     ctx = context()
     purged: dict[str, int] = {}
     for mat in ctx.spec.materializations.values():
@@ -38,6 +39,8 @@ def purge_retention() -> dict[str, int]:
         for binding in mat.bindings:
             if binding.retention_days:
                 purged[str(binding.table)] = writer.purge_older_than(binding, binding.retention_days)  # type: ignore[attr-defined]
+    days = ctx.settings.dead_letter_retention_days
+    purged["sophia_dead_letters"] = ctx.dlq.purge(status="all", older_than_seconds=days * 86400.0)
     log.info("retention purge: %s", purged)
     return purged
 

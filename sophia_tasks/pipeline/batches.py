@@ -53,7 +53,7 @@ def validate_events_batch(ctx: Context, events: list[dict[str, Any]], lane: str,
 
 def journal_hook(ctx: Context, events: list[dict[str, Any]], lane: str) -> None:
     """Every accepted event is journaled before it moves on (rebuilds replay the journal)."""
-    append_events(ctx.settings.postgres_dsn, events, lane)
+    append_events(ctx.settings.postgres_dsn, events, lane, ctx.sealer)
 
 
 def derive_and_fan_out(ctx: Context, collection: str, documents: list[dict[str, Any]], lane: str,

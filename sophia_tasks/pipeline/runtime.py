@@ -7,7 +7,7 @@ stage by name through ``sophia_tasks.messaging.routing``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 from celery import current_app
@@ -24,6 +24,7 @@ from sophia_tasks.pipeline.bulkhead import Bulkhead
 from sophia_tasks.pipeline.claim_checks import ClaimStore, store_for
 from sophia_tasks.settings import Settings
 from sophia_tasks.store.deadletter import DeadLetterStore
+from sophia_tasks.store.sealing import Sealer, sealer_for
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,14 +40,16 @@ class Context:
     stats: Stats
     claims: ClaimStore | None = None
     events: IngestBuffer | None = None
+    sealer: Sealer = field(default_factory=lambda: Sealer(()))
 
 
 def build_context(settings: Settings, spec: FlowSpec | None = None) -> Context:
     spec = spec or load_spec(settings.flow_path)
     claims = store_for(settings)
     events = buffer_for(settings, claims.client) if claims is not None else None
-    return Context(settings=settings, spec=spec, dlq=DeadLetterStore(settings.postgres_dsn),
-                   stats=Stats(settings.redis_url), claims=claims, events=events)
+    sealer = sealer_for(settings)
+    return Context(settings=settings, spec=spec, dlq=DeadLetterStore(settings.postgres_dsn, sealer=sealer),
+                   stats=Stats(settings.redis_url), claims=claims, events=events, sealer=sealer)
 
 
 #: Everything this process keeps: its context, bulkheads, the bulk window, target buffers.

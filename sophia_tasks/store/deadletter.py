@@ -14,6 +14,7 @@ import psycopg2.extras
 from psycopg2 import sql
 
 from sophia_tasks.store.db import Connections, connections, jsonb_text
+from sophia_tasks.store.sealing import Sealer
 
 STAGES = ("validate", "derive", "materialize")
 
@@ -59,14 +60,20 @@ _COLUMNS = ("id", "stage", "target", "collection", "document_key", "event_id", "
 
 
 class DeadLetterStore:
-    def __init__(self, dsn: str, conns: Connections = connections) -> None:
+    """Payloads and details are sealed at rest when ``sealer`` has a key, and opened when read."""
+
+    def __init__(self, dsn: str, conns: Connections = connections, sealer: Sealer | None = None) -> None:
         self.dsn = dsn
         self.conns = conns
+        self.sealer = sealer or Sealer(())
+
+    def _seal(self, value: Any) -> str:
+        return self.sealer.seal_text(jsonb_text(value))
 
     def record(self, letters: Iterable[Letter]) -> int:
         rows = [(letter.stage, letter.target, letter.collection, letter.document_key, letter.event_id,
-                 jsonb_text(letter.payload), letter.error[:20000],
-                 jsonb_text(letter.details) if letter.details is not None else None, letter.attempts)
+                 self._seal(letter.payload), letter.error[:20000],
+                 self._seal(letter.details) if letter.details is not None else None, letter.attempts)
                 for letter in letters]
         if not rows:
             return 0
@@ -115,7 +122,11 @@ class DeadLetterStore:
             params.append(limit)
         with self.conns.transaction(self.dsn) as cur:
             cur.execute(query, params)
-            return [StoredLetter(**dict(zip(_COLUMNS, row, strict=True))) for row in cur.fetchall()]
+            letters = [StoredLetter(**dict(zip(_COLUMNS, row, strict=True))) for row in cur.fetchall()]
+        for letter in letters:
+            letter.payload = self.sealer.open(letter.payload)
+            letter.details = self.sealer.open(letter.details)
+        return letters
 
     def get(self, letter_id: int) -> StoredLetter | None:
         found = self.list(status=None, ids=[letter_id], limit=1)
@@ -156,4 +167,4 @@ class DeadLetterStore:
             raise ValueError("a derive or materialize letter's payload must be a JSON object")
         with self.conns.transaction(self.dsn) as cur:
             cur.execute("UPDATE sophia_dead_letters SET payload = %s::jsonb, updated_at = now() WHERE id = %s",
-                        (jsonb_text(payload), letter_id))
+                        (self._seal(payload), letter_id))

@@ -43,6 +43,7 @@ from psycopg2 import sql
 from sophia_tasks.core.documents import parse_time, utcnow
 from sophia_tasks.core.process import ProcessLocal
 from sophia_tasks.store.db import connect, connections, jsonb_text
+from sophia_tasks.store.sealing import Sealer
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +62,21 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     is_test      boolean NOT NULL DEFAULT false,
     event        json NOT NULL,
     journaled_at timestamptz NOT NULL DEFAULT now(),
+    event_sha256 text,
     PRIMARY KEY (event_id, received_at)
 ) PARTITION BY RANGE (received_at);
 CREATE INDEX IF NOT EXISTS {TABLE}_received_idx ON {TABLE} (received_at);
+ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS event_sha256 text;
 """
 
 _INSERT = f"""
-INSERT INTO {TABLE} AS j (event_id, received_at, collection, published_at, source, lane, is_test, event)
+INSERT INTO {TABLE} AS j (event_id, received_at, collection, published_at, source, lane, is_test, event,
+                          event_sha256)
 VALUES %s
 ON CONFLICT (event_id, received_at) DO UPDATE
-   SET event = EXCLUDED.event, published_at = EXCLUDED.published_at, journaled_at = now()
- WHERE j.event::text IS DISTINCT FROM EXCLUDED.event::text
+   SET event = EXCLUDED.event, published_at = EXCLUDED.published_at, journaled_at = now(),
+       event_sha256 = EXCLUDED.event_sha256
+ WHERE j.event_sha256 IS DISTINCT FROM EXCLUDED.event_sha256
 """
 
 # Per process (Celery children fork): which DSNs have the parent table, which days a partition.
@@ -125,11 +130,14 @@ def _event_id(event: Mapping[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(event, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
 
 
-def journal_rows(events: list[Any], lane: str, now: datetime | None = None) -> list[tuple[Any, ...]]:
+def journal_rows(events: list[Any], lane: str, now: datetime | None = None,
+                 sealer: Sealer | None = None) -> list[tuple[Any, ...]]:
     """Rows for one multi-row insert: one per (event_id, received_at), the last one winning.
 
     Non-objects are left out (they cannot be replayed; the validate stage dead-letters
     them with their payload). An event without ``received_at`` is journaled at ``now``.
+    The event is sealed when ``sealer`` has a key; its SHA-256 (of the clear text) decides
+    whether a second copy changes the row, since two seals of one event never match.
     """
     now = now or utcnow()
     rows: dict[tuple[str, datetime], tuple[Any, ...]] = {}
@@ -138,16 +146,18 @@ def journal_rows(events: list[Any], lane: str, now: datetime | None = None) -> l
             continue
         received = parse_time(event.get("received_at")) or now
         event_id = _event_id(event)
+        text = jsonb_text(event if type(event) is dict else dict(event))
         rows[(event_id, received)] = (
             event_id, received, str(event.get("collection") or ""), event.get("published_at"),
             event.get("source"), lane, bool(event.get("is_test")),
-            jsonb_text(event if type(event) is dict else dict(event)))
+            sealer.seal_text(text) if sealer is not None else text,
+            hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
     return list(rows.values())
 
 
-def append_events(dsn: str, events: list[dict[str, Any]], lane: str) -> None:
+def append_events(dsn: str, events: list[dict[str, Any]], lane: str, sealer: Sealer | None = None) -> None:
     """Journal a batch durably: one multi-row insert, committed before the chain moves on."""
-    write_rows(dsn, journal_rows(events, lane))
+    write_rows(dsn, journal_rows(events, lane, sealer=sealer))
 
 
 def write_rows(dsn: str, rows: list[tuple[Any, ...]]) -> int:
@@ -160,7 +170,7 @@ def write_rows(dsn: str, rows: list[tuple[Any, ...]]) -> int:
                 ensure_journal(cur, dsn)
                 ensure_partitions(cur, dsn, days)
                 psycopg2.extras.execute_values(
-                    cur, _INSERT, rows, template="(%s, %s, %s, %s, %s, %s, %s, %s)", page_size=len(rows))
+                    cur, _INSERT, rows, template="(%s, %s, %s, %s, %s, %s, %s, %s, %s)", page_size=len(rows))
                 return len(rows)
         except (psycopg2.errors.CheckViolation, psycopg2.errors.UndefinedTable,
                 psycopg2.OperationalError, psycopg2.InterfaceError):
@@ -241,7 +251,8 @@ def count_events(dsn: str, since: datetime | None = None, until: datetime | None
 
 
 def iter_batches(dsn: str, batch_size: int = 500, since: datetime | None = None, until: datetime | None = None,
-                 collections: list[str] | None = None, include_tests: bool = False) -> Iterator[list[dict[str, Any]]]:
+                 collections: list[str] | None = None, include_tests: bool = False,
+                 sealer: Sealer | None = None) -> Iterator[list[dict[str, Any]]]:
     """The journaled events in received order, ``batch_size`` at a time, through a server-side cursor.
 
     One event per event id: the journal can hold an id twice (the same item delivered
@@ -266,7 +277,7 @@ def iter_batches(dsn: str, batch_size: int = 500, since: datetime | None = None,
                 rows = cur.fetchmany(batch_size)
                 if not rows:
                     break
-                yield [r[0] for r in rows]
+                yield [sealer.open(r[0]) if sealer is not None else r[0] for r in rows]
         conn.commit()
     finally:
         conn.close()

@@ -28,6 +28,14 @@ def _clear_stale_slots(sender: str, instance: Any = None, **kwargs: Any) -> None
         client.close()
 
 
+@celeryd_after_setup.connect
+def _warn_clear_payloads(sender: str, instance: Any = None, **kwargs: Any) -> None:
+    """Once per worker start: the journal and the dead letters hold PII; say so when nothing seals them."""
+    if not settings_of().data_keys:
+        log.warning("SOPHIA_DATA_KEYS is not set: the journal and the dead letters keep events, with their PII, "
+                    "in clear (`sophia-tasks keys new` prints a key)")
+
+
 #: Allocations between young-generation collections (CPython's default is 700).
 GC_THRESHOLD = (50_000, 20, 20)
 

@@ -17,10 +17,14 @@ import redis
 import requests
 
 from sophia_tasks.dev.stack import BIN, ROOT, Stack, ensure_services, free_port, port_open, wait_for
+from sophia_tasks.store.sealing import Sealer, new_key
 
 TOKEN = "test-token-" + uuid.uuid4().hex[:12]
 TOKEN2 = "rotated-token-" + uuid.uuid4().hex[:12]
 READ_TOKEN = "read-token-" + uuid.uuid4().hex[:12]
+#: The suite runs as production should: the journal and the dead letters sealed at rest.
+DATA_KEY = new_key()
+SEALER = Sealer([DATA_KEY])
 WEBHOOK_SECRET = "whsec_" + __import__("base64").b64encode(uuid.uuid4().bytes * 2).decode()
 
 
@@ -72,6 +76,7 @@ def _test_env(tmp: Path, slot: int, pair: tuple[int, int]) -> dict[str, str]:
         "PORT": str(free_port()),
         "SOPHIA_WEBHOOK_TOKENS": f"{TOKEN},{TOKEN2}",
         "SOPHIA_READ_TOKENS": READ_TOKEN,
+        "SOPHIA_DATA_KEYS": DATA_KEY,
         "SOPHIA_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "SOPHIA_GONG_JWT_PUBLIC_KEY": GONG_PUBLIC_PEM,
         "SOPHIA_RETRY_MAX": "5",
@@ -188,9 +193,12 @@ class Harness:
                 cur.execute(f"SELECT id, stage, target, collection, document_key, payload, error, details, attempts, "
                             f"status FROM sophia_dead_letters WHERE {clauses} ORDER BY id", list(where.values()))
                 cols = [d[0] for d in cur.description]
-                return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+                rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
         finally:
             conn.close()
+        for row in rows:  # sealed at rest: opened as `dlq show` does
+            row["payload"], row["details"] = SEALER.open(row["payload"]), SEALER.open(row["details"])
+        return rows
 
     def counter(self, name: str, **labels: Any) -> float:
         from sophia_tasks.observe.stats import field

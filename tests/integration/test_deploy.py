@@ -111,7 +111,15 @@ def test_check_reports_each_service(harness: Harness) -> None:
     out = harness.cli("check", "--json")
     assert out.returncode == 0, out.stderr
     assert [(r["name"], r["status"]) for r in json.loads(out.stdout)] == [
-        ("config", "ok"), ("broker", "ok"), ("redis", "ok"), ("postgres", "ok"), ("snowflake", "ok")]
+        ("config", "ok"), ("data_keys", "ok"), ("broker", "ok"), ("redis", "ok"), ("postgres", "ok"),
+        ("snowflake", "ok")]
+    # Without a data key: a warning that says what is at stake, not a failure.
+    clear = subprocess.run([SOPHIA, "check", "--json", "--only", "data_keys"],
+                           env={k: v for k, v in harness.env.items() if k != "SOPHIA_DATA_KEYS"}, capture_output=True,
+                           text=True, timeout=60)
+    assert clear.returncode == 0, clear.stderr
+    ((name, status, detail),) = [(r["name"], r["status"], r["detail"]) for r in json.loads(clear.stdout)]
+    assert (name, status) == ("data_keys", "warning") and "in clear" in detail
     bad_secret = subprocess.run([SOPHIA, "check", "--only", "config"],
                                 env=dict(harness.env, SOPHIA_WEBHOOK_SECRET="whsec_a"), capture_output=True,
                                 text=True, timeout=60)

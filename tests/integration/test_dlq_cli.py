@@ -9,7 +9,7 @@ import pytest
 from sophia_tasks.core.documents import format_version, utcnow
 from sophia_tasks.store.db import connections
 from sophia_tasks.store.deadletter import DeadLetterStore, Letter
-from tests.integration.conftest import Harness, gong_call
+from tests.integration.conftest import SEALER, Harness, gong_call
 
 
 def document(call_id: str, title: str) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def document(call_id: str, title: str) -> dict[str, Any]:
 def letters(harness: Harness) -> Iterator[dict[str, Any]]:
     """Three letters of our own: an old validate one, a redis and a postgres materialize one."""
     connections.discard(harness.env["SOPHIA_POSTGRES_DSN"])  # an earlier test may have killed it
-    store = DeadLetterStore(harness.env["SOPHIA_POSTGRES_DSN"])
+    store = DeadLetterStore(harness.env["SOPHIA_POSTGRES_DSN"], sealer=SEALER)
     store.count()  # creates the service tables in a fresh database
     old_call, redis_call, pg_call = gong_call(), gong_call(), gong_call()
     ids = {}

@@ -12,7 +12,8 @@ from sophia_tasks.core.documents import format_version, utcnow
 from sophia_tasks.store import journal as journal_module
 from sophia_tasks.store.db import connections
 from sophia_tasks.store.journal import journal_rows, purge_expired, write_rows
-from tests.integration.conftest import Harness, gong_call
+from sophia_tasks.store.sealing import is_sealed
+from tests.integration.conftest import SEALER, Harness, gong_call
 
 
 def envelope(call: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -29,7 +30,11 @@ def journal(h: Harness, event_id: str) -> list[dict[str, Any]]:
             cur.execute("SELECT event_id, received_at, lane, source, event, journaled_at FROM sophia_journal "
                         "WHERE event_id = %s", (event_id,))
             cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+            rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+            for row in rows:
+                assert is_sealed(row["event"]), row  # PII at rest: only the sealed form is stored
+                row["event"] = SEALER.open(row["event"])
+            return rows
     finally:
         conn.close()
 
@@ -108,7 +113,8 @@ def test_a_journal_created_as_jsonb_by_an_earlier_version_keeps_working(harness:
         assert event_column_type(harness) == "jsonb"
         check_journal_rules(harness)
         assert event_column_type(harness) == "jsonb"
-        events = [e for batch in journal_module.iter_batches(harness.env["SOPHIA_POSTGRES_DSN"]) for e in batch]
+        dsn = harness.env["SOPHIA_POSTGRES_DSN"]
+        events = [e for batch in journal_module.iter_batches(dsn, sealer=SEALER) for e in batch]
         assert [e["document"]["metaData"]["duration"] for e in events if e["event_id"] == "evt-journal-fix"] == [60]
     finally:
         recreate_journal(harness, None)
@@ -121,25 +127,25 @@ def check_journal_rules(harness: Harness) -> None:
     event = {"event_id": "evt-journal-fix", "collection": "journal_selftest", "received_at": received,
              "published_at": received, "source": "webhook", "is_test": False,
              "document": {"metaData": {"id": "12", "duration": "broken"}}}
-    write_rows(dsn, journal_rows([event], "live"))
-    write_rows(dsn, journal_rows([event], "live"))  # a redelivery changes nothing
+    write_rows(dsn, journal_rows([event], "live", sealer=SEALER))
+    write_rows(dsn, journal_rows([event], "live", sealer=SEALER))  # a redelivery changes nothing
     (first,) = journal(harness, "evt-journal-fix")
-    write_rows(dsn, journal_rows([event], "live"))
+    write_rows(dsn, journal_rows([event], "live", sealer=SEALER))
     (same,) = journal(harness, "evt-journal-fix")
     assert same["journaled_at"] == first["journaled_at"]
     fixed = dict(event, document={"metaData": {"id": "12", "duration": 60}})
-    write_rows(dsn, journal_rows([fixed], "live"))  # dlq replay --payload: the fix replaces the poison
+    write_rows(dsn, journal_rows([fixed], "live", sealer=SEALER))  # dlq replay --payload: the fix replaces it
     (after,) = journal(harness, "evt-journal-fix")
     assert after["event"]["document"]["metaData"]["duration"] == 60
 
     old = dict(event, event_id="evt-journal-old", received_at=format_version(utcnow() - timedelta(days=40)))
-    write_rows(dsn, journal_rows([old], "live"))
+    write_rows(dsn, journal_rows([old], "live", sealer=SEALER))
     assert journal(harness, "evt-journal-old")
     dropped = purge_expired(dsn, 30)
     assert len(dropped) == 1 and dropped[0].startswith("sophia_journal_p")
     assert not journal(harness, "evt-journal-old")
     assert journal(harness, "evt-journal-fix"), "today's partition stays"
-    write_rows(dsn, journal_rows([old], "live"))  # a late replay of an old event recreates its day
+    write_rows(dsn, journal_rows([old], "live", sealer=SEALER))  # a late replay of an old event recreates its day
     assert journal(harness, "evt-journal-old")
     purge_expired(dsn, 30)
 

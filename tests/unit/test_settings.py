@@ -57,13 +57,14 @@ SECRETS = {
     "SOPHIA_BROKER_URL": "redis://:broker-SECRET-678@127.0.0.1:6379/0",
     "SOPHIA_REDIS_URL": "redis://cache:cache-SECRET-901@127.0.0.1:6379/1",
     "SOPHIA_POSTGRES_DSN": "postgresql://sophia:pg-SECRET-234@127.0.0.1:5432/sophia",
+    "SOPHIA_DATA_KEYS": "U0VDUkVULVNFQ1JFVC1TRUNSRVQtU0VDUkVULTEyMzQ=,U0VDUkVULVNFQ1JFVC1TRUNSRVQtU0VDUkVULTU2Nzg=",
 }
 
 
 def test_no_secret_in_the_settings_repr_or_str() -> None:
     s = load_settings(SECRETS)
     for text in (repr(s), str(s), repr(s.snowflake), f"{s}", "%s" % (s,)):
-        assert "SECRET" not in text
+        assert "SECRET" not in text and "U0VDUkVU" not in text
     assert "127.0.0.1:6379/0" in repr(s)  # the rest of a URL stays readable
     assert s.snowflake.connect_kwargs()["password"] == "pw-SECRET-456"
     assert s.gong_access_key_secret is not None and s.gong_access_key_secret.reveal() == "gong-SECRET-789"
@@ -113,3 +114,9 @@ def test_an_unreadable_secret_file_names_the_variable_and_the_file(tmp_path: Pat
     missing = tmp_path / "nope"
     with pytest.raises(ConfigError, match=f"SOPHIA_SNOWFLAKE_PASSWORD_FILE: cannot read {missing}"):
         load_settings({"SOPHIA_SNOWFLAKE_PASSWORD_FILE": str(missing)})
+
+
+def test_data_keys_must_be_fernet_keys() -> None:
+    with pytest.raises(ConfigError, match="SOPHIA_DATA_KEYS entry 2 is not a Fernet key"):
+        load_settings({"SOPHIA_DATA_KEYS": SECRETS["SOPHIA_DATA_KEYS"].split(",")[0] + ",short"})
+    assert len(load_settings({"SOPHIA_DATA_KEYS": SECRETS["SOPHIA_DATA_KEYS"]}).data_keys) == 2
