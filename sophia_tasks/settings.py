@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
@@ -128,7 +129,7 @@ SECRET_VARIABLES = (
     "SOPHIA_WEBHOOK_TOKENS", "SOPHIA_WEBHOOK_SECRET", "SOPHIA_READ_TOKENS", "SOPHIA_SNOWFLAKE_PASSWORD",
     "SOPHIA_GONG_ACCESS_KEY", "SOPHIA_GONG_ACCESS_KEY_SECRET", "SOPHIA_SLACK_WEBHOOK_URL", "SENTRY_DSN",
     "SOPHIA_BROKER_URL", "SOPHIA_REDIS_URL", "SOPHIA_POSTGRES_DSN", "SOPHIA_GONG_JWT_PUBLIC_KEY",
-    "SOPHIA_DATA_KEYS",
+    "SOPHIA_DATA_KEYS", "SOPHIA_SNOWFLAKE_PRIVATE_KEY_PASSPHRASE",
 )
 
 
@@ -148,9 +149,13 @@ class SnowflakeSettings:
     network_timeout: int = 60
     #: The connector's cloud platform probe at every login (telemetry only): off unless asked for.
     platform_detection: bool = False
+    #: Key-pair authentication (instead of the password): a PEM private key, maybe encrypted.
+    private_key_file: str | None = None
+    private_key_passphrase: Secret | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "password", _secret(self.password))
+        object.__setattr__(self, "private_key_passphrase", _secret(self.private_key_passphrase))
 
     @property
     def emulator(self) -> bool:
@@ -160,7 +165,6 @@ class SnowflakeSettings:
     def connect_kwargs(self) -> dict[str, object]:
         kwargs: dict[str, object] = {
             "user": self.user,
-            "password": self.password.reveal(),
             "database": self.database,
             "schema": self.schema,
             # Server-side binding: a whole batch travels as one bound JSON value.
@@ -169,6 +173,12 @@ class SnowflakeSettings:
             "network_timeout": self.network_timeout,
             "client_session_keep_alive": False,
         }
+        if self.private_key_file:
+            kwargs.update(authenticator="SNOWFLAKE_JWT", private_key_file=self.private_key_file)
+            if self.private_key_passphrase:
+                kwargs["private_key_file_pwd"] = self.private_key_passphrase.reveal()
+        else:
+            kwargs["password"] = self.password.reveal()
         if self.emulator:
             kwargs.update(account="fakesnow", host=self.host, port=self.port, protocol=self.protocol)
         else:
@@ -177,7 +187,7 @@ class SnowflakeSettings:
                 kwargs["warehouse"] = self.warehouse
             if self.role:
                 kwargs["role"] = self.role
-            if self.host and self.host != "127.0.0.1":
+            if self.host:  # else the connector's own host for the account
                 kwargs.update(host=self.host, port=self.port, protocol=self.protocol)
         return kwargs
 
@@ -281,6 +291,14 @@ class Settings:
 _URL_FIELDS = ("broker_url", "redis_url", "postgres_dsn")
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: this machine."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() in ("localhost", "localhost.")
+
+
 def _is_fernet_key(key: str) -> bool:
     try:
         return len(base64.urlsafe_b64decode(key.encode("ascii"))) == 32
@@ -291,20 +309,36 @@ def _is_fernet_key(key: str) -> bool:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     flow = env.get("SOPHIA_FLOW")
+    account = env.get("SOPHIA_SNOWFLAKE_ACCOUNT") or None
+    sf_host = env.get("SOPHIA_SNOWFLAKE_HOST") or ("" if account else "127.0.0.1")
+    local = not account and is_loopback(sf_host)
+    # https whenever Snowflake (or anything off this machine) is reached; http only for the emulator on loopback.
+    sf_protocol = env.get("SOPHIA_SNOWFLAKE_PROTOCOL") or ("http" if local else "https")
+    if sf_protocol not in ("http", "https"):
+        raise ConfigError(f"SOPHIA_SNOWFLAKE_PROTOCOL must be http or https, got {sf_protocol!r}")
+    if sf_protocol == "http" and not local:
+        raise ConfigError("SOPHIA_SNOWFLAKE_PROTOCOL=http is only for the emulator on this machine (no "
+                          "SOPHIA_SNOWFLAKE_ACCOUNT, a loopback SOPHIA_SNOWFLAKE_HOST): Snowflake is reached "
+                          "over https")
+    key_file = env.get("SOPHIA_SNOWFLAKE_PRIVATE_KEY_FILE") or None
+    if key_file and not os.path.isfile(key_file):
+        raise ConfigError(f"SOPHIA_SNOWFLAKE_PRIVATE_KEY_FILE: no file at {key_file}")
     snowflake = SnowflakeSettings(
-        account=env.get("SOPHIA_SNOWFLAKE_ACCOUNT") or None,
+        account=account,
         user=env.get("SOPHIA_SNOWFLAKE_USER", "sophia"),
         password=Secret(_env(env, "SOPHIA_SNOWFLAKE_PASSWORD", "sophia") or ""),
         database=env.get("SOPHIA_SNOWFLAKE_DATABASE", "SOPHIA"),
         schema=env.get("SOPHIA_SNOWFLAKE_SCHEMA", "PUBLIC"),
         warehouse=env.get("SOPHIA_SNOWFLAKE_WAREHOUSE") or None,
         role=env.get("SOPHIA_SNOWFLAKE_ROLE") or None,
-        host=env.get("SOPHIA_SNOWFLAKE_HOST", "127.0.0.1"),
-        port=_int(env, "SOPHIA_SNOWFLAKE_PORT", 8765),
-        protocol=env.get("SOPHIA_SNOWFLAKE_PROTOCOL", "http"),
+        host=sf_host,
+        port=_int(env, "SOPHIA_SNOWFLAKE_PORT", 8765 if local else 443),
+        protocol=sf_protocol,
         login_timeout=_int(env, "SOPHIA_SNOWFLAKE_LOGIN_TIMEOUT", 15),
         network_timeout=_int(env, "SOPHIA_SNOWFLAKE_NETWORK_TIMEOUT", 60),
         platform_detection=_bool(env, "SOPHIA_SNOWFLAKE_PLATFORM_DETECTION"),
+        private_key_file=key_file,
+        private_key_passphrase=_secret(_env(env, "SOPHIA_SNOWFLAKE_PRIVATE_KEY_PASSPHRASE") or None),
     )
     settings = Settings(
         broker_url=_env(env, "SOPHIA_BROKER_URL") or Settings.broker_url,

@@ -6,7 +6,6 @@ tests are the statements that run in production.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import threading
@@ -18,7 +17,7 @@ from sophia_tasks.core.documents import encoded, latest_per_key, version_of
 from sophia_tasks.core.flowspec import Binding, FlowSpec
 from sophia_tasks.materializers.base import TransientTargetError, WriteResult, register
 from sophia_tasks.materializers.projection import check_table_resource, keyed, project
-from sophia_tasks.settings import Settings, SnowflakeSettings
+from sophia_tasks.settings import Settings, SnowflakeSettings, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +44,6 @@ REQUEST_GZIP_LEVEL = 1
 LOOPBACK_GZIP_LEVEL = 0
 #: The level ``_Gzip.compress`` uses in this process (set by ``_tune_request_compression``).
 _gzip_level = REQUEST_GZIP_LEVEL
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host.lower() in ("localhost", "localhost.")
 
 
 def request_gzip_level(sf: SnowflakeSettings) -> int:

@@ -24,9 +24,46 @@ def test_tokens_and_secrets_are_lists() -> None:
 
 
 def test_real_snowflake_account_leaves_emulator_mode() -> None:
-    s = load_settings({"SOPHIA_SNOWFLAKE_ACCOUNT": "xy12345.eu-west-1", "SOPHIA_SNOWFLAKE_HOST": "127.0.0.1"})
+    s = load_settings({"SOPHIA_SNOWFLAKE_ACCOUNT": "xy12345.eu-west-1"})
     kwargs = s.snowflake.connect_kwargs()
-    assert not s.snowflake.emulator and kwargs["account"] == "xy12345.eu-west-1" and "protocol" not in kwargs
+    assert not s.snowflake.emulator and kwargs["account"] == "xy12345.eu-west-1"
+    assert "host" not in kwargs and "protocol" not in kwargs  # the connector's own https host for the account
+
+
+def test_snowflake_is_reached_over_https_whenever_a_host_is_set() -> None:
+    emulator = load_settings({}).snowflake
+    assert (emulator.host, emulator.port, emulator.protocol) == ("127.0.0.1", 8765, "http")
+    remote = load_settings({"SOPHIA_SNOWFLAKE_HOST": "sf.example.com"}).snowflake
+    assert (remote.port, remote.protocol) == (443, "https")
+    account = load_settings({"SOPHIA_SNOWFLAKE_ACCOUNT": "xy1", "SOPHIA_SNOWFLAKE_HOST": "xy1.privatelink.test"})
+    assert account.snowflake.connect_kwargs()["protocol"] == "https"
+    for env in ({"SOPHIA_SNOWFLAKE_ACCOUNT": "xy1", "SOPHIA_SNOWFLAKE_PROTOCOL": "http"},
+                {"SOPHIA_SNOWFLAKE_HOST": "sf.example.com", "SOPHIA_SNOWFLAKE_PROTOCOL": "http"}):
+        with pytest.raises(ConfigError, match="http is only for the emulator on this machine"):
+            load_settings(env)
+
+
+def test_snowflake_key_pair_auth(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from snowflake.connector.connection import _get_private_bytes_from_file
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "rsa_key.p8"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.BestAvailableEncryption(b"pass-SECRET-1")))
+    s = load_settings({"SOPHIA_SNOWFLAKE_ACCOUNT": "xy1", "SOPHIA_SNOWFLAKE_PRIVATE_KEY_FILE": str(pem),
+                       "SOPHIA_SNOWFLAKE_PRIVATE_KEY_PASSPHRASE": "pass-SECRET-1"})
+    kwargs = s.snowflake.connect_kwargs()
+    assert kwargs["authenticator"] == "SNOWFLAKE_JWT" and "password" not in kwargs
+    assert kwargs["private_key_file"] == str(pem) and kwargs["private_key_file_pwd"] == "pass-SECRET-1"
+    assert "SECRET" not in repr(s)
+    # The connector's own loader opens the key with the passphrase the settings hand it.
+    der = _get_private_bytes_from_file(kwargs["private_key_file"], kwargs["private_key_file_pwd"])
+    assert serialization.load_der_private_key(der, None).public_key().public_numbers() == \
+        key.public_key().public_numbers()
+    with pytest.raises(ConfigError, match="SOPHIA_SNOWFLAKE_PRIVATE_KEY_FILE: no file at"):
+        load_settings({"SOPHIA_SNOWFLAKE_ACCOUNT": "xy1", "SOPHIA_SNOWFLAKE_PRIVATE_KEY_FILE": str(tmp_path / "no")})
 
 
 def test_bad_numbers_name_the_variable() -> None:
