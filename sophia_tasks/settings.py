@@ -291,6 +291,14 @@ class Settings:
 _URL_FIELDS = ("broker_url", "redis_url", "postgres_dsn")
 
 
+#: A Redis server, plain, over TLS or on a socket: the broker features that need Redis work on all three.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def is_redis_url(url: str) -> bool:
+    return url.startswith(REDIS_SCHEMES)
+
+
 def is_loopback(host: str) -> bool:
     """127.0.0.0/8, ::1 or localhost: this machine."""
     try:

@@ -17,7 +17,7 @@ from sophia_tasks.core.flowspec import FlowSpec
 from sophia_tasks.ingest.buffer import APPEND_LUA, IngestBuffer, buffer_for
 from sophia_tasks.messaging.config import publisher
 from sophia_tasks.observe.stats import COUNTERS, THROUGHPUT_WINDOW, field
-from sophia_tasks.settings import Settings
+from sophia_tasks.settings import Settings, is_redis_url
 from web.auth import AuthConfig
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,8 @@ def _accepted_field(collection: str) -> str:
 
 
 def same_server(url_a: str, url_b: str) -> tuple[int, int] | None:
-    """The two database numbers when both URLs name one plain Redis server with one login, else None."""
-    if not (url_a.startswith(("redis://", "unix://")) and url_b.startswith(("redis://", "unix://"))):
+    """The two database numbers when both URLs name one Redis server with one login, else None."""
+    if not (is_redis_url(url_a) and is_redis_url(url_b)) or url_a.split("://")[0] != url_b.split("://")[0]:
         return None
     from redis.connection import parse_url
 

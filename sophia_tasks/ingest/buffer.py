@@ -47,6 +47,7 @@ import redis as redis_lib
 
 from sophia_tasks.core.documents import encoded, remember_encoding
 from sophia_tasks.messaging.routing import LANES, materialize_queue
+from sophia_tasks.settings import is_redis_url
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,8 @@ def is_ref(value: Any) -> bool:
 
 
 def enabled_for(settings: Any) -> bool:
-    """The buffer is used on a plain Redis broker (the claim store's condition)."""
-    return settings.batch_ttl_seconds > 0 and settings.broker_url.startswith(("redis://", "unix://"))
+    """The buffer is used on a Redis broker, TLS or not (the claim store's condition)."""
+    return settings.batch_ttl_seconds > 0 and is_redis_url(settings.broker_url)
 
 
 class IngestBuffer:

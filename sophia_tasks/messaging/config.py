@@ -5,7 +5,9 @@ configured here, so a publisher never needs the modules that define the tasks.
 """
 from __future__ import annotations
 
+import ssl
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery, current_app
 from kombu import Queue
@@ -14,7 +16,7 @@ from sophia_tasks.core.flowspec import FlowSpec
 from sophia_tasks.messaging.routing import INGEST_QUEUE, LANES, STAGE_QUEUES, materialize_queue
 from sophia_tasks.messaging.serialization import NAME as ORJSON
 from sophia_tasks.messaging.serialization import register_orjson
-from sophia_tasks.settings import Settings
+from sophia_tasks.settings import Settings, is_redis_url
 
 
 def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
@@ -24,13 +26,14 @@ def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
                for lane in LANES for name in spec.materializations]
     transport_options: dict[str, object] = {}
     broker_transport: str | None = None
-    if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+    broker_ssl: dict[str, Any] | None = None
+    if is_redis_url(settings.broker_url):
         # Our Redis transport: a killed worker can never lose a message in kombu's delivery window.
         from sophia_tasks.messaging.transport import transport_options as redis_options
 
         transport_options = redis_options(settings, (settings.queue("sophia."),))
-        if not settings.broker_url.startswith("rediss://"):  # rediss keeps kombu's own TLS checks
-            broker_transport = "sophia_tasks.messaging.transport:Transport"
+        broker_transport = "sophia_tasks.messaging.transport:Transport"
+        broker_ssl = redis_tls_options(settings.broker_url)
     elif settings.broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
         # A 202 must mean the broker has the event: wait for the publisher confirm.
         transport_options = {"confirm_publish": True, "connect_timeout": 3}
@@ -38,6 +41,7 @@ def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
         broker_url=settings.broker_url,
         broker_transport_options=transport_options,
         broker_transport=broker_transport,
+        broker_use_ssl=broker_ssl,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
         result_backend=None,
@@ -76,6 +80,22 @@ def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
         },
     )
     bind(app, settings, spec)
+
+
+def redis_tls_options(url: str) -> dict[str, Any] | None:
+    """kombu's TLS options for a ``rediss://`` URL, from the same query the Redis clients read
+    (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``). The certificate is
+    required unless the URL says otherwise: kombu alone would accept any certificate."""
+    if not url.startswith("rediss://"):
+        return None
+    query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items() if v}
+    levels = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+    options: dict[str, Any] = {"ssl_cert_reqs": levels.get(query.get("ssl_cert_reqs", "required").lower(),
+                                                           ssl.CERT_REQUIRED)}
+    for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if query.get(key):
+            options[key] = query[key]
+    return options
 
 
 def bind(app: Any, settings: Settings, spec: FlowSpec) -> None:

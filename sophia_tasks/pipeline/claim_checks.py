@@ -33,6 +33,8 @@ from typing import Any, Iterable
 import orjson
 import redis as redis_lib
 
+from sophia_tasks.settings import is_redis_url
+
 log = logging.getLogger(__name__)
 
 PREFIX = "sophia:batch:"
@@ -91,7 +93,7 @@ class ClaimStore:
 def store_for(settings: Any) -> ClaimStore | None:
     """The claim store for these settings: on a Redis broker unless turned off, else None."""
     url = settings.broker_url
-    if settings.batch_ttl_seconds <= 0 or not url.startswith(("redis://", "unix://")):
+    if settings.batch_ttl_seconds <= 0 or not is_redis_url(url):
         return None
     client = redis_lib.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=30)
     return ClaimStore(client, settings.batch_ttl_seconds)

@@ -1,8 +1,9 @@
 """Faults survived on real processes; each test ends by counting every target.
 
-A stack of its own per broker (a Redis with append-only persistence on a free port,
-and RabbitMQ with a queue prefix of its own), sharing the session's cache Redis,
-PostgreSQL database and Snowflake emulator (call ids are unique per test).
+A stack of its own per broker (a Redis with append-only persistence on a free port, the same
+Redis over TLS only, with a CA of the test's own, and RabbitMQ with a queue prefix of its own),
+sharing the session's cache Redis, PostgreSQL database and Snowflake emulator (call ids are
+unique per test).
 """
 from __future__ import annotations
 
@@ -21,12 +22,17 @@ import pytest
 
 from sophia_tasks.dev.stack import Stack, free_port, port_open, wait_for
 from tests.integration.conftest import TOKEN, Harness, gong_call
+from tests.integration.tls import TlsFiles, make_tls
 
 
-def start_redis_broker(workdir: Path, port: int) -> subprocess.Popen:
+def start_redis_broker(workdir: Path, port: int, tls: TlsFiles | None = None) -> subprocess.Popen:
+    """``tls``: TLS only (no plain port), so every client of the stack must speak it."""
     workdir.mkdir(parents=True, exist_ok=True)
+    listen = ["--port", str(port)] if tls is None else [
+        "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key),
+        "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "no"]
     proc = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+        [shutil.which("redis-server") or "redis-server", *listen, "--bind", "127.0.0.1",
          "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--dir", str(workdir)],
         stdout=open(workdir / "redis.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
     wait_for(lambda: port_open("127.0.0.1", port), 20, "the broker redis")
@@ -37,12 +43,13 @@ class FaultStack(Harness):
     broker_proc: subprocess.Popen | None = None
     broker_dir: Path
     broker_port: int = 0
+    broker_tls: TlsFiles | None = None
 
     def restart_broker(self) -> None:
         if self.broker_proc is not None:
             self.broker_proc.terminate()
             self.broker_proc.wait(15)
-            self.broker_proc = start_redis_broker(self.broker_dir, self.broker_port)
+            self.broker_proc = start_redis_broker(self.broker_dir, self.broker_port, self.broker_tls)
             return
         # RabbitMQ: stop and start the broker application (durable queues, persistent messages).
         subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=120)
@@ -50,7 +57,7 @@ class FaultStack(Harness):
         wait_for(lambda: port_open("127.0.0.1", 5672), 60, "rabbitmq after restart")
 
 
-@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+@pytest.fixture(scope="module", params=["redis", "rediss", "rabbitmq"])
 def faults(request: pytest.FixtureRequest, harness: Harness,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     tmp = tmp_path_factory.mktemp(f"faults-{request.param}")
@@ -64,10 +71,12 @@ def faults(request: pytest.FixtureRequest, harness: Harness,
         "SOPHIA_QUEUE_PREFIX": f"f{uuid.uuid4().hex[:8]}.",
     })
     broker_proc = None
-    if request.param == "redis":
+    tls = make_tls(tmp / "tls") if request.param == "rediss" else None
+    if request.param in ("redis", "rediss"):
         port = free_port()
-        broker_proc = start_redis_broker(tmp / "broker", port)
-        env["SOPHIA_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
+        broker_proc = start_redis_broker(tmp / "broker", port, tls)
+        env["SOPHIA_BROKER_URL"] = (f"redis://127.0.0.1:{port}/0" if tls is None else
+                                    f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={tls.ca}&ssl_cert_reqs=required")
     else:
         if not port_open("127.0.0.1", 5672):
             subprocess.run(["rabbitmq-server", "-detached"], check=False)
@@ -82,7 +91,8 @@ def faults(request: pytest.FixtureRequest, harness: Harness,
         h = FaultStack(stack)
         h.broker_proc = broker_proc
         h.broker_dir = tmp / "broker"
-        h.broker_port = int(env["SOPHIA_BROKER_URL"].rsplit(":", 1)[1].split("/")[0]) if broker_proc else 0
+        h.broker_port = port if broker_proc else 0
+        h.broker_tls = tls
         h.kind = request.param  # type: ignore[attr-defined]
         yield h
     finally:
