@@ -344,7 +344,10 @@ def _auth_problems(settings: Any) -> list[str]:
 def check_broker(settings: Any) -> CheckResult:
     from kombu import Connection
 
-    conn = Connection(settings.broker_url, connect_timeout=3,
+    from sophia_tasks.messaging.config import broker_connection
+
+    url, tls = broker_connection(settings.broker_url)
+    conn = Connection(url, connect_timeout=3, ssl=tls,
                       transport_options={"socket_connect_timeout": 3, "max_retries": 0})
     try:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=5)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from celery import Celery, current_app
 from kombu import Queue
@@ -26,19 +26,18 @@ def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
                for lane in LANES for name in spec.materializations]
     transport_options: dict[str, object] = {}
     broker_transport: str | None = None
-    broker_ssl: dict[str, Any] | None = None
+    broker_url, broker_ssl = broker_connection(settings.broker_url)
     if is_redis_url(settings.broker_url):
         # Our Redis transport: a killed worker can never lose a message in kombu's delivery window.
         from sophia_tasks.messaging.transport import transport_options as redis_options
 
         transport_options = redis_options(settings, (settings.queue("sophia."),))
         broker_transport = "sophia_tasks.messaging.transport:Transport"
-        broker_ssl = redis_tls_options(settings.broker_url)
     elif settings.broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
         # A 202 must mean the broker has the event: wait for the publisher confirm.
         transport_options = {"confirm_publish": True, "connect_timeout": 3}
     app.conf.update(
-        broker_url=settings.broker_url,
+        broker_url=broker_url,
         broker_transport_options=transport_options,
         broker_transport=broker_transport,
         broker_use_ssl=broker_ssl,
@@ -82,6 +81,32 @@ def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
     bind(app, settings, spec)
 
 
+_TLS_QUERY = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+def broker_connection(url: str) -> tuple[str, dict[str, Any] | None]:
+    """The broker URL and TLS options to connect with, from one URL.
+
+    ``rediss://`` and ``amqps://`` take ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` and
+    ``ssl_cert_reqs`` (default: required) in their query. py-amqp refuses those names, so an
+    ``amqps://`` URL is handed over without them and its options under py-amqp's own names."""
+    if url.startswith("rediss://"):
+        return url, redis_tls_options(url)
+    if not url.startswith("amqps://"):
+        return url, None
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    tls = {k: v for k, v in query if k in _TLS_QUERY and v}
+    rest = urlencode([(k, v) for k, v in query if k not in _TLS_QUERY])
+    options: dict[str, Any] = {"cert_reqs": _CERT_REQS.get(tls.get("ssl_cert_reqs", "required").lower(),
+                                                           ssl.CERT_REQUIRED)}
+    for ours, theirs in (("ssl_ca_certs", "ca_certs"), ("ssl_certfile", "certfile"), ("ssl_keyfile", "keyfile")):
+        if tls.get(ours):
+            options[theirs] = tls[ours]
+    return urlunsplit(parts._replace(query=rest)), options
+
+
 def redis_tls_options(url: str) -> dict[str, Any] | None:
     """kombu's TLS options for a ``rediss://`` URL, from the same query the Redis clients read
     (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``). The certificate is
@@ -89,9 +114,8 @@ def redis_tls_options(url: str) -> dict[str, Any] | None:
     if not url.startswith("rediss://"):
         return None
     query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items() if v}
-    levels = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
-    options: dict[str, Any] = {"ssl_cert_reqs": levels.get(query.get("ssl_cert_reqs", "required").lower(),
-                                                           ssl.CERT_REQUIRED)}
+    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS.get(query.get("ssl_cert_reqs", "required").lower(),
+                                                               ssl.CERT_REQUIRED)}
     for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
         if query.get(key):
             options[key] = query[key]

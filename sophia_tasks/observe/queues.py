@@ -16,6 +16,7 @@ import redis as redis_lib
 
 from sophia_tasks.core.flowspec import FlowSpec
 from sophia_tasks.ingest.buffer import BUFFER_PREFIX, coalesced_buffers, target_buffer_name
+from sophia_tasks.messaging.config import broker_connection
 from sophia_tasks.messaging.routing import INGEST_QUEUE, LANES, STAGE_QUEUES, materialize_queue
 from sophia_tasks.settings import Settings
 
@@ -178,7 +179,8 @@ def _amqp_snapshot(url: str, queues: dict[str, QueueInfo]) -> None:
     """AMQP: ready counts by passive declare; a queue that does not exist yet holds nothing."""
     from kombu import Connection
 
-    with Connection(url, connect_timeout=3) as conn:
+    clean, tls = broker_connection(url)
+    with Connection(clean, connect_timeout=3, ssl=tls) as conn:
         channel: Any = conn.channel()
         try:
             for name, info in queues.items():
