@@ -5,8 +5,8 @@ from typing import Any
 
 from flask import jsonify, request
 
-from web.auth import AuthError, authenticate_read
-from web.services import services
+from web.auth import AuthError, Principal, authenticate_read
+from web.services import Services, services
 
 
 def error(status: int, message: str, detail: Any = None, retry_after: int | None = None) -> Any:
@@ -29,12 +29,22 @@ def refuse_read() -> Any | None:
     try:
         principal = authenticate_read(svc.auth, request.headers)
     except AuthError as exc:
-        response = error(exc.status, exc.message)
-        if exc.status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="sophia-tasks"'
-        return response
+        return auth_refused(exc)
+    return rate_refused(svc, principal)
+
+
+def auth_refused(exc: AuthError) -> Any:
+    """The 401 (with its challenge) or 403 answer to a failed authentication."""
+    response = error(exc.status, exc.message)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="sophia-tasks"'
+    return response
+
+
+def rate_refused(svc: Services, principal: Principal) -> Any | None:
+    """The 429 answer when this credential is over its per-minute budget, else None."""
     wait = svc.rate_limited(principal.subject)
-    if wait is not None:
-        return error(429, "rate limited", f"at most {svc.settings.rate_limit_per_minute} requests a minute "
-                                          "per credential", retry_after=wait)
-    return None
+    if wait is None:
+        return None
+    return error(429, "rate limited", f"at most {svc.settings.rate_limit_per_minute} requests a minute "
+                                      "per credential", retry_after=wait)

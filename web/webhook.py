@@ -15,7 +15,7 @@ from flask import Blueprint, Response, request
 from sophia_tasks.core.documents import format_version, normalize_version, utcnow
 from sophia_tasks.ingest.envelope import EnvelopeError, UnsupportedMediaType, parse_body
 from sophia_tasks.ingest.events import make_event
-from web.access import error
+from web.access import auth_refused, error, rate_refused
 from web.auth import AuthError, authenticate
 from web.services import BrokerUnavailable, services
 
@@ -45,15 +45,10 @@ def receive() -> Any:
     try:
         principal = authenticate(svc.auth, request.headers, raw, lambda: request.base_url, request.path)
     except AuthError as exc:
-        response = error(exc.status, exc.message)
-        if exc.status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="sophia-tasks"'
-        return response
-
-    wait = svc.rate_limited(principal.subject)
-    if wait is not None:
-        return error(429, "rate limited", f"at most {settings.rate_limit_per_minute} requests a minute "
-                                          "per credential", retry_after=wait)
+        return auth_refused(exc)
+    refused = rate_refused(svc, principal)
+    if refused is not None:
+        return refused
 
     webhook_id = request.headers.get("webhook-id")
     try:

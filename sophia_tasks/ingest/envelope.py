@@ -41,6 +41,8 @@ from typing import Any
 
 import orjson
 
+from sophia_tasks.schemas.fields import json_type_name
+
 MAX_BATCH_ITEMS = 1000
 MAX_DEPTH = 64
 MAX_ID_LENGTH = 200
@@ -152,7 +154,7 @@ def parse_body(raw: bytes, content_type: str | None, webhook_id: str | None = No
             )
         return _batch([(f"item {i}", item) for i, item in enumerate(doc)], header_id)
     raise EnvelopeError(
-        "body must be a JSON object or array", detail=f"got a JSON {_type_name(doc)}"
+        "body must be a JSON object or array", detail=f"got a JSON {json_type_name(doc)}"
     )
 
 
@@ -217,7 +219,7 @@ def _parse_body_mode(content_type: str) -> str:
 def _check_id(value: Any, what: str, where: str | None) -> str:
     """An event id: non-empty string, at most 200 characters, no control characters."""
     if not isinstance(value, str):
-        raise EnvelopeError("invalid event id", _at(where, f"{what} must be a string, got {_type_name(value)}"))
+        raise EnvelopeError("invalid event id", _at(where, f"{what} must be a string, got {json_type_name(value)}"))
     if not value.strip():
         raise EnvelopeError("invalid event id", _at(where, f"{what} must not be empty"))
     if len(value) > MAX_ID_LENGTH:
@@ -240,22 +242,6 @@ def _check_webhook_id(webhook_id: str | None) -> str | None:
 
 def _at(where: str | None, text: str) -> str:
     return text if where is None else f"{where}: {text}"
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
 
 
 def _check_depth(doc: Any, raw: bytes, where: str | None) -> None:
@@ -308,7 +294,7 @@ def _ndjson_items(raw: bytes) -> list[tuple[str, Any]]:
             raise EnvelopeError(exc.message, _at(where, exc.detail or "")) from None
         if not isinstance(value, dict):
             raise EnvelopeError(
-                "invalid envelope", _at(where, f"each NDJSON line must be a JSON object, got {_type_name(value)}")
+                "invalid envelope", _at(where, f"each NDJSON line must be a JSON object, got {json_type_name(value)}")
             )
         _check_depth(value, line, where)
         items.append((where, value))
@@ -343,7 +329,7 @@ def _with_id(event: Event, event_id: str) -> Event:
 def _event(obj: Any, where: str | None, index: int | None) -> Event:
     """Recognize form 1 or 2; ``event_id`` is the envelope id or "" (filled in by the caller)."""
     if not isinstance(obj, dict):
-        raise EnvelopeError("invalid envelope", _at(where, f"must be a JSON object, got {_type_name(obj)}"))
+        raise EnvelopeError("invalid envelope", _at(where, f"must be a JSON object, got {json_type_name(obj)}"))
     has_data, has_call_data = "data" in obj, "callData" in obj
     if has_data and has_call_data:
         raise EnvelopeError("invalid envelope", _at(where, "has both data and callData; send one"))
@@ -352,7 +338,7 @@ def _event(obj: Any, where: str | None, index: int | None) -> Event:
         is_test = obj.get("isTest", False)
         if not isinstance(is_test, bool):
             raise EnvelopeError(
-                "invalid envelope", _at(where, f"isTest must be true or false, got {_type_name(is_test)}")
+                "invalid envelope", _at(where, f"isTest must be true or false, got {json_type_name(is_test)}")
             )
         call = _check_call(obj["callData"], "callData", where)
         return Event("", call, is_test, _occurred_at(obj, where), "gong_automation", index)
@@ -363,7 +349,7 @@ def _event(obj: Any, where: str | None, index: int | None) -> Event:
             raise EnvelopeError("invalid envelope", _at(where, "type is missing; expected call_completed"))
         if not isinstance(kind, str):
             raise EnvelopeError(
-                "invalid envelope", _at(where, f"type must be a string, got {_type_name(kind)}")
+                "invalid envelope", _at(where, f"type must be a string, got {json_type_name(kind)}")
             )
         if kind not in EVENT_TYPES:
             raise EnvelopeError(
@@ -390,13 +376,13 @@ def _event(obj: Any, where: str | None, index: int | None) -> Event:
 def _check_call(call: Any, path: str, where: str | None) -> dict:
     """The key the collection needs: ``metaData.id``, a string of digits."""
     if not isinstance(call, dict):
-        raise EnvelopeError("invalid call", _at(where, f"{path} must be a JSON object, got {_type_name(call)}"))
+        raise EnvelopeError("invalid call", _at(where, f"{path} must be a JSON object, got {json_type_name(call)}"))
     if "metaData" not in call:
         raise EnvelopeError("invalid call", _at(where, f"{path}.metaData is missing"))
     meta = call["metaData"]
     if not isinstance(meta, dict):
         raise EnvelopeError(
-            "invalid call", _at(where, f"{path}.metaData must be a JSON object, got {_type_name(meta)}")
+            "invalid call", _at(where, f"{path}.metaData must be a JSON object, got {json_type_name(meta)}")
         )
     if "id" not in meta:
         raise EnvelopeError("invalid call", _at(where, f"{path}.metaData.id is missing"))
@@ -404,7 +390,7 @@ def _check_call(call: Any, path: str, where: str | None) -> dict:
     if not isinstance(call_id, str):
         raise EnvelopeError(
             "invalid call",
-            _at(where, f"{path}.metaData.id must be a string of digits, got {_type_name(call_id)}"),
+            _at(where, f"{path}.metaData.id must be a string of digits, got {json_type_name(call_id)}"),
         )
     if not _CALL_ID_RE.fullmatch(call_id):
         raise EnvelopeError(
@@ -438,7 +424,7 @@ def _iso_utc(key: str, value: Any, where: str | None) -> str:
     if not isinstance(value, str):
         raise EnvelopeError(
             "invalid envelope",
-            _at(where, f"{key} must be an ISO-8601 datetime or unix seconds, got {_type_name(value)}"),
+            _at(where, f"{key} must be an ISO-8601 datetime or unix seconds, got {json_type_name(value)}"),
         )
     try:
         parsed = dt.datetime.fromisoformat(value.strip())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
-from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from celery import Celery, current_app
 from kombu import Queue
@@ -82,7 +82,24 @@ def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
 
 
 _TLS_QUERY = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+#: py-amqp's names for the same options.
+_AMQP_NAMES = {"ssl_cert_reqs": "cert_reqs", "ssl_ca_certs": "ca_certs", "ssl_certfile": "certfile",
+               "ssl_keyfile": "keyfile"}
+
+
+def _tls_query(query: list[tuple[str, str]]) -> dict[str, Any]:
+    """The TLS options in a broker URL's query, under the Redis clients' names. The certificate is
+    required unless the query says otherwise: kombu alone would accept any certificate."""
+    given: dict[str, str] = {}
+    for key, value in query:
+        if key in _TLS_QUERY and value:
+            given.setdefault(key, value)
+    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS.get(given.get("ssl_cert_reqs", "required").lower(),
+                                                               ssl.CERT_REQUIRED)}
+    options.update((key, given[key]) for key in _TLS_FILES if key in given)
+    return options
 
 
 def broker_connection(url: str) -> tuple[str, dict[str, Any] | None]:
@@ -97,29 +114,16 @@ def broker_connection(url: str) -> tuple[str, dict[str, Any] | None]:
         return url, None
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    tls = {k: v for k, v in query if k in _TLS_QUERY and v}
+    options = {_AMQP_NAMES[key]: value for key, value in _tls_query(query).items()}
     rest = urlencode([(k, v) for k, v in query if k not in _TLS_QUERY])
-    options: dict[str, Any] = {"cert_reqs": _CERT_REQS.get(tls.get("ssl_cert_reqs", "required").lower(),
-                                                           ssl.CERT_REQUIRED)}
-    for ours, theirs in (("ssl_ca_certs", "ca_certs"), ("ssl_certfile", "certfile"), ("ssl_keyfile", "keyfile")):
-        if tls.get(ours):
-            options[theirs] = tls[ours]
     return urlunsplit(parts._replace(query=rest)), options
 
 
 def redis_tls_options(url: str) -> dict[str, Any] | None:
-    """kombu's TLS options for a ``rediss://`` URL, from the same query the Redis clients read
-    (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``). The certificate is
-    required unless the URL says otherwise: kombu alone would accept any certificate."""
+    """kombu's TLS options for a ``rediss://`` URL, from the same query the Redis clients read."""
     if not url.startswith("rediss://"):
         return None
-    query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items() if v}
-    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS.get(query.get("ssl_cert_reqs", "required").lower(),
-                                                               ssl.CERT_REQUIRED)}
-    for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-        if query.get(key):
-            options[key] = query[key]
-    return options
+    return _tls_query(parse_qsl(urlsplit(url).query))
 
 
 def bind(app: Any, settings: Settings, spec: FlowSpec) -> None:

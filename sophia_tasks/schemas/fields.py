@@ -11,7 +11,7 @@ from marshmallow import fields
 CALL_ID_RE = re.compile(r"[0-9]{1,32}")
 
 
-def _type_name(value: Any) -> str:
+def json_type_name(value: Any) -> str:
     """JSON-ish name of a Python value's type, for error messages."""
     if value is None:
         return "null"
@@ -38,7 +38,7 @@ class GongCallId(fields.String):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         if not isinstance(value, str):
-            raise self.make_error("invalid", type=_type_name(value))
+            raise self.make_error("invalid", type=json_type_name(value))
         if not CALL_ID_RE.fullmatch(value):
             shown = value if len(value) <= 40 else value[:40] + "..."
             raise self.make_error("format", value=shown)

@@ -17,7 +17,7 @@ from typing import Any
 from marshmallow import INCLUDE, Schema, ValidationError, fields
 
 from sophia_tasks.schemas.fast import compile_schema
-from sophia_tasks.schemas.fields import GongCallId, IsoDateTime, StrictBoolean, StrictNumber, _type_name
+from sophia_tasks.schemas.fields import GongCallId, IsoDateTime, StrictBoolean, StrictNumber, json_type_name
 
 
 def _str() -> fields.String:
@@ -212,7 +212,7 @@ def validate_call(call: Any) -> tuple[dict | None, dict]:
     raises: any JSON value (or junk) yields an error dict instead.
     """
     if not isinstance(call, dict):
-        return None, {"_schema": [f"A Gong call must be a JSON object, got {_type_name(call)}."]}
+        return None, {"_schema": [f"A Gong call must be a JSON object, got {json_type_name(call)}."]}
     if _ACCEPTS is not None and _ACCEPTS(call):  # the compiled fast path; marshmallow for the rest
         return call, {}
     try:

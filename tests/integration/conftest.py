@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -16,7 +18,7 @@ import pytest
 import redis
 import requests
 
-from sophia_tasks.dev.stack import BIN, ROOT, Stack, ensure_services, free_port, port_open, wait_for
+from sophia_tasks.dev.stack import Stack, ensure_services, free_port
 from sophia_tasks.store.sealing import Sealer, new_key
 
 TOKEN = "test-token-" + uuid.uuid4().hex[:12]
@@ -277,19 +279,15 @@ def gong_call(call_id: str | None = None, title: str = "Acme - discovery", **met
 
 
 @contextmanager
-def another_web_app(harness: Harness, **env: str) -> Iterator[str]:
-    """A web app of its own on the test stack's stores, with some variables changed; yields its URL."""
-    import subprocess
-
-    port = free_port()
-    merged = {**harness.env, "PORT": str(port), **env}
-    merged = {k: v for k, v in merged.items() if v is not None}
-    proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), "--workers", "1",
-                             "web:create_app()"], cwd=str(ROOT), env=merged, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+def another_web_app(harness: Harness, **env: str | None) -> Iterator[str]:
+    """A web app of its own on the test stack's stores, with some variables changed (None: unset);
+    yields its URL."""
+    merged = {**harness.env, "PORT": str(free_port()), **env}
+    workdir = Path(tempfile.mkdtemp(prefix="sophia-web-"))
+    stack = Stack(env={k: v for k, v in merged.items() if v is not None}, workdir=workdir)
     try:
-        wait_for(lambda: port_open("127.0.0.1", port), 30, "another web app", proc)
-        yield f"http://127.0.0.1:{port}"
+        stack.start_web(workers=1)
+        yield f"http://127.0.0.1:{stack.web_port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        stack.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
