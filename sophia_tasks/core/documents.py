@@ -1,7 +1,9 @@
 """The shape of what travels between stages, and the helpers every stage shares.
 
 A document is the collection's JSON object with a leading ``_meta`` object:
-``{"_meta": {"published_at", "event_id", "collection", "received_at", "source"}, ...}``.
+``{"_meta": {"published_at", "event_id", "collection", "received_at", "source", "op"?}, ...}``.
+``op`` is ``"d"`` for a delete (Estuary's convention): the document carries its key, and the
+targets delete that key (or keep the document as a marked row, with ``soft_delete``).
 ``published_at`` is the version used for last-write-wins: ISO-8601 UTC with
 microseconds and a ``Z``, so comparing two versions as strings orders them in time
 (the Redis Lua script and the SQL targets rely on that).
@@ -100,6 +102,14 @@ def meta(document: Mapping[str, Any]) -> Mapping[str, Any]:
     return value if type(value) is dict or isinstance(value, Mapping) else {}
 
 
+DELETE_OP = "d"
+
+
+def is_delete(document: Mapping[str, Any]) -> bool:
+    """The document deletes its key (``_meta.op == "d"``)."""
+    return meta(document).get("op") == DELETE_OP
+
+
 def version_of(document: Mapping[str, Any]) -> str:
     return str(meta(document).get("published_at") or "")
 
@@ -113,7 +123,8 @@ def loads(raw: bytes | str) -> Any:
 
 
 def latest_per_key(keyed: Iterable[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
-    """Collapse a batch to one document per key, the newest version winning (later on ties).
+    """Collapse a batch to one document per key, the newest version winning (later on ties, but
+    a delete is never replaced by an upsert of its own version: the targets break ties that way too).
 
     Upserts and MERGE refuse to touch one row twice in a statement, and a duplicate
     inside a batch is the common case when a sender retries quickly.
@@ -122,7 +133,8 @@ def latest_per_key(keyed: Iterable[tuple[str, dict[str, Any]]]) -> list[tuple[st
     for key, doc in keyed:
         version = version_of(doc)
         current = best.get(key)
-        if current is None or version >= current[0]:
+        if current is None or version > current[0] or (
+                version == current[0] and (is_delete(doc) or not is_delete(current[1]))):
             best[key] = (version, doc)
     return [(key, pair[1]) for key, pair in best.items()]
 

@@ -123,6 +123,11 @@ class Binding:
         return str(self.resource.get("key_prefix", f"sophia:{self.source}:"))
 
     @property
+    def soft_delete(self) -> bool:
+        """A delete keeps the row, as the delete document (``_meta.op = "d"``), instead of removing it."""
+        return self.resource.get("soft_delete") is True
+
+    @property
     def retention_days(self) -> int | None:
         value = self.resource.get("retention_days")
         return int(value) if value is not None else None

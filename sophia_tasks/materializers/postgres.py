@@ -10,7 +10,7 @@ import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
-from sophia_tasks.core.documents import latest_per_key, version_of
+from sophia_tasks.core.documents import is_delete, latest_per_key, version_of
 from sophia_tasks.core.flowspec import Binding, FlowSpec
 from sophia_tasks.materializers.base import TransientTargetError, WriteResult, deadline, register
 from sophia_tasks.materializers.projection import check_table_resource, keyed, project
@@ -26,7 +26,8 @@ PG_TYPES = {
     "object": "jsonb",
 }
 
-
+#: The service's table of hard-deleted keys (target table, key, version).
+TOMBSTONES = "sophia_tombstones"
 
 # SQLSTATE classes that say "try again later": connection (08), insufficient resources (53),
 # operator intervention (57: shutdown, cancel), system error (58); plus serialization
@@ -74,17 +75,51 @@ class PostgresMaterializer:
                 sql.Identifier(f"{binding.table}_published_idx"[:63]), table))
         self._ready.add(marker)
 
+    def ensure_tombstones(self) -> None:
+        """The versions of hard-deleted keys, per table: an upsert older than its key's delete is stale."""
+        conn = self.conns.get(self.dsn)
+        marker = (id(conn), TOMBSTONES)
+        if marker in self._ready:
+            return
+        with self.conns.transaction(self.dsn) as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"sophia-ddl:{TOMBSTONES}",))
+            cur.execute(sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (target text NOT NULL, key text NOT NULL, "
+                "version timestamptz NOT NULL, deleted_at timestamptz NOT NULL DEFAULT now(), "
+                "PRIMARY KEY (target, key))").format(sql.Identifier(TOMBSTONES)))
+        self._ready.add(marker)
+
     def _upsert_statement(self, binding: Binding) -> sql.Composed:
         table = sql.Identifier(str(binding.table))
         names = [binding.key_column, "flow_document", "flow_published_at"] + [p.column for p in binding.projections]
         cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
         updates = sql.SQL(", ").join(
             sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names[1:])
+        if binding.soft_delete:  # deletes are rows here: no tombstones to consult
+            return sql.SQL(
+                "INSERT INTO {table} AS t ({cols}) VALUES %s "
+                "ON CONFLICT ({key}) DO UPDATE SET {updates} "
+                "WHERE t.flow_published_at <= EXCLUDED.flow_published_at"
+            ).format(table=table, cols=cols, key=sql.Identifier(binding.key_column), updates=updates)
         return sql.SQL(
-            "INSERT INTO {table} AS t ({cols}) VALUES %s "
+            "INSERT INTO {table} AS t ({cols}) SELECT * FROM (VALUES %s) AS v ({cols}) "
+            "WHERE NOT EXISTS (SELECT 1 FROM {tombstones} d WHERE d.target = {target} AND d.key = v.{key} "
+            "AND d.version >= v.flow_published_at) "
             "ON CONFLICT ({key}) DO UPDATE SET {updates} "
             "WHERE t.flow_published_at <= EXCLUDED.flow_published_at"
-        ).format(table=table, cols=cols, key=sql.Identifier(binding.key_column), updates=updates)
+        ).format(table=table, cols=cols, key=sql.Identifier(binding.key_column), updates=updates,
+                 tombstones=sql.Identifier(TOMBSTONES), target=sql.Literal(str(binding.table)))
+
+    def _delete_statement(self, binding: Binding) -> sql.Composed:
+        """Record the tombstones (the newest version wins) and delete the rows no newer than them."""
+        return sql.SQL(
+            "WITH d (key, version) AS (VALUES %s), "
+            "tomb AS (INSERT INTO {tombstones} AS o (target, key, version) SELECT {target}, key, version FROM d "
+            "ON CONFLICT (target, key) DO UPDATE SET version = EXCLUDED.version, deleted_at = now() "
+            "WHERE o.version < EXCLUDED.version) "
+            "DELETE FROM {table} t USING d WHERE t.{key} = d.key AND t.flow_published_at <= d.version"
+        ).format(table=sql.Identifier(str(binding.table)), key=sql.Identifier(binding.key_column),
+                 tombstones=sql.Identifier(TOMBSTONES), target=sql.Literal(str(binding.table)))
 
     def write_batch(self, binding: Binding, documents: list[dict[str, Any]]) -> WriteResult:
         pairs, bad = keyed(self.spec, binding, documents)
@@ -92,32 +127,49 @@ class PostgresMaterializer:
         result = WriteResult(keyless=list(bad))
         if not pairs:
             return result
+        deletes: list[tuple[str, str]] = []
+        if not binding.soft_delete:  # with soft deletes the delete document is the row
+            deletes = [(key, version_of(doc)) for key, doc in pairs if is_delete(doc)]
+            if deletes:
+                pairs = [(key, doc) for key, doc in pairs if not is_delete(doc)]
         rows = []
+        cast = ["%s", "%s::jsonb", "%s::timestamptz"] + (
+            ["%s"] * len(binding.projections) if binding.soft_delete
+            else [f"%s::{PG_TYPES[p.type]}" for p in binding.projections])
         for key, doc in pairs:
             rows.append((key, jsonb_text(doc), version_of(doc), *[
                 psycopg2.extras.Json(v, dumps=jsonb_text) if p.type == "object" and v is not None
                 else v.replace("\x00", "\ufffd") if isinstance(v, str) else v
                 for p, v in zip(binding.projections, project(doc, binding.projections), strict=True)]))
-        template = "(" + ", ".join(["%s", "%s::jsonb", "%s::timestamptz"] + ["%s"] * len(binding.projections)) + ")"
+        template = "(" + ", ".join(cast) + ")"
         try:
             for attempt in (1, 2):
                 try:
                     self.ensure_table(binding)
+                    if not binding.soft_delete:
+                        self.ensure_tombstones()
                     with self.conns.transaction(self.dsn) as cur:
                         limit = deadline()
                         lock_ms, statement_ms = (10_000, 120_000) if limit is None else (
                             int(min(10.0, limit) * 1000), int(min(120.0, limit) * 1000))
                         cur.execute("SELECT set_config('lock_timeout', %s, true), "
                                     "set_config('statement_timeout', %s, true)", (f"{lock_ms}ms", f"{statement_ms}ms"))
-                        stmt = self._upsert_statement(binding).as_string(cur)
-                        psycopg2.extras.execute_values(cur, stmt, rows, template=template, page_size=len(rows))
-                        result.written = cur.rowcount if cur.rowcount >= 0 else len(rows)
+                        result.written = 0
+                        if rows:
+                            stmt = self._upsert_statement(binding).as_string(cur)
+                            psycopg2.extras.execute_values(cur, stmt, rows, template=template, page_size=len(rows))
+                            result.written = cur.rowcount if cur.rowcount >= 0 else len(rows)
+                        if deletes:
+                            psycopg2.extras.execute_values(cur, self._delete_statement(binding).as_string(cur),
+                                                           deletes, template="(%s, %s::timestamptz)",
+                                                           page_size=len(deletes))
+                            result.written += max(cur.rowcount, 0)
                     break
                 except psycopg2.errors.UndefinedTable:
                     # Dropped under the "ready" cache (an operator, before a rebuild): create it again, once.
                     if attempt == 2:
                         raise
-                    self._ready = {m for m in self._ready if m[1] != str(binding.table)}
+                    self._ready = {m for m in self._ready if m[1] not in (str(binding.table), TOMBSTONES)}
                 except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                     # A kept connection the server closed while idle (a restart, pg_terminate_backend):
                     # transaction() has discarded it; try once more on a fresh one. The upsert is
@@ -128,7 +180,7 @@ class PostgresMaterializer:
             if _transient(exc):
                 raise TransientTargetError(f"postgres: {str(exc).strip()}") from exc
             raise
-        result.skipped_stale = len(rows) - result.written
+        result.skipped_stale = len(rows) + len(deletes) - result.written
         return result
 
     def count(self, binding: Binding) -> int:
@@ -148,6 +200,14 @@ class PostgresMaterializer:
         with self.conns.transaction(self.dsn) as cur:
             cur.execute(sql.SQL("DELETE FROM {} WHERE flow_published_at < now() - make_interval(days => %s)").format(
                 sql.Identifier(str(binding.table))), (days,))
+            return cur.rowcount
+
+    def purge_tombstones(self, binding: Binding, days: int) -> int:
+        """Tombstones only guard against late, older upserts; after the journal's window none can come."""
+        self.ensure_tombstones()
+        with self.conns.transaction(self.dsn) as cur:
+            cur.execute(sql.SQL("DELETE FROM {} WHERE target = %s AND deleted_at < now() - make_interval(days => %s)")
+                        .format(sql.Identifier(TOMBSTONES)), (str(binding.table), days))
             return cur.rowcount
 
     def close(self) -> None:

@@ -81,6 +81,9 @@ def check_table_resource(resource: Mapping[str, Any], source: str, projections: 
     rd = resource.get("retention_days")
     if rd is not None and (not isinstance(rd, int) or isinstance(rd, bool) or rd < 1):
         problems.append(f"{where}.retention_days: must be a positive integer")
+    sd = resource.get("soft_delete", False)
+    if not isinstance(sd, bool):
+        problems.append(f"{where}.soft_delete: must be true or false, got {sd!r}")
     reserved = {str(kc).lower(), "flow_document", "flow_published_at"}
     for p in projections:
         if p.column.lower() in reserved:

@@ -7,34 +7,48 @@ from typing import Any
 import orjson
 import redis as redis_lib
 
-from sophia_tasks.core.documents import encoded, latest_per_key, version_of
+from sophia_tasks.core.documents import encoded, is_delete, latest_per_key, version_of
 from sophia_tasks.core.flowspec import Binding, FlowSpec, Projection
 from sophia_tasks.materializers.base import TransientTargetError, WriteResult, register
 from sophia_tasks.materializers.projection import keyed
 from sophia_tasks.settings import Settings
 
-# For each key: keep the stored value when its _meta.published_at is newer than the
-# incoming one. Versions are fixed-width UTC strings, so string order is time order;
+# For each (key, tombstone) pair of KEYS: keep the stored value when its _meta.published_at is
+# newer than the incoming one. Versions are fixed-width UTC strings, so string order is time order;
 # _meta is serialised first and published_at first inside it, so the first match is ours.
+# An empty value is a delete: the key is dropped and its tombstone keeps the delete's version
+# for the binding's TTL, so an older upsert that arrives later stays deleted. A delete wins a tie.
 LWW_SET = """
 local ttl = tonumber(ARGV[1])
 local written = 0
-for i, key in ipairs(KEYS) do
-  local version = ARGV[2 * i]
-  local value = ARGV[2 * i + 1]
-  local current = redis.call('GET', key)
+for i = 1, #KEYS, 2 do
+  local n = (i + 1) / 2
+  local version = ARGV[2 * n]
+  local value = ARGV[2 * n + 1]
+  local current = redis.call('GET', KEYS[i])
   local stale = false
   if current then
     local cv = string.match(current, '^{"_meta":{"published_at":"([^"]*)"')
     if cv and cv > version then stale = true end
   end
   if not stale then
-    redis.call('SET', key, value, 'EX', ttl)
+    local tv = redis.call('GET', KEYS[i + 1])
+    if tv and (tv > version or (tv == version and value ~= '')) then stale = true end
+  end
+  if not stale then
+    if value == '' then
+      redis.call('DEL', KEYS[i])
+      redis.call('SET', KEYS[i + 1], version, 'EX', ttl)
+    else
+      redis.call('SET', KEYS[i], value, 'EX', ttl)
+    end
     written = written + 1
   end
 end
 return written
 """
+#: Where a deleted key's tombstone lives: outside every binding's key prefix, so reads and scans never see it.
+TOMBSTONE_PREFIX = "sophia:tombstone:"
 
 CHUNK = 200
 
@@ -61,11 +75,13 @@ class RedisMaterializer:
             calls = 0
             for start in range(0, len(pairs), CHUNK):
                 chunk = pairs[start:start + CHUNK]
-                keys = [self.key(binding, k) for k, _ in chunk]
+                keys: list[str] = []
                 args: list[Any] = [ttl]
-                for _, doc in chunk:
+                for k, doc in chunk:
+                    key = self.key(binding, k)
+                    keys += (key, TOMBSTONE_PREFIX + key)
                     args.append(version_of(doc))
-                    args.append(encoded(doc))
+                    args.append(b"" if is_delete(doc) else encoded(doc))
                 self.script(keys=keys, args=args, client=pipe)
                 calls += len(chunk)
             replies = pipe.execute() if calls else []
@@ -99,6 +115,10 @@ def check_resource(resource: Mapping[str, Any], source: str, projections: tuple[
     prefix = resource.get("key_prefix", f"sophia:{source}:")
     if not isinstance(prefix, str) or not prefix or any(ch.isspace() for ch in prefix):
         problems.append(f"{where}.key_prefix: must be a non-empty string without spaces")
+    elif prefix.startswith(TOMBSTONE_PREFIX):
+        problems.append(f"{where}.key_prefix: {TOMBSTONE_PREFIX!r} is where deleted keys' tombstones live")
+    if resource.get("soft_delete"):
+        problems.append(f"{where}.soft_delete: a cache drops deleted keys; soft deletes are for tables")
     return problems
 
 

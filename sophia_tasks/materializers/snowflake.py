@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from sophia_tasks.core.documents import encoded, latest_per_key, version_of
+from sophia_tasks.core.documents import encoded, is_delete, latest_per_key, version_of
 from sophia_tasks.core.flowspec import Binding, FlowSpec
 from sophia_tasks.materializers.base import TransientTargetError, WriteResult, register
 from sophia_tasks.materializers.projection import check_table_resource, keyed, project
@@ -29,6 +29,8 @@ SF_TYPES = {
     "timestamp": "TIMESTAMP_TZ",
     "object": "VARIANT",
 }
+#: The table of hard-deleted keys (target table, key, version), beside the bound tables.
+TOMBSTONES = "SOPHIA_TOMBSTONES"
 # A bound VARCHAR holds 16 MB; stay well under it and split bigger batches.
 MAX_BIND_BYTES = 8 * 1024 * 1024
 
@@ -182,6 +184,31 @@ class SnowflakeMaterializer:
         self._execute(f"CREATE TABLE IF NOT EXISTS {self.table_name(binding)} ({', '.join(cols)})")
         self._ready.add(str(binding.table))
 
+    def ensure_tombstones(self) -> None:
+        """The versions of hard-deleted keys, per table: an upsert older than its key's delete is stale."""
+        if TOMBSTONES in self._ready:
+            return
+        self._execute(f'CREATE TABLE IF NOT EXISTS {quote_ident(TOMBSTONES)} ("TARGET" VARCHAR NOT NULL, '
+                      '"KEY" VARCHAR NOT NULL, "VERSION" TIMESTAMP_TZ NOT NULL, "DELETED_AT" TIMESTAMP_TZ)')
+        self._ready.add(TOMBSTONES)
+
+    def delete_statements(self, binding: Binding) -> tuple[str, str]:
+        """Record the tombstones (the newest version wins), then delete the rows no newer than them."""
+        t = self.table_name(binding)
+        key = quote_ident(binding.key_column)
+        tomb = quote_ident(TOMBSTONES)
+        source = ("SELECT f.value:k::VARCHAR AS K, f.value:p::TIMESTAMP_TZ AS P "
+                  "FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) f")
+        target = "'" + str(binding.table).replace("'", "''") + "'"
+        record = (
+            f"MERGE INTO {tomb} USING ({source}) s ON {tomb}.\"TARGET\" = {target} AND {tomb}.\"KEY\" = s.K "
+            f'WHEN MATCHED AND s.P > {tomb}."VERSION" THEN UPDATE SET "VERSION" = s.P, '
+            '"DELETED_AT" = CURRENT_TIMESTAMP() '
+            f'WHEN NOT MATCHED THEN INSERT ("TARGET", "KEY", "VERSION", "DELETED_AT") '
+            f"VALUES ({target}, s.K, s.P, CURRENT_TIMESTAMP())")
+        delete = f'DELETE FROM {t} USING ({source}) s WHERE {t}.{key} = s.K AND {t}."FLOW_PUBLISHED_AT" <= s.P'
+        return record, delete
+
     def merge_statement(self, binding: Binding) -> str:
         t = self.table_name(binding)
         key = quote_ident(binding.key_column)
@@ -192,9 +219,13 @@ class SnowflakeMaterializer:
                    for col, ptype, alias in proj]
         names = [key, '"FLOW_DOCUMENT"', '"FLOW_PUBLISHED_AT"'] + [c for c, _, _ in proj]
         updates = ", ".join(f"{n} = s.{n}" for n in names[1:])
+        unless_deleted = "" if binding.soft_delete else (
+            f" WHERE NOT EXISTS (SELECT 1 FROM {quote_ident(TOMBSTONES)} d WHERE d.\"TARGET\" = "
+            "'" + str(binding.table).replace("'", "''") + "' "
+            'AND d."KEY" = f.value:k::VARCHAR AND d."VERSION" >= f.value:p::TIMESTAMP_TZ)')
         return (
             f"MERGE INTO {t} USING (SELECT {', '.join(select)} "
-            f"FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) f) s ON {t}.{key} = s.{key} "
+            f"FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) f{unless_deleted}) s ON {t}.{key} = s.{key} "
             f'WHEN MATCHED AND s."FLOW_PUBLISHED_AT" >= {t}."FLOW_PUBLISHED_AT" THEN UPDATE SET {updates} '
             f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}) VALUES ({', '.join('s.' + n for n in names)})"
         )
@@ -205,6 +236,11 @@ class SnowflakeMaterializer:
         result = WriteResult(keyless=list(bad))
         if not pairs:
             return result
+        deletes: list[bytes] = []
+        if not binding.soft_delete:  # with soft deletes the delete document is the row
+            deletes = [orjson.dumps({"k": key, "p": version_of(doc)}) for key, doc in pairs if is_delete(doc)]
+            if deletes:
+                pairs = [(key, doc) for key, doc in pairs if not is_delete(doc)]
         rows = []
         for key, doc in pairs:
             # The document's text as the pipeline already has it (``documents.encoded``): no second encode.
@@ -214,6 +250,8 @@ class SnowflakeMaterializer:
             rows.append(orjson.dumps(row))
         with self._lock:
             self.ensure_table(binding)
+            if not binding.soft_delete:
+                self.ensure_tombstones()
             statement = self.merge_statement(binding)
             for chunk in _chunks(rows, MAX_BIND_BYTES):
                 payload = (b"[" + b",".join(chunk) + b"]").decode()
@@ -222,8 +260,24 @@ class SnowflakeMaterializer:
                     result.written += int(res[0][0] or 0) + int(res[0][1] or 0)
                 else:
                     result.written += len(chunk)
-        result.skipped_stale = len(rows) - result.written
+            if deletes:
+                record, delete = self.delete_statements(binding)
+                for chunk in _chunks(deletes, MAX_BIND_BYTES):
+                    payload = (b"[" + b",".join(chunk) + b"]").decode()
+                    self._execute(record, [payload])
+                    res = self._execute(delete, [payload])
+                    result.written += int(res[0][0] or 0) if res and res[0] else 0
+        result.skipped_stale = len(rows) + len(deletes) - result.written
         return result
+
+    def purge_tombstones(self, binding: Binding, days: int) -> int:
+        """Tombstones only guard against late, older upserts; after the journal's window none can come."""
+        with self._lock:
+            self.ensure_tombstones()
+            target = "'" + str(binding.table).replace("'", "''") + "'"
+            res = self._execute(f'DELETE FROM {quote_ident(TOMBSTONES)} WHERE "TARGET" = {target} '
+                                f'AND "DELETED_AT" < DATEADD(day, -{int(days)}, CURRENT_TIMESTAMP())')
+            return int(res[0][0] or 0) if res and res[0] else 0
 
     def count(self, binding: Binding) -> int:
         with self._lock:

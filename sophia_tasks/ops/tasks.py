@@ -28,8 +28,9 @@ def replay(letter_ids: list[int]) -> int:
 
 @shared_task(name="sophia.purge_retention", base=StageTask)
 def purge_retention() -> dict[str, int]:
-    """Delete staging rows older than each binding's retention_days (Postgres keeps 30 days), and dead
-    letters older than SOPHIA_DEAD_LETTER_RETENTION_DAYS (30), replayed or not: they hold PII."""
+    """Delete staging rows older than each binding's retention_days (Postgres keeps 30 days), the tombstones of
+    deletes older than the journal's retention, and dead letters older than SOPHIA_DEAD_LETTER_RETENTION_DAYS
+    (30), replayed or not: they hold PII."""
     ctx = context()
     purged: dict[str, int] = {}
     for mat in ctx.spec.materializations.values():
@@ -39,6 +40,17 @@ def purge_retention() -> dict[str, int]:
         for binding in mat.bindings:
             if binding.retention_days:
                 purged[str(binding.table)] = writer.purge_older_than(binding, binding.retention_days)  # type: ignore[attr-defined]
+    # Tombstones of hard deletes guard against late, older upserts; none can come after the journal's window.
+    keep = ctx.spec.journal_retention_days
+    for mat in ctx.spec.materializations.values():
+        writer = get_materializer(mat.endpoint, ctx.settings, ctx.spec)
+        purge_tombstones = getattr(writer, "purge_tombstones", None)
+        for binding in mat.bindings:
+            if purge_tombstones is not None and not binding.soft_delete:
+                try:
+                    purged[f"tombstones:{mat.name}:{binding.table}"] = purge_tombstones(binding, keep)
+                except Exception as exc:  # a target that is down must not stop the other purges
+                    log.warning("could not purge the tombstones of %s: %r", binding.table, exc)
     days = ctx.settings.dead_letter_retention_days
     purged["sophia_dead_letters"] = ctx.dlq.purge(status="all", older_than_seconds=days * 86400.0)
     log.info("retention purge: %s", purged)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable
 
-from sophia_tasks.core.documents import make_document, meta
+from sophia_tasks.core.documents import DELETE_OP, is_delete, make_document, meta
 from sophia_tasks.core.flowspec import Derivation, FlowSpec, import_dotted
 from sophia_tasks.materializers import TransientTargetError, WriteResult, get_materializer
 from sophia_tasks.schemas import get_validator
@@ -49,6 +49,9 @@ def validate_events(spec: FlowSpec, events: list[dict[str, Any]]) -> ValidateRes
                                          error=f"unknown collection {name!r}",
                                          event_id=_get(event, "event_id")))
             continue
+        if _deletes(event):
+            _validate_delete(result, collection, event)
+            continue
         body, errors = get_validator(str(collection.schema))(event.get("document"))
         if errors or body is None:
             n = _count_errors(errors)
@@ -71,6 +74,38 @@ def validate_events(spec: FlowSpec, events: list[dict[str, Any]]) -> ValidateRes
         else:
             result.documents.setdefault(collection.name, []).append(doc)
     return result
+
+
+def _deletes(event: Mapping[str, Any]) -> bool:
+    """A delete: the event says so (a route declared as a delete) or its document does (``_meta.op``)."""
+    if event.get("op") == DELETE_OP:
+        return True
+    document = event.get("document")
+    return isinstance(document, Mapping) and is_delete(document)
+
+
+def _validate_delete(result: ValidateResult, collection: Any, event: Mapping[str, Any]) -> None:
+    """A delete needs its key, not the schema: it usually carries nothing else (Estuary's convention)."""
+    document = event.get("document")
+    key = collection.key_of(document) if isinstance(document, Mapping) else None
+    if key is None or key == "":
+        result.letters.append(Letter(
+            stage="validate", collection=collection.name, payload=dict(event),
+            error=f"delete without a key: the document has no value at {collection.key}",
+            details={"key": [f"missing at {collection.key}"]}, event_id=event.get("event_id")))
+        return
+    doc = make_document(document, {
+        "published_at": event["published_at"],
+        "event_id": event.get("event_id"),
+        "collection": collection.name,
+        "received_at": event.get("received_at"),
+        "source": event.get("source", "webhook"),
+        "op": DELETE_OP,
+    })
+    if event.get("is_test"):
+        result.tests.append(doc)
+    else:
+        result.documents.setdefault(collection.name, []).append(doc)
 
 
 def _get(event: Any, key: str) -> Any:
@@ -133,7 +168,19 @@ def derive_documents(spec: FlowSpec, collection: str, documents: list[dict[str, 
     result = DeriveResult()
     if spec.materializations_of(collection):
         result.documents[collection] = list(documents)
+    # A delete is not transformed: it deletes the same key in every derived collection.
+    deletes = [doc for doc in documents if is_delete(doc)]
+    if deletes:
+        documents = [doc for doc in documents if not is_delete(doc)]
     for derivation in spec.derivations_of(collection):
+        if deletes:
+            out = result.documents.setdefault(derivation.name, [])
+            for doc in deletes:
+                m = dict(meta(doc))
+                m["collection"] = derivation.name
+                out.append(make_document(doc, m))
+        if not documents:
+            continue
         try:
             pairs = list(zip(documents, _run_transform(derivation, documents), strict=True))
         except Exception:

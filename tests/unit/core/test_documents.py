@@ -105,3 +105,12 @@ def test_version_shaped_text_that_is_no_moment_is_not_kept() -> None:
         expected = format_version(parse_time(text) or default)
         assert normalize_version(text, default) == expected
     assert normalize_version("2026-02-30T00:00:00.000000Z", default) == format_version(default)
+
+
+def test_latest_per_key_lets_a_delete_win_a_tie_in_either_order() -> None:
+    up = make_document({"id": "k"}, {"published_at": "2026-01-01T00:00:00.000000Z"})
+    gone = make_document({"id": "k"}, {"published_at": "2026-01-01T00:00:00.000000Z", "op": "d"})
+    newer = make_document({"id": "k"}, {"published_at": "2026-01-01T00:00:01.000000Z"})
+    assert latest_per_key([("k", up), ("k", gone)]) == [("k", gone)]
+    assert latest_per_key([("k", gone), ("k", up)]) == [("k", gone)]
+    assert latest_per_key([("k", gone), ("k", newer)]) == [("k", newer)]

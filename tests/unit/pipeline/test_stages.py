@@ -162,3 +162,25 @@ def test_warm_derivations_builds_the_enrichment_config_once_and_survives_a_broke
     finally:
         sys.path.remove(str(tmp_path))
     assert "could not be prepared" in caplog.text and "cannot start" in caplog.text
+
+
+def test_a_delete_needs_only_its_key_and_skips_the_derivation(spec) -> None:
+    marked = event({"metaData": {"id": "7"}, "_meta": {"op": "d"}}, event_id="d1")  # marked in the document
+    routed = event({"metaData": {"id": "8"}}, event_id="d2")  # a route that declares a delete
+    routed["op"] = "d"
+    keyless = event({"metaData": {}, "_meta": {"op": "d"}}, event_id="d3")
+    res = validate_events(spec, [marked, routed, keyless])
+    docs = res.documents["gong_calls"]
+    assert [d["metaData"]["id"] for d in docs] == ["7", "8"]
+    assert all(d["_meta"]["op"] == "d" and list(d["_meta"])[0] == "published_at" for d in docs)
+    (letter,) = res.letters
+    assert letter.event_id == "d3" and "delete without a key" in letter.error and "/metaData/id" in letter.error
+
+    derived = derive_documents(spec, "gong_calls", docs + [validate_events(spec, [event(
+        {"metaData": {"id": "9", "title": "kept"}}, event_id="u1")]).documents["gong_calls"][0]])
+    out = derived.documents["gong_calls_enriched"]
+    # The deletes reach the derived collection untransformed, with its name; the upsert is enriched.
+    assert [(d["metaData"]["id"], d["_meta"].get("op"), d["_meta"]["collection"]) for d in out] == [
+        ("7", "d", "gong_calls_enriched"), ("8", "d", "gong_calls_enriched"), ("9", None, "gong_calls_enriched")]
+    assert "enrichment" not in out[0] and "enrichment" in out[2]
+    assert not derived.letters
