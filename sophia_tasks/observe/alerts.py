@@ -306,6 +306,10 @@ def run_checks(settings: Settings, spec: FlowSpec, now: float | None = None, dry
                 pipe.hsetnx(PENDING_KEY, check.key, now)
             elif check.firing is False and check.key in pending:
                 pipe.hdel(PENDING_KEY, check.key)
+        evaluated = {c.key for c in checks}
+        for key in pending:
+            if key not in evaluated:  # switched off or its target removed: a later one starts afresh
+                pipe.hdel(PENDING_KEY, key)
         pipe.execute()
     ready = due(config, checks, pending, now)
     prefix = f"[sophia-tasks {Path(spec.path).stem}]"

@@ -92,10 +92,6 @@ class WorkerReadiness:
     reason: str | None = None
     checked_at: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "reason": self.reason, "waiting": self.waiting, "workers": self.workers,
-                "window_seconds": None}
-
 
 def waiting_events(settings: Settings, spec: FlowSpec) -> float:
     """Messages on this deployment's queues plus events in its buffers, ready or held by a worker."""

@@ -232,7 +232,8 @@ def run_reconcile(settings: Settings, since: str | datetime | None = None, until
                 if progress:
                     progress(report)
         except GongAPIError as exc:
-            report.status, report.error = "failed", f"{exc}; the next run resumes from this page"
+            again = "the next run resumes from this page" if cp is not None else "rerun the command"
+            report.status, report.error = "failed", f"{exc}; {again}"
             if cp is not None and store is not None:
                 cp.status, cp.error = "running", str(exc)
                 store.save(cp)

@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -91,3 +92,14 @@ def test_every_metric_the_rules_read_is_exported_by_metrics() -> None:
 
 def test_prom_duration() -> None:
     assert [prom_duration(s) for s in (0, 90, 300, 900, 3600, 259200)] == ["0s", "90s", "5m", "15m", "1h", "3d"]
+
+
+def test_the_command_prints_the_generated_rules(monkeypatch: Any) -> None:
+    from click.testing import CliRunner
+
+    from sophia_tasks.cli.main import main
+
+    monkeypatch.delenv("SOPHIA_FLOW", raising=False)
+    result = CliRunner().invoke(main, ["alerts", "rules"])
+    assert result.exit_code == 0, result.output
+    assert result.output == _generated()
