@@ -9,9 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from sophia_tasks.flows import load_spec
+from sophia_tasks.observe.alerts import PENDING_KEY, SNAPSHOTS_KEY, STATE_KEY, run_checks
 from sophia_tasks.ops.backfill import CheckpointStore, gong_client
 from sophia_tasks.ops.reconcile import checkpoint_key, run_reconcile
-from sophia_tasks.settings import load_settings
+from sophia_tasks.settings import DEFAULT_FLOW, load_settings
 from tests.integration.conftest import Harness, gong_call
 from tests.integration.fake_gong import FakeGong
 from tests.integration.test_backfill import pg_ids, redis_ids, sf_ids
@@ -22,8 +26,18 @@ def _title(h: Harness, call_id: str) -> str | None:
     return rows[0][3] if rows else None
 
 
+def _reconcile_alert_only(tmp_path: Path) -> Path:
+    """The shipped spec with every alert off but reconciliation's: more than 2 repairs pages at once."""
+    data = yaml.safe_load(DEFAULT_FLOW.read_text(encoding="utf-8"))
+    data["alerts"] = {"defaults": {"error_rate": "off", "lag_p99": "off", "dead_letters": "off", "stale_after": "off"},
+                      "pipeline": {"dead_letters": "off"}, "reconcile": {"repaired": 2, "window": "1h"}}
+    path = tmp_path / "flow-reconcile-alert.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
 def test_reconcile_finds_the_dropped_and_the_newer_calls_enqueues_them_and_then_finds_nothing(
-        harness: Harness) -> None:
+        harness: Harness, tmp_path: Path) -> None:
     calls = [gong_call() for _ in range(6)]
     ids = [c["metaData"]["id"] for c in calls]
     delivered, newer, dropped = calls[:3], calls[3], calls[4:]
@@ -46,6 +60,10 @@ def test_reconcile_finds_the_dropped_and_the_newer_calls_enqueues_them_and_then_
                 cur.execute("DELETE FROM sophia_backfill_checkpoints WHERE key = %s",
                             (checkpoint_key(gong_client(settings)),))
         missing_before = harness.counter("reconciled", outcome="missing", mode="enqueued")
+        alert_settings = settings.with_overrides(flow_path=_reconcile_alert_only(tmp_path))
+        alert_spec = load_spec(alert_settings.flow_path)
+        harness.cache.delete(STATE_KEY, SNAPSHOTS_KEY, PENDING_KEY)
+        assert run_checks(alert_settings, alert_spec)["fired"] == []  # the snapshot before the repairs
 
         # By hand, dry run: exactly the dropped calls and the newer one, nothing enqueued.
         exe = str(Path(sys.executable).parent / "sophia-tasks")
@@ -68,6 +86,11 @@ def test_reconcile_finds_the_dropped_and_the_newer_calls_enqueues_them_and_then_
         harness.wait(lambda: _title(harness, ids[3]) == "Title at Gong", 30, "Gong's newer version")
         assert harness.redis_doc(ids[3])["metaData"]["title"] == "Title at Gong"
         assert harness.counter("reconciled", outcome="missing", mode="enqueued") == missing_before + 2
+        # Three repairs (more than 2) within the hour: the Slack alert fires at once (its `for` is 0).
+        alerted = run_checks(alert_settings, alert_spec)
+        assert alerted["fired"] == ["reconcile:gong"], alerted
+        assert "enqueued 3 call(s)" in alerted["checks"][0]["detail"]
+        harness.cache.delete(STATE_KEY, SNAPSHOTS_KEY, PENDING_KEY)
 
         second = run_reconcile(settings)
         assert second.found == [] and second.enqueued == 0 and second.listed == 6
