@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install services demo test test-unit test-integration up bench soak lint clean
+.PHONY: install promtool services demo test test-unit test-integration up bench soak lint clean
 
 install: $(STAMP)
 
@@ -14,6 +14,15 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[local,dev]"
 	@touch $(STAMP)
 
+# promtool checks the generated Prometheus rules in the unit tests (Debian package `prometheus`;
+# about a minute to install, once).
+promtool:
+	@command -v promtool >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y --no-install-recommends prometheus >/dev/null || \
+	  { $$SUDO apt-get update >/dev/null && $$SUDO apt-get install -y --no-install-recommends prometheus >/dev/null; }; }
+	@promtool --version | head -1
+
 services: install
 	@$(BIN)/python -m sophia_tasks.dev.stack
 
@@ -21,10 +30,10 @@ demo: install services
 	$(BIN)/python -m sophia_tasks.dev.demo
 
 # The suite runs the lint gate first, so a new import cycle or lint finding fails CI.
-test: lint services
+test: lint promtool services
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-test-unit: install
+test-unit: install promtool
 	$(BIN)/python -m pytest -q tests/unit
 
 test-integration: install services

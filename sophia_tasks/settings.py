@@ -105,6 +105,17 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A positive duration: plain seconds (``90``) or with a unit (``90s``, ``15m``, ``1h``)."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|m|h)?", raw)
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"{name} must be a positive duration like 90, 90s, 15m or 1h, got {raw!r}")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -222,6 +233,11 @@ class Settings:
     slack_webhook_url: Secret | None = None
     # How often beat runs sophia.alerts (thresholds live in the flow spec's alerts: section).
     alerts_interval_seconds: float = 60.0
+    # /readyz fails when events wait and no worker node consumed for this long (heartbeats every 2 s;
+    # long enough that a rolling restart of the workers does not flap it).
+    ready_worker_seconds: float = 60.0
+    # How often beat reconciles with the Gong API (only with Gong API credentials set).
+    reconcile_every_seconds: float = 900.0
     max_body_bytes: int = 1024 * 1024
     dedupe_window_seconds: int = 24 * 3600
     rate_limit_per_minute: int = 0
@@ -368,6 +384,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sentry_traces_sample_rate=_float(env, "SENTRY_TRACES_SAMPLE_RATE", 0.0),
         slack_webhook_url=_secret(_env(env, "SOPHIA_SLACK_WEBHOOK_URL") or None),
         alerts_interval_seconds=_float(env, "SOPHIA_ALERTS_INTERVAL_SECONDS", Settings.alerts_interval_seconds),
+        ready_worker_seconds=_seconds(env, "SOPHIA_READY_WORKER_SECONDS", Settings.ready_worker_seconds),
+        reconcile_every_seconds=_seconds(env, "SOPHIA_RECONCILE_EVERY", Settings.reconcile_every_seconds),
         max_body_bytes=_int(env, "SOPHIA_MAX_BODY_BYTES", Settings.max_body_bytes),
         dedupe_window_seconds=_int(env, "SOPHIA_DEDUPE_WINDOW_SECONDS", Settings.dedupe_window_seconds),
         rate_limit_per_minute=_int(env, "SOPHIA_RATE_LIMIT_PER_MINUTE", 0),

@@ -18,6 +18,7 @@ def healthz() -> Any:
 
 @bp.get("/readyz")
 def readyz() -> Any:
+    """Ready when the broker, Redis and PostgreSQL answer, and some worker consumes while events wait."""
     svc = services()
     checks: dict[str, str] = {}
     try:
@@ -43,8 +44,23 @@ def readyz() -> Any:
         checks["postgres"] = "ok"
     except Exception as exc:
         checks["postgres"] = f"unreachable: {type(exc).__name__}"
+    workers: list[dict[str, Any]] | None = None
+    reason: str | None = None
+    if checks["redis"] == "ok" and checks["broker"] == "ok":
+        from sophia_tasks.observe.workers import cached_worker_readiness
+
+        try:
+            verdict = cached_worker_readiness(svc.settings, svc.spec, svc.redis)
+            workers = verdict.workers
+            checks["workers"] = "ok" if verdict.ok else "not consuming"
+            reason = verdict.reason
+        except Exception as exc:  # redis or broker errors between the checks above and this one
+            checks["workers"] = f"unknown: {type(exc).__name__}"
     ok = all(v == "ok" for v in checks.values())
-    response = jsonify({"status": "ready" if ok else "not ready", "checks": checks})
+    body: dict[str, Any] = {"status": "ready" if ok else "not ready", "checks": checks, "workers": workers}
+    if not ok:
+        body["reason"] = reason or "; ".join(f"{k} {v}" for k, v in checks.items() if v != "ok")
+    response = jsonify(body)
     response.status_code = 200 if ok else 503
     if not ok:
         response.headers["Retry-After"] = "5"

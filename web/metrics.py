@@ -45,6 +45,10 @@ COLLECTION_COUNTERS: dict[str, tuple[str, str]] = {
     "documents_derived": ("sophia_documents_derived", "Documents handed to materialization by derive"),
     "test_deliveries": ("sophia_test_deliveries", "Gong isTest deliveries acknowledged, not materialized"),
 }
+# sophia.reconcile: calls found at Gong and not here ("missing") or newer there ("newer"), enqueued or
+# only reported (a dry run); exported at zero so the reconcile rule's increase() has a series.
+RECONCILE_OUTCOMES = ("missing", "newer")
+RECONCILE_MODES = ("enqueued", "dry_run")
 TARGET_COUNTERS: dict[str, tuple[str, str]] = {
     "documents_written": ("sophia_documents_written", "Documents written per target"),
     "batches_written": ("sophia_batches_written", "Batches written per target"),
@@ -156,6 +160,9 @@ class SophiaCollector:
                 collection_values[name][coll] = 0.0
         for coll in spec.derivations:
             collection_values["documents_derived"][coll] = 0.0
+        reconciled = CounterMetricFamily("sophia_reconciled", "Calls reconciliation with Gong found missing here "
+                                         "or newer at Gong", labels=["outcome", "mode"])
+        reconciled_values = {(o, m): 0.0 for o in RECONCILE_OUTCOMES for m in RECONCILE_MODES}
         buckets: dict[str, dict[float, float]] = {t: {} for t in targets}
         sums: dict[str, float] = {t: 0.0 for t in targets}
         counts: dict[str, float] = {t: 0.0 for t in targets}
@@ -177,6 +184,9 @@ class SophiaCollector:
             elif name in TARGET_COUNTERS:
                 key2 = (target, labels.get("collection", ""))
                 target_values[name][key2] = target_values[name].get(key2, 0.0) + value
+            elif name == "reconciled":
+                key3 = (labels.get("outcome", ""), labels.get("mode", ""))
+                reconciled_values[key3] = reconciled_values.get(key3, 0.0) + value
             elif name in COLLECTION_COUNTERS:
                 coll = labels.get("collection", "")
                 collection_values[name][coll] = collection_values[name].get(coll, 0.0) + value
@@ -189,6 +199,9 @@ class SophiaCollector:
             errors.add_metric([stage, target, reason], value)
         yield lag
         yield errors
+        for (outcome, mode), value in sorted(reconciled_values.items()):
+            reconciled.add_metric([outcome, mode], value)
+        yield reconciled
         for name, family in per_target.items():
             for (target, coll), value in sorted(target_values[name].items()):
                 family.add_metric([target, coll], value)

@@ -1,4 +1,5 @@
-"""``sophia-tasks alerts ...``: evaluate the Slack alerts on demand (beat runs the same every minute)."""
+"""``sophia-tasks alerts ...``: evaluate the Slack alerts on demand (beat runs the same every minute), and
+print the Prometheus rules generated from the same thresholds."""
 from __future__ import annotations
 
 import json
@@ -52,3 +53,24 @@ def alerts_check(as_json: bool, dry_run: bool) -> None:
         _fail(f"could not post to Slack: {', '.join(report['failed'])} (the next check retries)")
     if report["firing"]:
         raise SystemExit(2)
+
+
+@alerts.command("rules")
+@click.option("--flow", "flow_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Flow spec to read (default: SOPHIA_FLOW, else the shipped one).")
+@_guard
+def alerts_rules(flow_path: str | None) -> None:
+    """Print the Prometheus alert rules generated from the flow spec's alerts: section.
+
+    The shipped file is made with `sophia-tasks alerts rules > deploy/prometheus/alerts.yml`.
+    """
+    from pathlib import Path
+
+    from sophia_tasks.observe.alerts import load_alerts_config
+    from sophia_tasks.observe.prometheus_rules import render
+
+    settings = _settings()
+    if flow_path:
+        settings = settings.with_overrides(flow_path=Path(flow_path))
+    spec = _spec(settings)
+    click.echo(render(load_alerts_config(spec), spec.materializations), nl=False)

@@ -59,6 +59,7 @@ def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
             "sophia.validate": {"queue": settings.queue("sophia.validate")},
             "sophia.derive": {"queue": settings.queue("sophia.derive")},
             "sophia.backfill": {"queue": settings.queue("sophia.backfill")},
+            "sophia.reconcile": {"queue": settings.queue("sophia.backfill")},
             "sophia.ingest": {"queue": settings.queue(INGEST_QUEUE)},
         },
         worker_prefetch_multiplier=1,
@@ -76,9 +77,18 @@ def configure(app: Celery, settings: Settings, spec: FlowSpec) -> None:
             "alerts": {"task": "sophia.alerts", "schedule": settings.alerts_interval_seconds,
                        "options": {"expires": settings.alerts_interval_seconds}},
             "purge-journal": {"task": "sophia.purge_journal", "schedule": 3600.0},
+            **_reconcile_schedule(settings),
         },
     )
     bind(app, settings, spec)
+
+
+def _reconcile_schedule(settings: Settings) -> dict[str, Any]:
+    """sophia.reconcile with Gong API credentials only (it lists calls through Gong's API)."""
+    if not (settings.gong_access_key and settings.gong_access_key_secret):
+        return {}
+    every = settings.reconcile_every_seconds
+    return {"reconcile": {"task": "sophia.reconcile", "schedule": every, "options": {"expires": every}}}
 
 
 _TLS_QUERY = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")

@@ -11,6 +11,12 @@ numbers are the difference between now and the newest snapshot at least one
 window old (or the oldest there is, while the service is younger than a window).
 No snapshot yet means "unknown", which neither fires nor resolves.
 
+How a blip is kept quiet: like Prometheus' ``for``, a condition must hold for the
+alert's ``for`` duration (``alerts.for`` in the spec, 5m by default) before it is
+sent. The first evaluation that sees it firing records when (HSETNX on a second
+hash); an evaluation that sees it clear forgets it. The Prometheus rules generated
+from the same section (``sophia_tasks.observe.prometheus_rules``) carry the same ``for``.
+
 How a storm is avoided: the state of every alert is a field of one Redis hash.
 An alert is sent only by the evaluation that creates its field (HSETNX) and
 resolved only by the one that deletes it (HDEL answers 1), so however many
@@ -32,17 +38,30 @@ import yaml
 from sophia_tasks.core.alert_rules import AlertsConfig, parse_alerts
 from sophia_tasks.core.flowspec import FlowSpec, FlowSpecError
 from sophia_tasks.observe.counts import diff_counters, empty_counts, lag_quantiles, pending_dead_letters, target_counts
-from sophia_tasks.observe.stats import Stats
+from sophia_tasks.observe.stats import Stats, parse_field
 from sophia_tasks.settings import Settings, reveal
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "sophia:alerts:state"
+PENDING_KEY = "sophia:alerts:pending"  # alert key -> when its condition was first seen holding
+RECONCILE = "gong"  # the "target" of the reconciliation alert
 SNAPSHOTS_KEY = "sophia:alerts:snapshots"
 KINDS = ("error_rate", "lag", "dead_letters", "stale")
 PIPELINE = "pipeline"  # the "target" of dead letters from validate and derive (bad input)
 # Counters a window needs (per target); everything else stays out of the snapshots.
-_WINDOW_COUNTERS = ("errors", "documents_written", "lag_seconds_bucket", "lag_seconds_count", "lag_seconds_sum")
+_WINDOW_COUNTERS = ("errors", "documents_written", "lag_seconds_bucket", "lag_seconds_count", "lag_seconds_sum",
+                    "reconciled")
+
+
+def repaired_count(counters: Mapping[str, float]) -> float:
+    """Calls reconciliation enqueued (missing or newer at Gong), dry runs left out."""
+    total = 0.0
+    for raw, value in counters.items():
+        name, labels = parse_field(raw)
+        if name == "reconciled" and labels.get("mode") == "enqueued":
+            total += value
+    return total
 
 
 
@@ -99,8 +118,12 @@ def _fmt_s(seconds: float | None) -> str:
 
 def evaluate(config: AlertsConfig, targets: Iterable[str], now: float, current: Mapping[str, float],
              baseline: Mapping[str, float] | None, dead: Mapping[tuple[str, str], int] | None,
-             last_written: Mapping[str, float]) -> list[Check]:
-    """Every alert's verdict from the numbers: no I/O, so every rule is unit-tested."""
+             last_written: Mapping[str, float],
+             reconcile_baseline: Mapping[str, float] | None = None) -> list[Check]:
+    """Every alert's verdict from the numbers: no I/O, so every rule is unit-tested.
+
+    ``reconcile_baseline`` is the snapshot one ``alerts.reconcile.window`` old (None: unknown yet).
+    """
     window = target_counts(diff_counters(current, baseline)) if baseline is not None else {}
     span = _fmt_s(config.window)
     checks: list[Check] = []
@@ -155,7 +178,27 @@ def evaluate(config: AlertsConfig, targets: Iterable[str], now: float, current: 
                                 config.pipeline_dead_letters,
                                 f"{n} event(s) failed validation or a derivation and wait in the dead-letter "
                                 f"store (threshold {config.pipeline_dead_letters}); `sophia-tasks dlq list`"))
+    if config.reconcile_repaired is not None:
+        span_r = _fmt_s(config.reconcile_window)
+        if reconcile_baseline is None:
+            checks.append(Check("reconcile", RECONCILE, None, None, config.reconcile_repaired,
+                                "no earlier snapshot yet"))
+        else:
+            n = max(0.0, repaired_count(current) - repaired_count(reconcile_baseline))
+            checks.append(Check("reconcile", RECONCILE, n > config.reconcile_repaired, n, config.reconcile_repaired,
+                                f"reconciliation with Gong enqueued {int(n)} call(s) the webhook had not delivered "
+                                f"(or older versions) over the last {span_r} (threshold: more than "
+                                f"{config.reconcile_repaired}); `sophia-tasks reconcile --since ... --dry-run`"))
     return checks
+
+
+def due(config: AlertsConfig, checks: Iterable[Check], pending: Mapping[str, float], now: float) -> set[str]:
+    """Keys of the firing checks whose condition has held for their ``for`` (pending: first seen)."""
+    out = set()
+    for check in checks:
+        if check.firing is True and now - pending.get(check.key, now) >= config.hold(check.kind, check.target):
+            out.add(check.key)
+    return out
 
 
 def firing_message(prefix: str, check: Check) -> str:
@@ -184,10 +227,11 @@ def _baseline(client: redis_lib.Redis, window: float, now: float) -> dict[str, f
     return {str(k): float(v) for k, v in json.loads(found[0])["c"].items()}
 
 
-def _store_snapshot(client: redis_lib.Redis, counters: Mapping[str, float], window: float, now: float) -> None:
+def _store_snapshot(client: redis_lib.Redis, counters: Mapping[str, float], keep: float, now: float) -> None:
+    """Store this evaluation's counters; drop snapshots older than ``keep`` (at least an hour)."""
     pipe = client.pipeline(transaction=False)
     pipe.zadd(SNAPSHOTS_KEY, {json.dumps({"ts": now, "c": _window_subset(counters)}): now})
-    pipe.zremrangebyscore(SNAPSHOTS_KEY, "-inf", now - max(3 * window, 3600.0))
+    pipe.zremrangebyscore(SNAPSHOTS_KEY, "-inf", now - max(keep, 3600.0))
     pipe.execute()
 
 
@@ -243,14 +287,31 @@ def run_checks(settings: Settings, spec: FlowSpec, now: float | None = None, dry
     client = stats.client
     counters = stats.counters()
     baseline = _baseline(client, config.window, now)
+    reconcile_baseline = _baseline(client, config.reconcile_window, now)
+    keep = max(3 * config.window, 2 * config.reconcile_window)
     if not dry_run:
-        _store_snapshot(client, counters, config.window, now)
+        _store_snapshot(client, counters, keep, now)
     try:
         dead: dict[tuple[str, str], int] | None = pending_dead_letters(settings)
     except Exception as exc:  # psycopg2: the store is down; dead-letter alerts stay as they are
         log.warning("alerts: dead-letter store unreachable: %s", str(exc).strip().splitlines()[0] if str(exc) else exc)
         dead = None
-    checks = evaluate(config, spec.materializations, now, counters, baseline, dead, stats.last_written())
+    checks = evaluate(config, spec.materializations, now, counters, baseline, dead, stats.last_written(),
+                      reconcile_baseline)
+    pending = {k.decode(): float(v) for k, v in client.hgetall(PENDING_KEY).items()}
+    if not dry_run:
+        pipe = client.pipeline(transaction=False)
+        for check in checks:
+            if check.firing is True and check.key not in pending:
+                pipe.hsetnx(PENDING_KEY, check.key, now)
+            elif check.firing is False and check.key in pending:
+                pipe.hdel(PENDING_KEY, check.key)
+        evaluated = {c.key for c in checks}
+        for key in pending:
+            if key not in evaluated:  # switched off or its target removed: a later one starts afresh
+                pipe.hdel(PENDING_KEY, key)
+        pipe.execute()
+    ready = due(config, checks, pending, now)
     prefix = f"[sophia-tasks {Path(spec.path).stem}]"
     state = {k.decode(): v for k, v in client.hgetall(STATE_KEY).items()}
     fired: list[str] = []
@@ -259,6 +320,8 @@ def run_checks(settings: Settings, spec: FlowSpec, now: float | None = None, dry
     by_key = {c.key: c for c in checks}
     for check in checks:
         if check.firing is True and check.key not in state:
+            if check.key not in ready:
+                continue  # holding for less than its `for`: not sent yet
             if dry_run:
                 fired.append(check.key)
                 continue
@@ -301,7 +364,9 @@ def run_checks(settings: Settings, spec: FlowSpec, now: float | None = None, dry
         "slack": "configured" if settings.slack_webhook_url else "not configured",
         "dry_run": dry_run,
         "checks": [{"key": c.key, "kind": c.kind, "target": c.target, "firing": c.firing, "value": c.value,
-                    "threshold": c.threshold, "detail": c.detail} for c in checks],
+                    "threshold": c.threshold, "detail": c.detail, "for_seconds": config.hold(c.kind, c.target),
+                    "pending_since": pending.get(c.key, now) if c.firing and c.key not in ready else None}
+                   for c in checks],
         "fired": fired,
         "resolved": resolved,
         "failed": failed,

@@ -114,6 +114,7 @@ def collect_status(settings: Settings, spec: FlowSpec, now: float | None = None)
         alerts = firing_alerts(stats.client)
     except Exception:
         alerts = []
+    workers = _workers(settings, spec, stats, errors, now)
     return {
         "flow": str(spec.path),
         "generated_at": _iso(now),
@@ -126,8 +127,22 @@ def collect_status(settings: Settings, spec: FlowSpec, now: float | None = None)
         "throughput": throughput,
         "window_seconds": config_window,
         "alerts_firing": alerts,
+        "workers": workers,
         "errors": errors,
     }
+
+
+def _workers(settings: Settings, spec: FlowSpec, stats: Stats, errors: list[str], now: float) -> dict[str, Any]:
+    """Live worker nodes (heartbeats) and the readiness verdict /readyz gives about them."""
+    from sophia_tasks.observe.workers import worker_readiness
+
+    try:
+        verdict = worker_readiness(settings, spec, stats.client, now)
+    except Exception as exc:  # the broker is down: reported above
+        errors.append(f"workers unknown: {exc}")
+        return {"live": None, "ready": None, "reason": None, "ready_worker_seconds": settings.ready_worker_seconds}
+    return {"live": verdict.workers, "ready": verdict.ok, "reason": verdict.reason,
+            "ready_worker_seconds": settings.ready_worker_seconds}
 
 
 def _collection_counts(counters: Mapping[str, float]) -> dict[str, dict[str, float]]:
@@ -232,6 +247,14 @@ def render_status(report: Mapping[str, Any], out: IO[str] | None = None) -> None
     by_stage = report.get("dead_letters_by_stage") or {}
     console.print(f"dead letters pending: {_cell(report['dead_letters'])}"
                   + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(by_stage.items())) + ")" if by_stage else ""))
+    workers = report.get("workers") or {}
+    live = workers.get("live")
+    if live is not None:
+        names = ", ".join(f"{w['node']} (consumed {_seconds(w['consumed_age_s'])} ago, {w['active']}/"
+                          f"{w['concurrency']} busy)" if w["consumed_age_s"] is not None else w["node"] for w in live)
+        console.print(f"workers live: {len(live)}" + (f": {names}" if names else ""))
+        if workers.get("reason"):
+            console.print(f"workers NOT READY: {workers['reason']}")
     firing = report.get("alerts_firing") or []
     console.print("alerts firing: " + (", ".join(f"{a['kind']} on {a['target']}" for a in firing) or "none"))
     for err in report.get("errors") or []:

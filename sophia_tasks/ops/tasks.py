@@ -12,6 +12,7 @@ from kombu.exceptions import OperationalError as _BrokerError  # a broker blip: 
 from sophia_tasks.materializers import get_materializer
 from sophia_tasks.messaging.config import settings_of, spec_of
 from sophia_tasks.ops.backfill import DEFAULT_BATCH, BackfillError, run_file_backfill, run_gong_backfill
+from sophia_tasks.ops.reconcile import run_reconcile
 from sophia_tasks.ops.replay import replay_letters
 from sophia_tasks.pipeline.failures import StageTask
 from sophia_tasks.pipeline.runtime import context
@@ -97,3 +98,20 @@ def backfill_task(self: Any, path: str | None = None, gong: bool = False, since:
 def purge_journal_task() -> list[str]:
     """Beat: drop journal partitions older than the flow spec's ``journal.retention_days``."""
     return purge_expired(settings_of().postgres_dsn, spec_of().journal_retention_days)
+
+
+@shared_task(name="sophia.reconcile", bind=True, acks_late=True, reject_on_worker_lost=True,
+             autoretry_for=(psycopg2.OperationalError, _BrokerError, _redis.ConnectionError),
+             max_retries=3, retry_backoff=10, retry_backoff_max=120, retry_jitter=True)
+def reconcile_task(self: Any, since: str | None = None, until: str | None = None,
+                   dry_run: bool = False) -> dict[str, Any]:
+    """Beat, every SOPHIA_RECONCILE_EVERY with Gong API credentials: enqueue the calls Gong has and we
+    do not (or older). Redelivered or rerun, it resumes from its checkpoint; repairs are idempotent."""
+    try:
+        report = run_reconcile(settings_of(self.app), since, until, dry_run=dry_run)
+    except BackfillError as exc:  # no credentials, another run holds the lock: say so, do not retry
+        log.warning("reconcile skipped: %s", exc)
+        return {"status": "skipped", "error": str(exc)}
+    summary = report.as_dict()
+    summary["calls"] = summary["calls"][:50]
+    return summary

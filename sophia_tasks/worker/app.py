@@ -23,6 +23,7 @@ from sophia_tasks.ops import tasks as ops_tasks  # noqa: F401  (backfill, replay
 from sophia_tasks.pipeline import tasks as pipeline_tasks  # noqa: F401  (ingest, validate, derive, materialize)
 from sophia_tasks.settings import Settings, load_settings
 from sophia_tasks.worker import signals  # noqa: F401  (before the pool forks; stale bulkhead slots)
+from sophia_tasks.worker.heartbeat import WorkerHeartbeat
 
 
 def create_app(settings: Settings | None = None, spec: FlowSpec | None = None) -> Celery:
@@ -34,4 +35,5 @@ def create_app(settings: Settings | None = None, spec: FlowSpec | None = None) -
     app = Celery("sophia_tasks", set_as_current=True)
     configure(app, settings, spec)
     app.steps["consumer"].add(IngestBatcher)
+    app.steps["consumer"].add(WorkerHeartbeat)  # live workers for /readyz and status
     return app

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from sophia_tasks.observe.alerts import SNAPSHOTS_KEY, STATE_KEY, run_checks
+from sophia_tasks.observe.alerts import PENDING_KEY, SNAPSHOTS_KEY, STATE_KEY, run_checks
 from sophia_tasks.settings import DEFAULT_FLOW
 from tests.integration.conftest import Harness, gong_call
 from tests.integration.test_metrics import ObsStack, obs, quiesce, spec_of  # noqa: F401 (fixture)
@@ -66,7 +66,7 @@ def _spec_with_alerts(tmp_path: Path, alerts: dict[str, Any]) -> Path:
 
 
 def _reset_alerts(o: ObsStack) -> None:
-    o.cache.delete(STATE_KEY, SNAPSHOTS_KEY)
+    o.cache.delete(STATE_KEY, SNAPSHOTS_KEY, PENDING_KEY)
 
 
 def envelope(call: dict[str, Any]) -> dict[str, Any]:
@@ -77,6 +77,8 @@ def test_failing_target_alerts_once_then_resolves(harness: Harness, obs: ObsStac
                                                   slack: SlackStandIn, tmp_path: Path) -> None:
     flow = _spec_with_alerts(tmp_path, {
         "window": "5s",
+        "for": "0s",
+        "reconcile": {"repaired": "off"},
         "defaults": {"error_rate": 0.5, "min_errors": 1, "lag_p99": "6s", "dead_letters": "off",
                      "stale_after": "off"},
         "pipeline": {"dead_letters": "off"},
@@ -145,7 +147,8 @@ def test_stale_binding_alerts_once_and_resolves_on_the_next_write(harness: Harne
                                                                     slack: SlackStandIn, tmp_path: Path) -> None:
     flow = _spec_with_alerts(tmp_path, {
         "defaults": {"error_rate": "off", "lag_p99": "off", "dead_letters": "off", "stale_after": "off"},
-        "targets": {"postgres": {"stale_after": "30s"}},
+        "targets": {"postgres": {"stale_after": "30s", "for": "60s"}},
+        "reconcile": {"repaired": "off"},
         "pipeline": {"dead_letters": "off"},
     })
     settings = obs.settings(SOPHIA_FLOW=str(flow), SOPHIA_SLACK_WEBHOOK_URL=slack.url)
@@ -157,8 +160,13 @@ def test_stale_binding_alerts_once_and_resolves_on_the_next_write(harness: Harne
         harness.wait(lambda: harness.pg_rows(call["metaData"]["id"]), 30, "the call in postgres")
         assert run_checks(settings, spec)["fired"] == []
         later = time.time() + 120  # two minutes without a write to postgres
-        assert run_checks(settings, spec, now=later)["fired"] == ["stale:postgres"]
-        assert run_checks(settings, spec, now=later + 1)["fired"] == []
+        # Stale, but not yet for the 60 s its `for` asks: nothing sent, the condition is pending.
+        held = run_checks(settings, spec, now=later)
+        assert held["fired"] == [] and held["firing"] == []
+        assert held["checks"][0]["pending_since"] == later and held["checks"][0]["for_seconds"] == 60
+        assert run_checks(settings, spec, now=later + 59)["fired"] == []
+        assert run_checks(settings, spec, now=later + 60)["fired"] == ["stale:postgres"]
+        assert run_checks(settings, spec, now=later + 61)["fired"] == []
         assert [c["key"] for c in run_checks(settings, spec, now=later)["checks"]] == ["stale:postgres"]
         # Back on the real clock the last write is recent again: resolved.
         assert run_checks(settings, spec)["resolved"] == ["stale:postgres"]

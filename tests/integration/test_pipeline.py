@@ -171,7 +171,8 @@ def test_rotated_token_and_seed_curl_line(harness: Harness) -> None:
 
 def test_metrics_and_readiness(harness: Harness) -> None:
     ready = harness.http.get(harness.url + "/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"broker": "ok", "redis": "ok", "postgres": "ok"}
+    assert ready.status_code == 200 and ready.json()["checks"] == {"broker": "ok", "redis": "ok", "postgres": "ok",
+                                                                "workers": "ok"}
     assert harness.http.get(harness.url + "/healthz").json() == {"status": "ok"}
     call = gong_call()
     harness.post(envelope(call))

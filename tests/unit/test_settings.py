@@ -157,3 +157,16 @@ def test_data_keys_must_be_fernet_keys() -> None:
     with pytest.raises(ConfigError, match="SOPHIA_DATA_KEYS entry 2 is not a Fernet key"):
         load_settings({"SOPHIA_DATA_KEYS": SECRETS["SOPHIA_DATA_KEYS"].split(",")[0] + ",short"})
     assert len(load_settings({"SOPHIA_DATA_KEYS": SECRETS["SOPHIA_DATA_KEYS"]}).data_keys) == 2
+
+
+def test_ready_worker_seconds_and_reconcile_every() -> None:
+    from sophia_tasks.settings import ConfigError, load_settings
+
+    defaults = load_settings({})
+    assert defaults.ready_worker_seconds == 60 and defaults.reconcile_every_seconds == 900
+    given = load_settings({"SOPHIA_READY_WORKER_SECONDS": "20", "SOPHIA_RECONCILE_EVERY": "1h"})
+    assert given.ready_worker_seconds == 20 and given.reconcile_every_seconds == 3600
+    import pytest
+
+    with pytest.raises(ConfigError, match="SOPHIA_RECONCILE_EVERY must be a positive duration"):
+        load_settings({"SOPHIA_RECONCILE_EVERY": "often"})

@@ -9,7 +9,14 @@ import yaml
 from sophia_tasks.core.alert_rules import AlertsConfig, Thresholds, parse_alerts, parse_duration
 from sophia_tasks.core.flowspec import FlowSpecError
 from sophia_tasks.flows import load_spec, parse_spec
-from sophia_tasks.observe.alerts import Check, evaluate, firing_message, load_alerts_config, resolved_message
+from sophia_tasks.observe.alerts import (
+    Check,
+    due,
+    evaluate,
+    firing_message,
+    load_alerts_config,
+    resolved_message,
+)
 from sophia_tasks.settings import DEFAULT_FLOW
 
 TARGETS = ("redis", "postgres", "snowflake")
@@ -105,7 +112,8 @@ def test_stale_binding() -> None:
 def test_alerts_switched_off_are_not_evaluated() -> None:
     config = AlertsConfig(defaults=Thresholds(error_rate=None, lag_p99=None, dead_letters=None, stale_after=None),
                           targets={"redis": Thresholds(error_rate=None, lag_p99=None, dead_letters=None,
-                                                       stale_after=60)}, pipeline_dead_letters=None)
+                                                       stale_after=60)}, pipeline_dead_letters=None,
+                          reconcile_repaired=None)
     assert [c.key for c in evaluate(config, TARGETS, NOW, {}, {}, {}, {})] == ["stale:redis"]
 
 
@@ -169,3 +177,47 @@ def test_beat_runs_the_alerts_task() -> None:
     entry = app.conf.beat_schedule["alerts"]
     assert entry["task"] == "sophia.alerts" and entry["schedule"] == app.sophia_settings.alerts_interval_seconds
     assert "sophia.alerts" in app.tasks
+
+
+# -- for (hold) and reconcile ------------------------------------------------------------------------
+def test_a_condition_fires_only_after_it_held_for_its_for() -> None:
+    config, problems = parse_alerts({"for": "2m", "targets": {"snowflake": {"for": "0s"}}}, TARGETS)
+    assert problems == []
+    assert config.hold("lag", "redis") == 120 and config.hold("lag", "snowflake") == 0
+    assert config.hold("dead_letters", "pipeline") == 120 and config.hold("reconcile", "gong") == 0
+    firing = [Check("lag", "redis", True, 400, 300, ""), Check("lag", "snowflake", True, 1000, 900, ""),
+              Check("stale", "postgres", False, 1, 2, "")]
+    assert due(config, firing, {}, NOW) == {"lag:snowflake"}          # first seen now: only for 0s is due
+    assert due(config, firing, {"lag:redis": NOW - 119}, NOW) == {"lag:snowflake"}
+    assert due(config, firing, {"lag:redis": NOW - 120}, NOW) == {"lag:redis", "lag:snowflake"}
+
+
+def test_the_shipped_spec_holds_five_minutes_by_default() -> None:
+    config = load_alerts_config(load_spec(DEFAULT_FLOW))
+    assert config.for_seconds == 300 and config.hold("error_rate", "snowflake") == 300
+    assert (config.reconcile_repaired, config.reconcile_window, config.reconcile_for) == (10, 3600, 0)
+
+
+def test_bad_for_and_reconcile_values_are_reported() -> None:
+    _config, problems = parse_alerts({"for": "soon", "defaults": {"for": -1},
+                                      "reconcile": {"repaired": "many", "window": "x", "every": 3}}, TARGETS)
+    text = "\n".join(problems)
+    for where in ("alerts.for:", "alerts.defaults.for:", "alerts.reconcile.repaired:", "alerts.reconcile.window:",
+                  "alerts.reconcile.every: unknown key"):
+        assert where in text, problems
+
+
+def test_reconcile_fires_above_the_threshold_over_its_window() -> None:
+    config = AlertsConfig(defaults=Thresholds(error_rate=None, lag_p99=None, dead_letters=None),
+                          pipeline_dead_letters=None, reconcile_repaired=3)
+    base = {"reconciled|mode=enqueued|outcome=missing": 5.0, "reconciled|mode=dry_run|outcome=missing": 50.0}
+    three = dict(base, **{"reconciled|mode=enqueued|outcome=missing": 7.0,
+                          "reconciled|mode=enqueued|outcome=newer": 1.0,
+                          "reconciled|mode=dry_run|outcome=missing": 90.0})
+    check = by_key(evaluate(config, TARGETS, NOW, three, None, {}, {}, base))["reconcile:gong"]
+    assert check.firing is False and check.value == 3      # dry runs never count; 3 is not more than 3
+    four = dict(three, **{"reconciled|mode=enqueued|outcome=newer": 2.0})
+    check = by_key(evaluate(config, TARGETS, NOW, four, None, {}, {}, base))["reconcile:gong"]
+    assert check.firing is True and "enqueued 4 call(s)" in check.detail
+    unknown = by_key(evaluate(config, TARGETS, NOW, four, None, {}, {}, None))["reconcile:gong"]
+    assert unknown.firing is None

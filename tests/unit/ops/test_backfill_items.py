@@ -73,3 +73,38 @@ def test_dates_for_since_and_until() -> None:
     assert parse_date(None, "--until") is None
     with pytest.raises(BackfillError, match="--since"):
         parse_date("yesterday", "--since")
+
+
+# -- reconciliation (sophia_tasks.ops.reconcile) -------------------------------------------------------
+def test_reconcile_compares_gongs_version_with_ours() -> None:
+    from sophia_tasks.ops.backfill import item_to_event
+    from sophia_tasks.ops.reconcile import compare
+
+    def call(cid: str) -> dict:
+        return {"metaData": {"id": cid, "started": "2026-11-20T15:00:00-05:00"}}
+
+    events = [item_to_event(call(c), "2026-12-01T00:00:00.000000Z") for c in ("1", "2", "3", "4")]
+    assert events[0]["published_at"] == "2026-11-20T20:00:00.000000Z"  # Gong's version: the call's start
+    held = {"2": "2026-11-20T20:00:00.000000Z",   # the same version: nothing to do
+            "3": "2026-11-01T00:00:00.000000Z",   # older here: Gong's is newer
+            "4": "2026-12-02T09:00:00.000000Z"}   # a live update, newer here
+    found = [(f.key, f.outcome, f.our_version) for f, _e in compare(events, held)]
+    assert found == [("1", "missing", None), ("3", "newer", "2026-11-01T00:00:00.000000Z")]
+
+
+def test_the_beat_schedule_reconciles_only_with_gong_credentials() -> None:
+    from celery import Celery
+
+    from sophia_tasks.flows import load_spec
+    from sophia_tasks.messaging.config import configure
+    from sophia_tasks.settings import DEFAULT_FLOW, Settings
+
+    spec = load_spec(DEFAULT_FLOW)
+    without = Celery("t1")
+    configure(without, Settings(), spec)
+    assert "reconcile" not in without.conf.beat_schedule
+    with_keys = Celery("t2")
+    configure(with_keys, Settings(gong_access_key="k", gong_access_key_secret="s", reconcile_every_seconds=600), spec)
+    entry = with_keys.conf.beat_schedule["reconcile"]
+    assert entry["task"] == "sophia.reconcile" and entry["schedule"] == 600
+    assert with_keys.conf.task_routes["sophia.reconcile"]["queue"] == "sophia.backfill"
