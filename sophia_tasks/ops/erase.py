@@ -409,18 +409,21 @@ def erase_address(settings: Settings, spec: FlowSpec, address: str, *, dry_run: 
                            dry_run=dry_run, counts={name: 0 for name in STORES})
     report.counts.update({name: 0 for name in spec.materializations})
     report.audit_id = audit.start(report.requested_by, report.email_sha256, dry_run)
+    found = Found(keys=audit.erased_keys(report.email_sha256))  # what earlier runs erased, erased again
     try:
         started = utcnow()
-        found = _one_pass(settings, spec, matcher, report, dry_run, None, batch_size, progress)
+        found = _one_pass(settings, spec, matcher, report, dry_run, None, batch_size, progress, known=found,
+                          search=True)
         if settle_seconds > 0 and not dry_run and not report.errors:
             if progress:
                 progress(f"settle {settle_seconds:g}s", 0, None)
             sleep(settle_seconds)
-            found = _one_pass(settings, spec, matcher, report, dry_run, started, batch_size, progress, known=found)
+            found = _one_pass(settings, spec, matcher, report, dry_run, started, batch_size, progress, known=found,
+                              search=False)
         report.keys = {name: len(keys) for name, keys in sorted(target_keys(spec, found).items()) if keys}
     except Exception as exc:
         report.errors.setdefault("erase", _reason(exc, matcher.address))
-        audit.finish(report.audit_id, report.counts, report.errors)
+        audit.finish(report.audit_id, report.counts, report.errors, _erased(spec, found, dry_run))
         raise
     if not enabled_for(settings):
         report.notes.append("the broker is not Redis: events queued in it cannot be searched (they are "
@@ -428,25 +431,30 @@ def erase_address(settings: Settings, spec: FlowSpec, address: str, *, dry_run: 
     if report.errors:
         report.notes.append("some targets failed: the journal rows and dead letters were kept so that running "
                             "the same command again finds the same documents")
-    audit.finish(report.audit_id, report.counts, report.errors or None)
+    audit.finish(report.audit_id, report.counts, report.errors or None, _erased(spec, found, dry_run))
     return report
 
 
+def _erased(spec: FlowSpec, found: Found, dry_run: bool) -> dict[str, list[str]] | None:
+    """The keys for the audit row (none for a dry run: it erased nothing)."""
+    return None if dry_run else {name: sorted(keys) for name, keys in target_keys(spec, found).items() if keys}
+
+
 def _one_pass(settings: Settings, spec: FlowSpec, matcher: AddressMatcher, report: ErasureReport, dry_run: bool,
-              since: datetime | None, batch_size: int, progress: Progress | None,
-              known: Found | None = None) -> Found:
+              since: datetime | None, batch_size: int, progress: Progress | None, known: Found,
+              search: bool) -> Found:
     """Find, clear in-flight payload, erase the targets, then (all targets done) the journal and letters.
 
-    ``since`` (the settle pass) limits the journal and the dead letters to what came after the first pass
-    began; ``known`` carries the first pass's keys, erased again."""
+    ``known`` carries keys to erase again (earlier runs', the first pass's); ``since`` (the settle pass)
+    limits the journal and the dead letters to what came after the first pass began; ``search`` looks
+    through every target's documents for the address (the first pass only: it reads whole tables)."""
     found = Found()
     find_in_journal(settings, spec, matcher, found, since, batch_size, progress)
     find_in_dead_letters(settings, spec, matcher, found, since, batch_size, progress)
-    if known is not None:
-        for name, keys in known.keys.items():
-            found.keys.setdefault(name, set()).update(keys)
-        for name, events in known.events.items():
-            found.events.setdefault(name, []).extend(events)
+    for name, keys in known.keys.items():
+        found.keys.setdefault(name, set()).update(keys)
+    for name, events in known.events.items():
+        found.events.setdefault(name, []).extend(events)
     if enabled_for(settings):
         client = redis_lib.Redis.from_url(settings.broker_url, socket_connect_timeout=5, socket_timeout=30)
         try:
@@ -461,7 +469,7 @@ def _one_pass(settings: Settings, spec: FlowSpec, matcher: AddressMatcher, repor
         for name, n in flight.counts.items():
             report.counts[name] += n
     keys = target_keys(spec, found)
-    counts = erase_targets(settings, spec, matcher.address, keys, dry_run, report.errors, search=known is None,
+    counts = erase_targets(settings, spec, matcher.address, keys, dry_run, report.errors, search=search,
                            progress=progress)
     for name, n in counts.items():
         report.counts[name] += n
