@@ -57,7 +57,9 @@ class AddressMatcher:
     def __init__(self, address: str) -> None:
         self.address = normalize_address(address)
         self._re = re.compile(rf"(?<!{_LOCAL_CHAR}){re.escape(self.address)}(?!{_DOMAIN_GOES_ON})", re.IGNORECASE)
-        self._ascii = self.address.encode("utf-8") if self.address.isascii() else None
+        # The byte screen needs the address as JSON writes it: plain ASCII with nothing to escape.
+        plain = self.address.isascii() and '"' not in self.address and "\\" not in self.address
+        self._ascii = self.address.encode("utf-8") if plain else None
 
     def in_text(self, text: str) -> bool:
         return "@" in text and self._re.search(text) is not None

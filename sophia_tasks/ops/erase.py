@@ -46,7 +46,7 @@ from sophia_tasks.materializers import get_materializer
 from sophia_tasks.pipeline.claim_checks import PREFIX as BATCH_PREFIX
 from sophia_tasks.pipeline.stages import derive_documents, validate_events
 from sophia_tasks.settings import Settings
-from sophia_tasks.store.db import connections
+from sophia_tasks.store.db import connect, connections
 from sophia_tasks.store.erasures import ErasureAudit
 from sophia_tasks.store.journal import TABLE as JOURNAL
 from sophia_tasks.store.journal import ensure_journal
@@ -147,47 +147,59 @@ def _derived_keys(spec: FlowSpec, collection: str, derivation: str, events: list
 
 
 # -- the journal and the dead letters ----------------------------------------------------------------
+def _open_if_named(sealer: Sealer, matcher: AddressMatcher, value: Any) -> Any:
+    """A stored value opened, or None when it cannot name the address: a sealed value's clear text is
+    screened for the address before it is parsed (walking every event cost more than decrypting it)."""
+    raw = sealer.open_bytes(value)
+    if raw is None:
+        return value
+    return orjson.loads(raw) if matcher.may_be_in(raw) else None
+
+
 def _journal_pages(dsn: str, sealer: Sealer, pattern: str, since: datetime | None, batch_size: int,
                    progress: Progress | None) -> Iterator[list[tuple[datetime, str, Any]]]:
-    """The journal rows that may name the address, opened: every sealed row, and the clear rows whose
-    text holds it. Keyset pages of ``(received_at, event_id)``, each its own short transaction."""
+    """The journal rows that may name the address: every sealed row, and the clear rows whose text holds
+    it. One query streamed through a server-side cursor on a connection of its own (as a rebuild reads):
+    keyset pages re-sorted the rows of a busy second at every page."""
     clauses = ["((event->>'$sealed') IS NOT NULL OR event::text ILIKE %s ESCAPE '!')"]
     params: list[Any] = [pattern]
     if since is not None:
         clauses.append("journaled_at >= %s")
         params.append(since)
     where = " AND ".join(clauses)
-    with connections.transaction(dsn) as cur:
-        ensure_journal(cur, dsn)
-        cur.execute(f"SELECT count(*) FROM {JOURNAL} WHERE {where}", params)
-        total = int(cur.fetchone()[0])
-    done = 0
-    after: tuple[datetime, str] | None = None
-    if progress:
-        progress("journal", 0, total)
-    while True:
-        with connections.transaction(dsn) as cur:
-            page_where = where + (" AND (received_at, event_id) > (%s, %s)" if after else "")
-            cur.execute(f"SELECT received_at, event_id, event FROM {JOURNAL} WHERE {page_where} "
-                        "ORDER BY received_at, event_id LIMIT %s", [*params, *(after or ()), batch_size])
-            rows = cur.fetchall()
-        if not rows:
-            return
-        after = (rows[-1][0], rows[-1][1])
-        done += len(rows)
-        yield [(received, event_id, sealer.open(event)) for received, event_id, event in rows]
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            ensure_journal(cur, dsn)
+            cur.execute(f"SELECT count(*) FROM {JOURNAL} WHERE {where}", params)
+            total = int(cur.fetchone()[0])
+        conn.commit()
         if progress:
-            progress("journal", done, total)
+            progress("journal", 0, total)
+        done = 0
+        with conn.cursor(name="sophia_erase_journal") as cur:
+            cur.itersize = batch_size
+            cur.execute(f"SELECT received_at, event_id, event FROM {JOURNAL} WHERE {where}", params)
+            while rows := cur.fetchmany(batch_size):
+                done += len(rows)
+                yield rows
+                if progress:
+                    progress("journal", done, total)
+        conn.commit()
+    finally:
+        conn.close()
 
 
 def find_in_journal(settings: Settings, spec: FlowSpec, matcher: AddressMatcher, found: Found,
                     since: datetime | None = None, batch_size: int = 500, progress: Progress | None = None) -> int:
     """Journal rows naming the address: remembered for deletion, their documents' keys gathered."""
     n = 0
-    for page in _journal_pages(settings.postgres_dsn, sealer_for(settings), like_pattern(matcher.address), since,
-                               batch_size, progress):
-        for received, event_id, event in page:
-            if not matcher.names(event):
+    sealer = sealer_for(settings)
+    for page in _journal_pages(settings.postgres_dsn, sealer, like_pattern(matcher.address), since, batch_size,
+                               progress):
+        for received, event_id, stored in page:
+            event = _open_if_named(sealer, matcher, stored)
+            if event is None or not matcher.names(event):
                 continue
             n += 1
             found.journal_rows.append((event_id, received))
@@ -224,9 +236,12 @@ def find_in_dead_letters(settings: Settings, spec: FlowSpec, matcher: AddressMat
             return n
         last_id = rows[-1][0]
         for letter_id, collection, document_key, payload, details, error in rows:
-            payload, details = sealer.open(payload), sealer.open(details)
-            if not (matcher.in_text(error or "") or matcher.names(payload) or matcher.names(details)):
+            named = matcher.in_text(error or "")
+            for opened in (_open_if_named(sealer, matcher, payload), _open_if_named(sealer, matcher, details)):
+                named = named or matcher.names(opened)
+            if not named:
                 continue
+            payload = sealer.open(payload)
             n += 1
             found.letter_ids.append(int(letter_id))
             if isinstance(payload, Mapping) and isinstance(payload.get("document"), Mapping) and "event_id" in payload:

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     keys         jsonb
 );
 CREATE INDEX IF NOT EXISTS {TABLE}_email_idx ON {TABLE} (email_sha256);
+ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS keys jsonb;
 """
 
 

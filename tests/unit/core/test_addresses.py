@@ -78,3 +78,9 @@ def test_the_byte_screen_never_drops_a_document_that_names_the_address() -> None
 def test_like_pattern_escapes_the_wildcards_of_an_address() -> None:
     assert like_pattern(" Carl@Acme.com ") == "%carl@acme.com%"
     assert like_pattern("a_b%c!d@x.io") == "%a!_b!%c!!d@x.io%"
+
+
+def test_an_address_json_would_escape_is_never_screened_out() -> None:
+    matcher = AddressMatcher('"carl"@acme.com')
+    raw = b'{"note":"\\"carl\\"@acme.com"}'  # how JSON writes it
+    assert matcher.may_be_in(raw) and matcher.in_text('write to "carl"@acme.com')
