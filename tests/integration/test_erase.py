@@ -177,13 +177,11 @@ def test_erase_by_email_everywhere_and_nothing_brings_it_back(harness: Harness) 
         assert {k: v for k, v in late["counts"].items() if v} == {"redis": 1, "postgres": 1}
         assert nowhere(harness, cid(named_party))
 
-        # Nothing is left to find anywhere (the table a person reads), and a bad address is one line.
+        # Nothing is left to find anywhere (the table a person reads).
         again = harness.cli("erase", "--email", address, "--dry-run", "--settle", "0")
         assert again.returncode == 0, again.stderr
         assert "would erase 0 in all" in again.stdout and "dry run" in again.stdout
         assert address.lower() not in (again.stdout + again.stderr).lower()
-        bad = harness.cli("erase", "--email", "erin at example.org")
-        assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "is not an e-mail address" in bad.stderr
     finally:
         broker.delete(cut, batch)
         broker.close()
