@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 import redis
+import yaml
 
 from sophia_tasks.core.addresses import address_hash
 from sophia_tasks.core.documents import format_version, make_document, utcnow
-from sophia_tasks.flows import load_spec
-from sophia_tasks.materializers import get_materializer
+from sophia_tasks.flows import load_spec, parse_spec
+from sophia_tasks.materializers import TransientTargetError, get_materializer, register
+from sophia_tasks.materializers.base import _REGISTRY
+from sophia_tasks.ops.erase import erase_address
 from sophia_tasks.settings import load_settings
 from tests.integration.conftest import Harness, gong_call
 from tests.integration.test_journal_rebuild import broker_idle
@@ -185,3 +189,49 @@ def test_erase_by_email_everywhere_and_nothing_brings_it_back(harness: Harness) 
     finally:
         broker.delete(cut, batch)
         broker.close()
+
+
+class BrokenTarget:
+    """A materialization that cannot be reached when erasing (its searches answer nothing)."""
+
+    name = "broken"
+
+    def __init__(self, *_: Any) -> None:
+        pass
+
+    def search(self, binding: Any, address: str) -> list[str]:
+        return []
+
+    def erase(self, binding: Any, keys: list[str]) -> int:
+        raise TransientTargetError("broken: unreachable")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_target_that_fails_keeps_the_journal_rows_so_the_same_command_finds_the_person_again(
+        harness: Harness) -> None:
+    address = f"fay.failed.{uuid.uuid4().hex[:8]}@example.org"
+    call = gong_call(title="erase: a target fails")
+    call["parties"][1]["emailAddress"] = address
+    assert harness.post(envelope(call)).status_code == 202
+    harness.wait(lambda: everywhere(harness, cid(call)), 60, "the call in every target")
+    settings = load_settings()
+    spec = load_spec(settings.flow_path)
+    data = yaml.safe_load(Path(settings.flow_path).read_text())
+    data["materializations"]["broken"] = {"endpoint": "broken",
+                                          "bindings": [{"source": "gong_calls_enriched", "resource": {}}]}
+    register("broken", lambda *_: [])(BrokenTarget)  # in this process only: the worker never sees it
+    try:
+        failed = erase_address(settings, parse_spec(data), address, by="erase-test")
+    finally:
+        _REGISTRY.pop("broken", None)
+    assert failed.errors == {"broken": "TransientTargetError: broken: unreachable"}
+    assert (failed.counts["redis"], failed.counts["postgres"], failed.counts["snowflake"]) == (1, 1, 1)
+    assert failed.counts["journal"] == 0 and journaled_ids(harness, [envelope(call)["id"]])  # kept for a rerun
+    (row,) = audit_rows(harness, address_hash(address))
+    assert row["status"] == "failed" and row["errors"] == failed.errors and address not in row["text"]
+
+    again = erase_address(settings, spec, address, by="erase-test")  # the target is back (here: not in the spec)
+    assert again.errors == {} and again.counts["journal"] == 1 and again.total == 1
+    assert not journaled_ids(harness, [envelope(call)["id"]]) and nowhere(harness, cid(call))
