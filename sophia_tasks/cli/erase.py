@@ -73,8 +73,8 @@ def erase_command(address: str, dry_run: bool, requested_by: str | None, settle:
       sophia-tasks erase --email carl@acme.com --by "DPO ticket 4711"
 
     Prints a count per store. Every run, dry or not, writes a row to the sophia_erasures table:
-    who, when, the counts and the SHA-256 of the address, never the address itself. Safe to run
-    again: a second run finds nothing more.
+    who, when, the counts, the keys erased and the SHA-256 of the address, never the address
+    itself. Safe to run again: a second run finds nothing more.
     """
     from sophia_tasks.core.addresses import AddressError
     from sophia_tasks.ops.erase import erase_address
