@@ -17,6 +17,7 @@ from sophia_tasks.cli.common import settings_or_exit as _settings
 from sophia_tasks.cli.common import spec_or_exit as _spec
 from sophia_tasks.cli.common import table as _table
 from sophia_tasks.cli.dlq import dlq
+from sophia_tasks.cli.erase import erase_command
 from sophia_tasks.cli.keys import keys
 from sophia_tasks.cli.observe import alerts as alerts_command
 from sophia_tasks.cli.ops import backfill_command, check_command, rebuild_command
@@ -140,6 +141,7 @@ main.add_command(rebuild_command)
 main.add_command(check_command)
 main.add_command(reconcile_command)
 main.add_command(alerts_command)
+main.add_command(erase_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

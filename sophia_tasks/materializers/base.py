@@ -39,6 +39,19 @@ class Materializer(Protocol):
 
     def fetch(self, binding: Binding, key: str) -> dict[str, Any] | None: ...
 
+    # Erasure (``sophia-tasks erase``): hard deletes whatever the binding's soft-delete setting.
+    def erase(self, binding: Binding, keys: list[str]) -> int:
+        """Delete these keys (any version, tombstones too); answers how many were there."""
+        ...
+
+    def count_keys(self, binding: Binding, keys: list[str]) -> int:
+        """How many of these keys the binding holds (what ``erase`` would delete: the dry run)."""
+        ...
+
+    def search(self, binding: Binding, address: str) -> list[str]:
+        """Keys of the stored documents that name ``address`` (``core.addresses`` rules)."""
+        ...
+
     def close(self) -> None: ...
 
 

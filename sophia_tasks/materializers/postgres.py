@@ -210,6 +210,50 @@ class PostgresMaterializer:
                         .format(sql.Identifier(TOMBSTONES)), (str(binding.table), days))
             return cur.rowcount
 
+    # -- erasure ----------------------------------------------------------------------
+    #: Keys per statement of an erasure.
+    erase_batch = 1000
+
+    def erase(self, binding: Binding, keys: list[str]) -> int:
+        """One ``DELETE ... = ANY`` per batch of keys: the rows go, soft-deleted ones included."""
+        return self._per_batch(binding, keys, "DELETE FROM {} WHERE {} = ANY(%s)")
+
+    def count_keys(self, binding: Binding, keys: list[str]) -> int:
+        return self._per_batch(binding, keys, "SELECT count(*) FROM {} WHERE {} = ANY(%s)")
+
+    def _per_batch(self, binding: Binding, keys: list[str], statement: str) -> int:
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return 0
+        self.ensure_table(binding)
+        query = sql.SQL(statement).format(sql.Identifier(str(binding.table)), sql.Identifier(binding.key_column))
+        total = 0
+        try:
+            for start in range(0, len(unique), self.erase_batch):
+                with self.conns.transaction(self.dsn) as cur:
+                    cur.execute(query, (unique[start:start + self.erase_batch],))
+                    total += int(cur.fetchone()[0]) if cur.description else cur.rowcount
+        except psycopg2.Error as exc:
+            if _transient(exc):
+                raise TransientTargetError(f"postgres: {str(exc).strip()}") from exc
+            raise
+        return total
+
+    def search(self, binding: Binding, address: str) -> list[str]:
+        """Rows whose document's text holds the address (``ILIKE``, wildcards escaped), confirmed in Python."""
+        from sophia_tasks.core.addresses import AddressMatcher, like_pattern
+
+        matcher = AddressMatcher(address)
+        self.ensure_table(binding)
+        query = sql.SQL("SELECT {}, flow_document FROM {} WHERE flow_document::text ILIKE %s ESCAPE '!'").format(
+            sql.Identifier(binding.key_column), sql.Identifier(str(binding.table)))
+        found: list[str] = []
+        with self.conns.transaction(self.dsn) as cur:
+            cur.execute(query, (like_pattern(address),))
+            while rows := cur.fetchmany(self.erase_batch):
+                found += [str(key) for key, doc in rows if matcher.names(doc)]
+        return found
+
     def close(self) -> None:
         self.conns.discard(self.dsn)
 

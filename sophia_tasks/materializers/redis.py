@@ -101,6 +101,63 @@ class RedisMaterializer:
         raw = self.client.get(self.key(binding, key))
         return orjson.loads(raw) if raw else None
 
+    # -- erasure ----------------------------------------------------------------------
+    def erase(self, binding: Binding, keys: list[str]) -> int:
+        """``DEL`` the keys, one pipeline per chunk: a hard delete, whatever the value holds."""
+        return self._per_chunk(binding, keys, "delete")
+
+    def count_keys(self, binding: Binding, keys: list[str]) -> int:
+        return self._per_chunk(binding, keys, "exists")
+
+    def _per_chunk(self, binding: Binding, keys: list[str], command: str) -> int:
+        names = [self.key(binding, k) for k in dict.fromkeys(keys)]
+        if not names:
+            return 0
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for start in range(0, len(names), CHUNK):
+                getattr(pipe, command)(*names[start:start + CHUNK])
+            return int(sum(int(r) for r in pipe.execute()))
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+            raise TransientTargetError(f"redis unreachable: {exc}") from exc
+
+    def search(self, binding: Binding, address: str) -> list[str]:
+        """SCAN the binding's prefix and read the values a chunk at a time (one MGET each)."""
+        from sophia_tasks.core.addresses import AddressMatcher
+
+        matcher = AddressMatcher(address)
+        prefix = binding.key_prefix
+        found: list[str] = []
+        chunk: list[bytes] = []
+
+        def look(names: list[bytes]) -> None:
+            for name, raw in zip(names, self.client.mget(names), strict=True):
+                if not raw or not matcher.may_be_in(raw):
+                    continue
+                try:
+                    hit = matcher.names(orjson.loads(raw))
+                except orjson.JSONDecodeError:  # not written by us: look at the text itself
+                    hit = matcher.in_text(raw.decode("utf-8", "replace"))
+                if hit:
+                    found.append(name.decode()[len(prefix):])
+
+        try:
+            for name in self.client.scan_iter(match=f"{self._glob_escape(prefix)}*", count=1000):
+                chunk.append(name)
+                if len(chunk) >= CHUNK:
+                    look(chunk)
+                    chunk = []
+            if chunk:
+                look(chunk)
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+            raise TransientTargetError(f"redis unreachable: {exc}") from exc
+        return found
+
+    @staticmethod
+    def _glob_escape(text: str) -> str:
+        """A key prefix as a literal in a SCAN pattern (``*?[]\\`` are glob characters)."""
+        return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
     def close(self) -> None:
         self.client.close()
 

@@ -295,6 +295,49 @@ class SnowflakeMaterializer:
         value = rows[0][0]
         return orjson.loads(value) if isinstance(value, (str, bytes)) else value
 
+    # -- erasure ----------------------------------------------------------------------
+    #: Keys per statement of an erasure (bound as one JSON array).
+    erase_batch = 1000
+
+    def erase(self, binding: Binding, keys: list[str]) -> int:
+        """One ``DELETE`` per batch of keys, the keys bound as one JSON array: a hard delete."""
+        return self._per_batch(binding, keys, "DELETE FROM {table} WHERE {key} IN ({keys})")
+
+    def count_keys(self, binding: Binding, keys: list[str]) -> int:
+        return self._per_batch(binding, keys, "SELECT COUNT(*) FROM {table} WHERE {key} IN ({keys})")
+
+    def _per_batch(self, binding: Binding, keys: list[str], statement: str) -> int:
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return 0
+        query = statement.format(table=self.table_name(binding), key=quote_ident(binding.key_column),
+                                 keys="SELECT f.value::VARCHAR FROM TABLE(FLATTEN(INPUT => PARSE_JSON(?))) f")
+        total = 0
+        with self._lock:
+            self.ensure_table(binding)
+            for start in range(0, len(unique), self.erase_batch):
+                rows = self._execute(query, [orjson.dumps(unique[start:start + self.erase_batch]).decode()])
+                total += int(rows[0][0] or 0) if rows else 0
+        return total
+
+    def search(self, binding: Binding, address: str) -> list[str]:
+        """Rows whose document, cast to VARCHAR, holds the address (``ILIKE``), confirmed in Python."""
+        from sophia_tasks.core.addresses import AddressMatcher, like_pattern
+
+        matcher = AddressMatcher(address)
+        with self._lock:
+            self.ensure_table(binding)
+            text = 'TO_VARCHAR("FLOW_DOCUMENT")'
+            rows = self._execute(
+                f"SELECT {quote_ident(binding.key_column)}, {text} FROM {self.table_name(binding)} "
+                f"WHERE {text} ILIKE ? ESCAPE '!'", [like_pattern(address)])
+        found = []
+        for key, text in rows:
+            document = orjson.loads(text) if isinstance(text, (str, bytes)) else text
+            if matcher.names(document):
+                found.append(str(key))
+        return found
+
     def close(self) -> None:
         self._discard()
 

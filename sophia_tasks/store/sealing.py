@@ -49,6 +49,18 @@ class Sealer:
         except InvalidToken:
             raise SealedError("no key of SOPHIA_DATA_KEYS opens this payload") from None
 
+    def open_bytes(self, value: Any) -> bytes | None:
+        """A sealed value's clear JSON text, unparsed (None for a clear value): erasure screens the text
+        of every journaled event for an address and parses only the few that may hold it."""
+        if not is_sealed(value):
+            return None
+        if self._all is None:
+            raise SealedError("a sealed payload was read but SOPHIA_DATA_KEYS is not set")
+        try:
+            return self._all.decrypt(value[SEALED].encode("ascii"))
+        except InvalidToken:
+            raise SealedError("no key of SOPHIA_DATA_KEYS opens this payload") from None
+
     def needs_resealing(self, value: Any) -> bool:
         """Clear, or sealed under a key other than the first: ``keys rotate`` seals it again."""
         if self._first is None:

@@ -53,3 +53,14 @@ def test_journal_rows_seal_the_event_and_keep_its_digest_stable() -> None:
     assert first[8] == second[8]  # ...so the conflict rule compares the clear text's digest
     (clear,) = journal_rows([EVENT], "live")
     assert clear[8] == first[8] and "carl@acme.com" in clear[7]
+
+
+def test_open_bytes_gives_the_clear_text_of_a_sealed_value_and_none_for_a_clear_one() -> None:
+    key = new_key()
+    text = Sealer([key]).seal_text(jsonb_text(EVENT))
+    assert orjson.loads(Sealer([new_key(), key]).open_bytes(stored(text))) == EVENT
+    assert Sealer([key]).open_bytes(EVENT) is None
+    with pytest.raises(SealedError, match="no key of SOPHIA_DATA_KEYS opens"):
+        Sealer([new_key()]).open_bytes(stored(text))
+    with pytest.raises(SealedError, match="SOPHIA_DATA_KEYS is not set"):
+        Sealer(()).open_bytes(stored(text))
