@@ -330,22 +330,26 @@ def apply_plan(settings: Settings, spec: FlowSpec, plan: Plan, progress: Progres
     return ApplyResult(applied, refused, filled)
 
 
+_UPSERT = (f"INSERT INTO {SERVICE_TABLE} (materialization, endpoint, table_name, source, columns, pending_fill) "
+           f"VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (materialization, table_name) DO UPDATE SET ")
+
+
 def _record(settings: Settings, mat: str, endpoint: str, binding: Binding, columns: dict[str, str]) -> None:
+    """The binding as applied: its columns, nothing left to fill."""
     with connections.transaction(settings.postgres_dsn) as cur:
-        cur.execute(f"INSERT INTO {SERVICE_TABLE} (materialization, endpoint, table_name, source, columns, pending_fill) "
-                    f"VALUES (%s, %s, %s, %s, %s, '[]') ON CONFLICT (materialization, table_name) DO UPDATE SET "
-                    f"endpoint = EXCLUDED.endpoint, source = EXCLUDED.source, columns = EXCLUDED.columns, "
-                    f"pending_fill = '[]', applied_at = now()",
-                    (mat, endpoint, str(binding.table), binding.source, psycopg2.extras.Json(columns)))
+        cur.execute(_UPSERT + "endpoint = EXCLUDED.endpoint, source = EXCLUDED.source, columns = EXCLUDED.columns, "
+                    "pending_fill = '[]', applied_at = now()",
+                    (mat, endpoint, str(binding.table), binding.source, psycopg2.extras.Json(columns),
+                     psycopg2.extras.Json([])))
 
 
 def _mark_pending(settings: Settings, mat: str, endpoint: str, binding: Binding, columns: list[str]) -> None:
+    """Before a column is added: its fill is owed, until ``_record`` or ``_clear_pending`` says done."""
     with connections.transaction(settings.postgres_dsn) as cur:
-        cur.execute(f"INSERT INTO {SERVICE_TABLE} (materialization, endpoint, table_name, source, columns, pending_fill) "
-                    f"VALUES (%s, %s, %s, %s, '{{}}', %s) ON CONFLICT (materialization, table_name) DO UPDATE SET "
-                    f"pending_fill = (SELECT jsonb_agg(DISTINCT c) FROM jsonb_array_elements_text("
+        cur.execute(_UPSERT + f"pending_fill = (SELECT jsonb_agg(DISTINCT c) FROM jsonb_array_elements_text("
                     f"{SERVICE_TABLE}.pending_fill || EXCLUDED.pending_fill) AS c)",
-                    (mat, endpoint, str(binding.table), binding.source, psycopg2.extras.Json(columns)))
+                    (mat, endpoint, str(binding.table), binding.source, psycopg2.extras.Json({}),
+                     psycopg2.extras.Json(columns)))
 
 
 def _clear_pending(settings: Settings, mat: str, table: str) -> None:

@@ -269,7 +269,8 @@ class SnowflakeMaterializer:
         while True:
             with self._lock:
                 if last is None:
-                    rows = self._execute(f'SELECT {key}, "FLOW_DOCUMENT" FROM {t} ORDER BY {key} LIMIT {int(batch_rows)}')
+                    rows = self._execute(f'SELECT {key}, "FLOW_DOCUMENT" FROM {t} ORDER BY {key} '
+                                         f"LIMIT {int(batch_rows)}")
                 else:
                     rows = self._execute(f'SELECT {key}, "FLOW_DOCUMENT" FROM {t} WHERE {key} > ? ORDER BY {key} '
                                          f"LIMIT {int(batch_rows)}", [last])
