@@ -236,19 +236,22 @@ def make_plan(settings: Settings, spec: FlowSpec) -> Plan:
                                     writer.live_columns(str(b.table)), by_key.get((m.name, str(b.table))),
                                     writer.manual_type_change)
 
-    def exists(endpoint: str, table: str) -> bool | None:
-        writer = writers.get(endpoint)
-        if writer is None:
+    def writer_for(endpoint: str) -> Any:
+        """The endpoint's materializer, also for an endpoint the spec no longer uses (None: unknown)."""
+        if endpoint not in writers:
             try:
                 writer = get_materializer(endpoint, settings, spec)
             except KeyError:
                 return None
-            if not hasattr(writer, "live_columns"):
-                return None
-        return writer.live_columns(table) is not None
+            writers[endpoint] = writer if hasattr(writer, "live_columns") else None
+        return writers[endpoint]
+
+    def exists(endpoint: str, table: str) -> bool | None:
+        writer = writer_for(endpoint)
+        return None if writer is None else writer.live_columns(table) is not None
 
     def manual_drop(endpoint: str, table: str) -> str:
-        writer = writers.get(endpoint)
+        writer = writer_for(endpoint)
         return writer.manual_drop(table) if writer is not None else f"DROP TABLE {table};"
 
     changes += removed_bindings(spec, recorded, exists, manual_drop)
