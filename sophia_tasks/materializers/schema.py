@@ -13,7 +13,7 @@ from typing import Mapping
 #: Seconds a table found matching is trusted before it is looked at again.
 CHECK_OK_SECONDS = 60.0
 #: Seconds a table found not matching is trusted: a paused binding resumes this soon after `flows apply`.
-CHECK_PAUSED_SECONDS = 5.0
+CHECK_PAUSED_SECONDS = 2.0
 
 
 @dataclass(frozen=True)

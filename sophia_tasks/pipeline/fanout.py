@@ -23,7 +23,7 @@ from sophia_tasks.store.deadletter import Letter
 log = logging.getLogger(__name__)
 
 #: Seconds a paused batch waits before it looks at its table again, at first...
-PAUSE_RECHECK_MIN = 5.0
+PAUSE_RECHECK_MIN = 3.0
 #: ...and at most, once the pause has lasted a while (a tenth of its age so far): a long pause
 #: must not churn the broker, and `flows apply` is followed by writes within a minute.
 PAUSE_RECHECK_MAX = 60.0
@@ -173,7 +173,7 @@ def write_and_settle(ctx: Context, node: str | None, slot: str | None, target: s
 
 
 def pause_countdown(paused_for: float) -> float:
-    """How long a paused batch waits before it looks again: 5 s at first, a tenth of the pause so far
+    """How long a paused batch waits before it looks again: 3 s at first, a tenth of the pause so far
     after that, at most a minute."""
     return round(min(PAUSE_RECHECK_MAX, max(PAUSE_RECHECK_MIN, paused_for / 10.0)), 3)
 
@@ -187,6 +187,8 @@ def hold_paused(ctx: Context, target: str, collection: str, documents: list[dict
     now = time.time()
     since = _paused_since.setdefault(key, now)
     countdown = pause_countdown(now - since)
+    if ctx.settings.batch_ttl_seconds > 0:  # the fresh claim check must outlive the wait
+        countdown = min(countdown, ctx.settings.batch_ttl_seconds / 2)
     record_error(ctx, "materialize", target, "paused", len(documents))
     try:
         paused_bindings.mark(ctx.stats.client, target, collection, str(exc), len(documents), now)
