@@ -29,7 +29,6 @@ from prometheus_client.core import (
     Metric,
 )
 
-from sophia_tasks.observe.paused import paused_bindings
 from sophia_tasks.observe.stats import LAG_BUCKETS, STAGES, Stats, parse_field
 
 log = logging.getLogger(__name__)
@@ -255,6 +254,7 @@ class SophiaCollector:
     # -- alerts --------------------------------------------------------------------------
     def _alert_families(self, stats: Stats) -> Iterator[Metric]:
         from sophia_tasks.observe.alerts import firing_alerts
+        from sophia_tasks.observe.paused import paused_bindings
 
         firing = GaugeMetricFamily("sophia_alert_firing", "1 for each alert sophia.alerts has sent to Slack and "
                                    "not yet resolved", labels=["alert", "target"])

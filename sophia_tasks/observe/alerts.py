@@ -163,8 +163,8 @@ def evaluate(config: AlertsConfig, targets: Iterable[str], now: float, current: 
                           + "; ".join(f"{e.get('collection')}: {e.get('reason')}" for e in entries)[:1500]
                           + ". Run `sophia-tasks flows plan`, then `sophia-tasks flows apply`")
                 checks.append(Check("paused", target, True, round(longest, 1), None, detail))
-            else:
-                checks.append(Check("paused", target, False, 0.0, None, "no binding paused"))
+            # Not paused: no check at all, so the other alerts' list stays as configured; a paused alert
+            # that fired is resolved as "no longer evaluated" once its binding writes again.
     if config.pipeline_dead_letters is not None:
         if dead is None:
             checks.append(Check("dead_letters", PIPELINE, None, None, config.pipeline_dead_letters,

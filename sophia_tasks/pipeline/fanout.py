@@ -186,14 +186,14 @@ def hold_paused(ctx: Context, target: str, collection: str, documents: list[dict
     key = (target, collection)
     now = time.time()
     since = _paused_since.setdefault(key, now)
+    record_error(ctx, "materialize", target, "paused", len(documents))
+    try:  # since when any process has seen it paused (a pause that ended long ago starts anew)
+        since = paused_bindings.mark(ctx.stats.client, target, collection, str(exc), len(documents), now)
+    except Exception as err:  # the counters' Redis: the documents are kept all the same
+        log.warning("%s: could not record the paused binding of %s: %s", target, collection, err)
     countdown = pause_countdown(now - since)
     if ctx.settings.batch_ttl_seconds > 0:  # the fresh claim check must outlive the wait
         countdown = min(countdown, ctx.settings.batch_ttl_seconds / 2)
-    record_error(ctx, "materialize", target, "paused", len(documents))
-    try:
-        paused_bindings.mark(ctx.stats.client, target, collection, str(exc), len(documents), now)
-    except Exception as err:  # the counters' Redis: the documents are kept all the same
-        log.warning("%s: could not record the paused binding of %s: %s", target, collection, err)
     if now - _pause_logged.get(key, 0.0) >= PAUSE_LOG_EVERY:
         _pause_logged[key] = now
         log.error("%s: binding of %s PAUSED, its documents are kept and looked at again every %.0f-%.0f s "

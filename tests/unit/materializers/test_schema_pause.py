@@ -74,9 +74,10 @@ def test_a_paused_batch_is_resent_with_the_same_attempt_under_a_fresh_claim(monk
     monkeypatch.setattr(fanout, "claim_check", lambda ctx, docs, targets, name=None: claims.append(
         (len(docs), targets, name)) or {"$batch": name})
     monkeypatch.setattr(fanout, "record_error", lambda ctx, stage, target, reason, n: errors.append((reason, n)))
-    monkeypatch.setattr(fanout.paused_bindings, "mark", lambda client, t, c, reason, n, now: marked.append((t, c, n)))
+    monkeypatch.setattr(fanout.paused_bindings, "mark", lambda client, t, c, reason, n, now: marked.append(
+        (t, c, n)) or now - 600)  # paused for 10 minutes already: the wait grows, within the claim's expiry
     monkeypatch.setattr(fanout, "_paused_since", {})
-    ctx = SimpleNamespace(settings=SimpleNamespace(batch_ttl_seconds=4), stats=SimpleNamespace(client=None))
+    ctx = SimpleNamespace(settings=SimpleNamespace(batch_ttl_seconds=100), stats=SimpleNamespace(client=None))
     exc = BindingPaused("postgres", "t", [Drift("missing_column", "a", "text")])
     fanout.hold_paused(ctx, "pg", "calls", [{"i": 1}, {"i": 2}], 4, "bulk", "task-1", exc)  # type: ignore[arg-type]
     assert claims == [(2, ["pg"], "task-1:paused")]
@@ -84,5 +85,5 @@ def test_a_paused_batch_is_resent_with_the_same_attempt_under_a_fresh_claim(monk
     assert msg["args"] == ("pg", "calls", {"$batch": "task-1:paused"})
     assert msg["attempt"] == 4, "a pause never uses up the retry budget"
     assert msg["lane"] == "bulk"
-    assert msg["countdown"] == 2.0, "the wait stays within the claim check's expiry"
+    assert msg["countdown"] == 50.0, "a tenth of the pause (60 s), but within half the claim check's expiry"
     assert errors == [("paused", 2)] and marked == [("pg", "calls", 2)]
