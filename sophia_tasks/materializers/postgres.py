@@ -65,7 +65,8 @@ class PostgresMaterializer:
         self.dsn = settings.postgres_dsn
         self.spec = spec
         self.conns = conns
-        self._checks = TableChecks()
+        self._ready: set[tuple[int, str]] = set()
+        self._checks = TableChecks()  # table -> its last check against the spec (a short cache)
 
     # -- the table: created when missing, else checked against the spec (never altered here) -------
     def ensure_table(self, binding: Binding) -> None:
@@ -244,6 +245,7 @@ class PostgresMaterializer:
                     # Dropped under the "ready" cache (an operator, before a rebuild): create it again, once.
                     if attempt == 2:
                         raise
+                    self._ready = {m for m in self._ready if m[1] != str(binding.table)}
                     self._checks.forget(str(binding.table))
                 except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                     # A kept connection the server closed while idle (a restart, pg_terminate_backend):

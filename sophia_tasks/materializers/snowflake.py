@@ -119,7 +119,8 @@ class SnowflakeMaterializer:
         self.sf = settings.snowflake
         self.spec = spec
         self._conn: Any = None
-        self._ready = TableChecks()  # table -> its last check against the spec (a short cache)
+        self._ready: set[str] = set()
+        self._checks = TableChecks()  # table -> its last check against the spec (a short cache)
         self._lock = threading.Lock()
 
     # -- connection ---------------------------------------------------------------
@@ -139,7 +140,8 @@ class SnowflakeMaterializer:
             cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.sf.database)}.{quote_ident(self.sf.schema)}")
             cur.execute(f"USE SCHEMA {quote_ident(self.sf.database)}.{quote_ident(self.sf.schema)}")
         self._conn = conn
-        self._ready.forget()
+        self._ready.clear()
+        self._checks.forget()
         return conn
 
     def _discard(self) -> None:
@@ -183,14 +185,14 @@ class SnowflakeMaterializer:
         document a dead letter. `sophia-tasks flows apply` adds the column and fills it. Callers
         hold ``self._lock``."""
         table = str(binding.table)
-        drift = self._ready.cached(table)
+        drift = self._checks.cached(table)
         if drift is None:
             live = self._live_columns(table)
             if live is None:
                 self._create(binding)
                 live = self._live_columns(table) or {}
             drift = table_drift(self.expected_columns(binding), live, self.required_columns(binding))
-            self._ready.remember(table, drift)
+            self._checks.remember(table, drift)
         if drift:
             raise BindingPaused(self.name, table, drift)
 
@@ -236,7 +238,7 @@ class SnowflakeMaterializer:
     def create_table(self, binding: Binding) -> None:
         with self._lock:
             self._create(binding)
-            self._ready.forget(str(binding.table))
+            self._checks.forget(str(binding.table))
 
     def add_columns(self, binding: Binding, projections: list[Projection]) -> None:
         """Add the projections' columns (NULL for now); safe to rerun."""
@@ -246,7 +248,7 @@ class SnowflakeMaterializer:
                 if p.column not in live:
                     self._execute(f"ALTER TABLE {self.table_name(binding)} ADD COLUMN {quote_ident(p.column)} "
                                   f"{SF_TYPES[p.type]}")
-            self._ready.forget(str(binding.table))
+            self._checks.forget(str(binding.table))
 
     def fill_columns(self, binding: Binding, projections: list[Projection], batch_rows: int = 1000,
                      progress: Callable[[int, int], None] | None = None) -> int:
