@@ -41,7 +41,9 @@ def _planned(settings: Any, spec: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @guard
 def plan_command(path: str | None, as_json: bool) -> None:
-    """Compare the flow spec (PATH, else SOPHIA_FLOW) with the live tables; exit 2 when there are changes."""
+    """Compare the flow spec (PATH, else SOPHIA_FLOW) with the live tables.
+
+    Exit 0 when there is nothing to do, 2 when there are changes, 1 on an error."""
     settings = settings_or_exit()
     plan = _planned(settings, _spec_at(path, settings))
     if as_json:
