@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 # Error reasons each stage records (``pipeline.records.record_error`` callers), exported at zero until seen.
 KNOWN_ERRORS: tuple[tuple[str, str], ...] = (("materialize", "data"), ("materialize", "unreachable"),
-                                             ("materialize", "exception"), ("materialize", "expired"))
+                                             ("materialize", "exception"), ("materialize", "expired"),
+                                             ("materialize", "paused"))
 STAGE_ERRORS: tuple[tuple[str, str], ...] = (("validate", "schema"), ("validate", "exception"),
                                              ("derive", "transform"), ("derive", "exception"))
 # Counters per collection that the stages keep: stats name -> (metric name, help).
@@ -266,6 +267,7 @@ class SophiaCollector:
     # -- alerts --------------------------------------------------------------------------
     def _alert_families(self, stats: Stats) -> Iterator[Metric]:
         from sophia_tasks.observe.alerts import firing_alerts
+        from sophia_tasks.observe.paused import paused_bindings
 
         firing = GaugeMetricFamily("sophia_alert_firing", "1 for each alert sophia.alerts has sent to Slack and "
                                    "not yet resolved", labels=["alert", "target"])
@@ -276,6 +278,16 @@ class SophiaCollector:
             log.warning("metrics: alert state unavailable: %s", exc)
             return
         yield firing
+        paused = GaugeMetricFamily("sophia_binding_paused", "1 for each binding whose table does not match the flow "
+                                   "spec: its documents are held until `sophia-tasks flows apply`",
+                                   labels=["target", "collection"])
+        try:
+            for entry in paused_bindings(stats.client):
+                paused.add_metric([str(entry.get("target")), str(entry.get("collection"))], 1.0)
+        except redis_lib.RedisError as exc:
+            log.warning("metrics: paused bindings unavailable: %s", exc)
+            return
+        yield paused
 
 
 def _fmt_le(value: float) -> str:

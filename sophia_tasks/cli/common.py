@@ -8,6 +8,7 @@ import click
 
 from sophia_tasks.core.flowspec import FlowSpecError
 from sophia_tasks.flows import load_spec
+from sophia_tasks.materializers.schema import BindingPaused
 from sophia_tasks.settings import ConfigError, Settings, load_settings
 from sophia_tasks.store.sealing import SealedError
 
@@ -59,7 +60,7 @@ def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}")
         except redis.RedisError as exc:
             fail(f"Redis unreachable: {exc}")
-        except (FlowSpecError, ConfigError, SealedError) as exc:
+        except (FlowSpecError, ConfigError, SealedError, BindingPaused) as exc:
             fail(str(exc))
 
     return wrapper

@@ -18,6 +18,7 @@ from sophia_tasks.cli.common import spec_or_exit as _spec
 from sophia_tasks.cli.common import table as _table
 from sophia_tasks.cli.dlq import dlq
 from sophia_tasks.cli.erase import erase_command
+from sophia_tasks.cli.flows_schema import apply_command, plan_command
 from sophia_tasks.cli.keys import keys
 from sophia_tasks.cli.observe import alerts as alerts_command
 from sophia_tasks.cli.ops import backfill_command, check_command, rebuild_command
@@ -37,15 +38,16 @@ def main() -> None:
 # -- flows -------------------------------------------------------------------------------
 @main.group()
 def flows() -> None:
-    """Inspect and check the flow spec (collections, derivations, materializations)."""
+    """Inspect and check the flow spec; plan and apply its changes to the tables."""
 
 
 @flows.command("list")
+@click.option("--prefix", default=None, metavar="P", help="Only the flows whose name starts with P.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def flows_list(as_json: bool) -> None:
-    """List the flows: name, type, reads from, writes to (like flowctl catalog list --flows)."""
+def flows_list(prefix: str | None, as_json: bool) -> None:
+    """List the flows: name, type, reads from, writes to (like flowctl catalog list --flows [--prefix P])."""
     spec = _spec(_settings())
-    rows = spec.rows()
+    rows = [r for r in spec.rows() if prefix is None or r["name"].startswith(prefix)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -89,7 +91,7 @@ def status(as_json: bool) -> None:
 @_guard
 def migrate() -> None:
     """Create the database, the service tables and every target's tables if missing (safe to rerun)."""
-    from sophia_tasks.materializers import get_materializer
+    from sophia_tasks.materializers import BindingPaused, get_materializer
     from sophia_tasks.store.db import connections
 
     settings = _settings()
@@ -99,7 +101,11 @@ def migrate() -> None:
         writer = get_materializer(mat.endpoint, settings, spec)
         for binding in mat.bindings:
             if hasattr(writer, "ensure_table"):
-                writer.ensure_table(binding)  # type: ignore[attr-defined]
+                try:
+                    writer.ensure_table(binding)  # type: ignore[attr-defined]
+                except BindingPaused as exc:
+                    click.echo(f"{mat.name}: {exc}")
+                    continue
                 click.echo(f"{mat.name}: table {binding.table} ready")
             else:
                 click.echo(f"{mat.name}: keys {binding.key_prefix}* (ttl {binding.ttl_seconds}s)")
@@ -134,6 +140,8 @@ def emulator(data_dir: str | None) -> None:
 
 
 # -- commands defined in other modules: one add_command line each below --
+flows.add_command(plan_command)
+flows.add_command(apply_command)
 main.add_command(dlq)
 main.add_command(keys)
 main.add_command(backfill_command)

@@ -273,10 +273,12 @@ def rebuild_command(target: str, since: str | None, until: str | None, batch_siz
 
 
 def _target_error(exc: BaseException) -> str | None:
-    from sophia_tasks.materializers import TransientTargetError
+    from sophia_tasks.materializers import BindingPaused, TransientTargetError
 
     if isinstance(exc, TransientTargetError):
         return f"target unreachable: {exc}"
+    if isinstance(exc, BindingPaused):
+        return str(exc)
     return None
 
 

@@ -18,9 +18,11 @@ from sophia_tasks.materializers.base import (
     register,
     write_deadline,
 )
+from sophia_tasks.materializers.schema import BindingPaused
 from sophia_tasks.settings import Settings
 
-__all__ = ["Materializer", "TransientTargetError", "WriteResult", "available", "deadline", "get_materializer",
+__all__ = ["BindingPaused",
+           "Materializer", "TransientTargetError", "WriteResult", "available", "deadline", "get_materializer",
            "register", "reset_instances", "resource_checks", "write_deadline"]
 
 _instances: ProcessLocal[tuple[str, int], Materializer] = ProcessLocal()

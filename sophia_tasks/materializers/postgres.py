@@ -4,16 +4,17 @@ Identifiers always go through ``psycopg2.sql``; documents are bound values.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
 from sophia_tasks.core.documents import is_delete, latest_per_key, version_of
-from sophia_tasks.core.flowspec import Binding, FlowSpec
+from sophia_tasks.core.flowspec import Binding, FlowSpec, Projection
 from sophia_tasks.materializers.base import TransientTargetError, WriteResult, deadline, register
 from sophia_tasks.materializers.projection import check_table_resource, keyed, project
+from sophia_tasks.materializers.schema import BindingPaused, TableChecks, table_drift
 from sophia_tasks.settings import Settings
 from sophia_tasks.store.db import Connections, connections, jsonb_text
 
@@ -28,6 +29,21 @@ PG_TYPES = {
 
 #: The service's table of hard-deleted keys (target table, key, version).
 TOMBSTONES = "sophia_tombstones"
+#: ``format_type`` names for the types above that it spells otherwise.
+_PG_SYNONYMS = {"timestamp with time zone": "timestamptz"}
+
+
+def _ident(name: str) -> str:
+    """An identifier quoted as PostgreSQL reads it, for the manual steps printed to an operator."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _bind(p: Projection, v: Any) -> Any:
+    """A projected value as the upsert binds it (the fill must store what a write would)."""
+    if p.type == "object" and v is not None:
+        return psycopg2.extras.Json(v, dumps=jsonb_text)
+    return v.replace("\x00", "\ufffd") if isinstance(v, str) else v
+
 
 # SQLSTATE classes that say "try again later": connection (08), insufficient resources (53),
 # operator intervention (57: shutdown, cancel), system error (58); plus serialization
@@ -52,12 +68,28 @@ class PostgresMaterializer:
         self.spec = spec
         self.conns = conns
         self._ready: set[tuple[int, str]] = set()
+        self._checks = TableChecks()  # table -> its last check against the spec (a short cache)
 
+    # -- the table: created when missing, else checked against the spec (never altered here) -------
     def ensure_table(self, binding: Binding) -> None:
-        conn = self.conns.get(self.dsn)
-        marker = (id(conn), str(binding.table))
-        if marker in self._ready:
-            return
+        """Create a missing table (nothing to fill); a table that does not match the spec raises
+        BindingPaused. Columns are added only by `sophia-tasks flows apply`, which also fills them
+        for the rows already there: a column added at write time would stay NULL on every older row."""
+        table = str(binding.table)
+        drift = self._checks.cached(table)
+        if drift is None:
+            with self.conns.transaction(self.dsn) as cur:
+                live = self._live_columns(cur, table)
+                if live is None:
+                    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"sophia-ddl:{binding.table}",))
+                    self._create(cur, binding)
+                    live = self._live_columns(cur, table) or {}
+                drift = table_drift(self.expected_columns(binding), live, self.required_columns(binding))
+            self._checks.remember(table, drift)
+        if drift:
+            raise BindingPaused(self.name, table, drift)
+
+    def _create(self, cur: Any, binding: Binding) -> None:
         table = sql.Identifier(str(binding.table))
         columns = [
             sql.SQL("{} text PRIMARY KEY").format(sql.Identifier(binding.key_column)),
@@ -65,15 +97,112 @@ class PostgresMaterializer:
             sql.SQL("flow_published_at timestamptz NOT NULL"),
         ] + [sql.SQL("{} {}").format(sql.Identifier(p.column), sql.SQL(PG_TYPES[p.type]))
              for p in binding.projections]
+        cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(table, sql.SQL(", ").join(columns)))
+        cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (flow_published_at)").format(
+            sql.Identifier(f"{binding.table}_published_idx"[:63]), table))
+
+    @staticmethod
+    def column_type(ptype: str) -> str:
+        return PG_TYPES[ptype]
+
+    def expected_columns(self, binding: Binding) -> dict[str, str]:
+        """Column -> type as ``live_columns`` names it, for every column the writes need."""
+        out = {binding.key_column: "text", "flow_document": "jsonb", "flow_published_at": "timestamptz"}
+        out.update((p.column, PG_TYPES[p.type]) for p in binding.projections)
+        return out
+
+    @staticmethod
+    def required_columns(binding: Binding) -> tuple[str, ...]:
+        return (binding.key_column, "flow_document", "flow_published_at")
+
+    @staticmethod
+    def _live_columns(cur: Any, table: str) -> dict[str, str] | None:
+        cur.execute("SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                    "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                    (sql.Identifier(table).as_string(cur),))
+        rows = cur.fetchall()
+        if not rows:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(table).as_string(cur),))
+            if not cur.fetchone()[0]:
+                return None
+        return {name: _PG_SYNONYMS.get(typ, typ) for name, typ in rows}
+
+    def live_columns(self, table: str) -> dict[str, str] | None:
+        """The table's columns and types (None: no such table), in PG_TYPES' words."""
+        with self.conns.transaction(self.dsn) as cur:
+            return self._live_columns(cur, table)
+
+    def create_table(self, binding: Binding) -> None:
         with self.conns.transaction(self.dsn) as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"sophia-ddl:{binding.table}",))
-            cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(table, sql.SQL(", ").join(columns)))
-            for p in binding.projections:
+            self._create(cur, binding)
+        self._checks.forget(str(binding.table))
+
+    def add_columns(self, binding: Binding, projections: list[Projection]) -> None:
+        """Add the projections' columns (NULL for now) in one transaction; safe to rerun."""
+        table = sql.Identifier(str(binding.table))
+        with self.conns.transaction(self.dsn) as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"sophia-ddl:{binding.table}",))
+            for p in projections:
                 cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
                     table, sql.Identifier(p.column), sql.SQL(PG_TYPES[p.type])))
-            cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (flow_published_at)").format(
-                sql.Identifier(f"{binding.table}_published_idx"[:63]), table))
-        self._ready.add(marker)
+        self._checks.forget(str(binding.table))
+
+    def fill_columns(self, binding: Binding, projections: list[Projection], batch_rows: int = 1000,
+                     progress: Callable[[int, int], None] | None = None) -> int:
+        """Set ``projections`` on every row from its stored document, with the writes' coercion.
+
+        A batch of rows is read in key order and written back with one UPDATE ... FROM (VALUES ...);
+        a row a live write replaced in between (another ``flow_published_at``) is left alone: that
+        write projected the column itself. Answers the rows filled.
+        """
+        if not projections:
+            return 0
+        table = sql.Identifier(str(binding.table))
+        key = sql.Identifier(binding.key_column)
+        with self.conns.transaction(self.dsn) as cur:
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(table))
+            total = int(cur.fetchone()[0])
+        names = [f"c{i}" for i in range(len(projections))]
+        update = sql.SQL(
+            "UPDATE {table} AS t SET {sets} FROM (VALUES %s) AS v(k, p, {names}) "
+            "WHERE t.{key} = v.k AND t.flow_published_at = v.p").format(
+            table=table, key=key, names=sql.SQL(", ").join(sql.Identifier(n) for n in names),
+            sets=sql.SQL(", ").join(sql.SQL("{} = v.{}").format(sql.Identifier(p.column), sql.Identifier(n))
+                                    for p, n in zip(projections, names, strict=True)))
+        template = "(" + ", ".join(["%s", "%s::timestamptz"] + [f"%s::{PG_TYPES[p.type]}" for p in projections]) + ")"
+        done, filled, last = 0, 0, None
+        while True:
+            with self.conns.transaction(self.dsn) as cur:
+                if last is None:
+                    cur.execute(sql.SQL("SELECT {k}, flow_published_at, flow_document FROM {t} ORDER BY {k} LIMIT %s")
+                                .format(k=key, t=table), (batch_rows,))
+                else:
+                    cur.execute(sql.SQL("SELECT {k}, flow_published_at, flow_document FROM {t} WHERE {k} > %s "
+                                        "ORDER BY {k} LIMIT %s").format(k=key, t=table), (last, batch_rows))
+                rows = cur.fetchall()
+                if not rows:
+                    break
+                values = [(k, at, *[_bind(p, v) for p, v in zip(projections, project(doc, projections), strict=True)])
+                          for k, at, doc in rows]
+                stmt = update.as_string(cur)
+                psycopg2.extras.execute_values(cur, stmt, values, template=template, page_size=len(values))
+                filled += cur.rowcount if cur.rowcount >= 0 else 0
+            last = rows[-1][0]
+            done += len(rows)
+            if progress is not None:
+                progress(done, max(total, done))
+        return filled
+
+    @staticmethod
+    def manual_type_change(binding: Binding, column: str, ptype: str) -> str:
+        """The operator's step for a changed type: drop the column, and `flows apply` adds it back
+        with the new type and fills it from the stored documents (the writes' coercion)."""
+        return f"ALTER TABLE {_ident(str(binding.table))} DROP COLUMN {_ident(column)};"
+
+    @staticmethod
+    def manual_drop(table: str) -> str:
+        return f"DROP TABLE {_ident(table)};"
 
     def ensure_tombstones(self) -> None:
         """The versions of hard-deleted keys, per table: an upsert older than its key's delete is stale."""
@@ -170,6 +299,7 @@ class PostgresMaterializer:
                     if attempt == 2:
                         raise
                     self._ready = {m for m in self._ready if m[1] not in (str(binding.table), TOMBSTONES)}
+                    self._checks.forget(str(binding.table))
                 except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                     # A kept connection the server closed while idle (a restart, pg_terminate_backend):
                     # transaction() has discarded it; try once more on a fresh one. The upsert is
@@ -196,7 +326,10 @@ class PostgresMaterializer:
             return row[0] if row else None
 
     def purge_older_than(self, binding: Binding, days: int) -> int:
-        self.ensure_table(binding)
+        try:
+            self.ensure_table(binding)
+        except BindingPaused:
+            pass  # the purge needs only flow_published_at; the projections wait for `flows apply`
         with self.conns.transaction(self.dsn) as cur:
             cur.execute(sql.SQL("DELETE FROM {} WHERE flow_published_at < now() - make_interval(days => %s)").format(
                 sql.Identifier(str(binding.table))), (days,))

@@ -9,14 +9,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
 from sophia_tasks.core.documents import encoded, is_delete, latest_per_key, version_of
-from sophia_tasks.core.flowspec import Binding, FlowSpec
+from sophia_tasks.core.flowspec import Binding, FlowSpec, Projection
 from sophia_tasks.materializers.base import TransientTargetError, WriteResult, register
 from sophia_tasks.materializers.projection import check_table_resource, keyed, project
+from sophia_tasks.materializers.schema import BindingPaused, TableChecks, table_drift
 from sophia_tasks.settings import Settings, SnowflakeSettings, is_loopback
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ SF_TYPES = {
 }
 #: The table of hard-deleted keys (target table, key, version), beside the bound tables.
 TOMBSTONES = "SOPHIA_TOMBSTONES"
+#: information_schema's names for the types above that it spells otherwise.
+_SF_SYNONYMS = {"TEXT": "VARCHAR"}
 # A bound VARCHAR holds 16 MB; stay well under it and split bigger batches.
 MAX_BIND_BYTES = 8 * 1024 * 1024
 
@@ -119,6 +122,7 @@ class SnowflakeMaterializer:
         self.spec = spec
         self._conn: Any = None
         self._ready: set[str] = set()
+        self._checks = TableChecks()  # table -> its last check against the spec (a short cache)
         self._lock = threading.Lock()
 
     # -- connection ---------------------------------------------------------------
@@ -139,6 +143,7 @@ class SnowflakeMaterializer:
             cur.execute(f"USE SCHEMA {quote_ident(self.sf.database)}.{quote_ident(self.sf.schema)}")
         self._conn = conn
         self._ready.clear()
+        self._checks.forget()
         return conn
 
     def _discard(self) -> None:
@@ -175,14 +180,130 @@ class SnowflakeMaterializer:
     def table_name(self, binding: Binding) -> str:
         return quote_ident(str(binding.table))
 
+    # -- the table: created when missing, else checked against the spec (never altered here) -------
     def ensure_table(self, binding: Binding) -> None:
-        if binding.table in self._ready:
-            return
+        """Create a missing table (nothing to fill); a table that does not match the spec raises
+        BindingPaused: before, a projection added to the spec made every MERGE fail and every
+        document a dead letter. `sophia-tasks flows apply` adds the column and fills it. Callers
+        hold ``self._lock``."""
+        table = str(binding.table)
+        drift = self._checks.cached(table)
+        if drift is None:
+            live = self._live_columns(table)
+            if live is None:
+                self._create(binding)
+                live = self._live_columns(table) or {}
+            drift = table_drift(self.expected_columns(binding), live, self.required_columns(binding))
+            self._checks.remember(table, drift)
+        if drift:
+            raise BindingPaused(self.name, table, drift)
+
+    def _create(self, binding: Binding) -> None:
         cols = [f"{quote_ident(binding.key_column)} VARCHAR NOT NULL PRIMARY KEY",
                 '"FLOW_DOCUMENT" VARIANT', '"FLOW_PUBLISHED_AT" TIMESTAMP_TZ']
         cols += [f"{quote_ident(p.column)} {SF_TYPES[p.type]}" for p in binding.projections]
         self._execute(f"CREATE TABLE IF NOT EXISTS {self.table_name(binding)} ({', '.join(cols)})")
-        self._ready.add(str(binding.table))
+
+    @staticmethod
+    def column_type(ptype: str) -> str:
+        return SF_TYPES[ptype]
+
+    def expected_columns(self, binding: Binding) -> dict[str, str]:
+        """Column -> type as ``live_columns`` names it, for every column the MERGE needs."""
+        out = {binding.key_column: "VARCHAR", "FLOW_DOCUMENT": "VARIANT", "FLOW_PUBLISHED_AT": "TIMESTAMP_TZ"}
+        out.update((p.column, SF_TYPES[p.type]) for p in binding.projections)
+        return out
+
+    @staticmethod
+    def required_columns(binding: Binding) -> tuple[str, ...]:
+        return (binding.key_column, "FLOW_DOCUMENT", "FLOW_PUBLISHED_AT")
+
+    def _live_columns(self, table: str) -> dict[str, str] | None:
+        rows = self._execute("SELECT column_name, data_type, numeric_precision, numeric_scale "
+                             "FROM information_schema.columns WHERE table_schema = CURRENT_SCHEMA() "
+                             "AND table_name = ?", [table])
+        if not rows:
+            return None
+        out: dict[str, str] = {}
+        for name, dtype, precision, scale in rows:
+            dtype = str(dtype).upper()
+            if dtype == "NUMBER" and precision is not None:
+                dtype = f"NUMBER({int(precision)},{int(scale or 0)})"
+            out[str(name)] = _SF_SYNONYMS.get(dtype, dtype)
+        return out
+
+    def live_columns(self, table: str) -> dict[str, str] | None:
+        """The table's columns and types (None: no such table), in SF_TYPES' words."""
+        with self._lock:
+            return self._live_columns(table)
+
+    def create_table(self, binding: Binding) -> None:
+        with self._lock:
+            self._create(binding)
+            self._checks.forget(str(binding.table))
+
+    def add_columns(self, binding: Binding, projections: list[Projection]) -> None:
+        """Add the projections' columns (NULL for now); safe to rerun."""
+        with self._lock:
+            live = self._live_columns(str(binding.table)) or {}
+            for p in projections:
+                if p.column not in live:
+                    self._execute(f"ALTER TABLE {self.table_name(binding)} ADD COLUMN {quote_ident(p.column)} "
+                                  f"{SF_TYPES[p.type]}")
+            self._checks.forget(str(binding.table))
+
+    def fill_columns(self, binding: Binding, projections: list[Projection], batch_rows: int = 1000,
+                     progress: Callable[[int, int], None] | None = None) -> int:
+        """Set ``projections`` on every row from its stored document, with the writes' coercion: a batch
+        of rows is read in key order and written back with one MERGE, which leaves alone a row a live
+        write replaced in between (another ``FLOW_PUBLISHED_AT``). Answers the rows filled."""
+        if not projections:
+            return 0
+        t = self.table_name(binding)
+        key = quote_ident(binding.key_column)
+        select = ["f.value:k::VARCHAR AS k", "f.value:p::TIMESTAMP_TZ AS p"]
+        select += [f"f.value:x{i}" + ("" if p.type == "object" else f"::{SF_TYPES[p.type]}") + f" AS x{i}"
+                   for i, p in enumerate(projections)]
+        sets = ", ".join(f"{quote_ident(p.column)} = s.x{i}" for i, p in enumerate(projections))
+        merge = (f"MERGE INTO {t} USING (SELECT {', '.join(select)} FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) f) s "
+                 f'ON {t}.{key} = s.k WHEN MATCHED AND {t}."FLOW_PUBLISHED_AT" = s.p THEN UPDATE SET {sets}')
+        with self._lock:
+            total = int(self._execute(f"SELECT COUNT(*) FROM {t}")[0][0])
+        done, filled, last = 0, 0, None
+        while True:
+            with self._lock:
+                if last is None:
+                    rows = self._execute(f'SELECT {key}, "FLOW_DOCUMENT" FROM {t} ORDER BY {key} '
+                                         f"LIMIT {int(batch_rows)}")
+                else:
+                    rows = self._execute(f'SELECT {key}, "FLOW_DOCUMENT" FROM {t} WHERE {key} > ? ORDER BY {key} '
+                                         f"LIMIT {int(batch_rows)}", [last])
+                if not rows:
+                    break
+                items = []
+                for k, raw in rows:
+                    doc = orjson.loads(raw) if isinstance(raw, (str, bytes)) else raw
+                    item: dict[str, Any] = {"k": k, "p": version_of(doc)}
+                    for i, value in enumerate(project(doc, projections)):
+                        item[f"x{i}"] = value
+                    items.append(orjson.dumps(item))
+                for chunk in _chunks(items, MAX_BIND_BYTES):
+                    res = self._execute(merge, [(b"[" + b",".join(chunk) + b"]").decode()])
+                    filled += int(res[0][0] or 0) if res and res[0] else len(chunk)
+            last = rows[-1][0]
+            done += len(rows)
+            if progress is not None:
+                progress(done, max(total, done))
+        return filled
+
+    def manual_type_change(self, binding: Binding, column: str, ptype: str) -> str:
+        """The operator's step for a changed type: drop the column, and `flows apply` adds it back
+        with the new type and fills it from the stored documents (the writes' coercion)."""
+        return f"ALTER TABLE {self.table_name(binding)} DROP COLUMN {quote_ident(column)};"
+
+    @staticmethod
+    def manual_drop(table: str) -> str:
+        return f"DROP TABLE {quote_ident(table)};"
 
     def ensure_tombstones(self) -> None:
         """The versions of hard-deleted keys, per table: an upsert older than its key's delete is stale."""

@@ -38,6 +38,7 @@ import yaml
 from sophia_tasks.core.alert_rules import AlertsConfig, parse_alerts
 from sophia_tasks.core.flowspec import FlowSpec, FlowSpecError
 from sophia_tasks.observe.counts import diff_counters, empty_counts, lag_quantiles, pending_dead_letters, target_counts
+from sophia_tasks.observe.paused import paused_bindings
 from sophia_tasks.observe.stats import Stats, parse_field
 from sophia_tasks.settings import Settings, reveal
 
@@ -119,11 +120,18 @@ def _fmt_s(seconds: float | None) -> str:
 def evaluate(config: AlertsConfig, targets: Iterable[str], now: float, current: Mapping[str, float],
              baseline: Mapping[str, float] | None, dead: Mapping[tuple[str, str], int] | None,
              last_written: Mapping[str, float],
-             reconcile_baseline: Mapping[str, float] | None = None) -> list[Check]:
+             reconcile_baseline: Mapping[str, float] | None = None,
+             paused: Iterable[Mapping[str, Any]] | None = None) -> list[Check]:
     """Every alert's verdict from the numbers: no I/O, so every rule is unit-tested.
 
     ``reconcile_baseline`` is the snapshot one ``alerts.reconcile.window`` old (None: unknown yet).
+    ``paused``: the paused bindings (``sophia_tasks.observe.paused``); None when unknown. A paused
+    binding always alerts (no threshold): its documents wait until an operator runs `flows apply`.
+    Unknown: no paused check at all.
     """
+    paused_by_target: dict[str, list[Mapping[str, Any]]] = {}
+    for entry in paused or ():
+        paused_by_target.setdefault(str(entry.get("target")), []).append(entry)
     window = target_counts(diff_counters(current, baseline)) if baseline is not None else {}
     span = _fmt_s(config.window)
     checks: list[Check] = []
@@ -168,6 +176,16 @@ def evaluate(config: AlertsConfig, targets: Iterable[str], now: float, current: 
                 age = max(0.0, now - last)
                 checks.append(Check("stale", target, age > th.stale_after, round(age, 1), th.stale_after,
                                     f"no successful write for {_fmt_s(age)} (threshold {_fmt_s(th.stale_after)})"))
+        if paused is not None:
+            entries = paused_by_target.get(target, [])
+            if entries:
+                longest = max(0.0, now - min(float(e.get("since", now)) for e in entries))
+                detail = (f"{len(entries)} binding(s) paused for {_fmt_s(longest)}, documents held, none lost: "
+                          + "; ".join(f"{e.get('collection')}: {e.get('reason')}" for e in entries)[:1500]
+                          + ". Run `sophia-tasks flows plan`, then `sophia-tasks flows apply`")
+                checks.append(Check("paused", target, True, round(longest, 1), None, detail))
+            # Not paused: no check at all, so the other alerts' list stays as configured; a paused alert
+            # that fired is resolved as "no longer evaluated" once its binding writes again.
     if config.pipeline_dead_letters is not None:
         if dead is None:
             checks.append(Check("dead_letters", PIPELINE, None, None, config.pipeline_dead_letters,
@@ -296,8 +314,13 @@ def run_checks(settings: Settings, spec: FlowSpec, now: float | None = None, dry
     except Exception as exc:  # psycopg2: the store is down; dead-letter alerts stay as they are
         log.warning("alerts: dead-letter store unreachable: %s", str(exc).strip().splitlines()[0] if str(exc) else exc)
         dead = None
+    try:
+        paused: list[dict[str, Any]] | None = paused_bindings(client, now)
+    except redis_lib.RedisError as exc:
+        log.warning("alerts: paused bindings unreadable: %s", exc)
+        paused = None
     checks = evaluate(config, spec.materializations, now, counters, baseline, dead, stats.last_written(),
-                      reconcile_baseline)
+                      reconcile_baseline, paused)
     pending = {k.decode(): float(v) for k, v in client.hgetall(PENDING_KEY).items()}
     if not dry_run:
         pipe = client.pipeline(transaction=False)

@@ -49,8 +49,9 @@ def target_counts(counters: Mapping[str, float]) -> dict[str, dict[str, Any]]:
             slot(target)["stale"] += value
         elif name == "errors":
             t = slot(target)
-            t["errors"] += value
             reason = labels.get("reason", "")
+            if reason != "paused":  # held for `flows apply`, not a failed write: the paused alert covers it
+                t["errors"] += value
             t["errors_by_reason"][reason] = t["errors_by_reason"].get(reason, 0.0) + value
         elif name == "lag_seconds_bucket":
             try:

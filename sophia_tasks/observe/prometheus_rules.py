@@ -32,6 +32,7 @@ METRICS = (
     "sophia_last_written_timestamp_seconds",
     "sophia_reconciled_total",
     "sophia_metrics_source_up",
+    "sophia_binding_paused",
 )
 
 HEADER = """\
@@ -78,13 +79,15 @@ def rules(config: AlertsConfig, targets: Iterable[str]) -> list[dict[str, Any]]:
         th = config.for_target(target)
         hold = config.hold("", target)
         sel = f'target="{target}"'
-        errors = f'sum(rate(estuary_flow_errors_total{{stage="materialize",{sel}}}[{w}]))'
+        # Held documents of a paused binding are not failures: they have their own alert below.
+        failed = f'estuary_flow_errors_total{{stage="materialize",reason!="paused",{sel}}}'
+        errors = f"sum(rate({failed}[{w}]))"
         written = f"sum(rate(sophia_documents_written_total{{{sel}}}[{w}]))"
         if th.error_rate is not None:
             out.append(_rule(
                 "SophiaTargetErrorRate",
                 f"({errors} / ({errors} + {written})) >= {_num(th.error_rate)}"
-                f' and sum(increase(estuary_flow_errors_total{{stage="materialize",{sel}}}[{w}]))'
+                f" and sum(increase({failed}[{w}]))"
                 f" >= {th.min_errors}",
                 hold, {"severity": "page", "target": target, "kind": "error_rate"},
                 f"{target}: {{{{ $value | humanizePercentage }}}} of writes fail",
@@ -114,6 +117,12 @@ def rules(config: AlertsConfig, targets: Iterable[str]) -> list[dict[str, Any]]:
                 hold, {"severity": "ticket", "target": target, "kind": "stale"},
                 f"{target}: no write for {{{{ $value | humanizeDuration }}}}",
                 f"Nothing was written to {target} for more than {prom_duration(th.stale_after)}."))
+        out.append(_rule(  # always on, as in Slack: a paused binding waits for an operator
+            "SophiaBindingPaused", f"max(sophia_binding_paused{{{sel}}}) > 0",
+            config.hold("paused", target), {"severity": "page", "target": target, "kind": "paused"},
+            f"{target}: a binding is paused",
+            f"A table of {target} does not match the flow spec (a projection added or retyped): its documents "
+            "are held, not lost. Run `sophia-tasks flows plan`, then `sophia-tasks flows apply`."))
     if config.pipeline_dead_letters is not None:
         out.append(_rule(
             "SophiaDeadLetters",

@@ -23,6 +23,7 @@ from sophia_tasks.observe.counts import (
     pending_dead_letters,
     target_counts,
 )
+from sophia_tasks.observe.paused import paused_bindings
 from sophia_tasks.observe.queues import broker_snapshot
 from sophia_tasks.observe.stats import Stats, parse_field
 from sophia_tasks.settings import Settings
@@ -115,6 +116,13 @@ def collect_status(settings: Settings, spec: FlowSpec, now: float | None = None)
     except Exception:
         alerts = []
     workers = _workers(settings, spec, stats, errors, now)
+    try:
+        paused = paused_bindings(stats.client, now)
+    except Exception as exc:  # the counters' Redis
+        paused = []
+        errors.append(f"paused bindings unreadable: {exc}")
+    for t in targets:
+        t["paused"] = sorted(e["collection"] for e in paused if e.get("target") == t["target"])
     return {
         "flow": str(spec.path),
         "generated_at": _iso(now),
@@ -128,6 +136,9 @@ def collect_status(settings: Settings, spec: FlowSpec, now: float | None = None)
         "window_seconds": config_window,
         "alerts_firing": alerts,
         "workers": workers,
+        "paused": [{"target": e.get("target"), "collection": e.get("collection"), "since": _iso(e.get("since")),
+                    "paused_s": round(now - float(e.get("since", now)), 1), "reason": e.get("reason")}
+                   for e in paused],
         "errors": errors,
     }
 
@@ -255,6 +266,11 @@ def render_status(report: Mapping[str, Any], out: IO[str] | None = None) -> None
         console.print(f"workers live: {len(live)}" + (f": {names}" if names else ""))
         if workers.get("reason"):
             console.print(f"workers NOT READY: {workers['reason']}")
+    paused = report.get("paused") or []
+    console.print("paused bindings: " + ("none" if not paused else f"{len(paused)} (documents held until "
+                                         "`sophia-tasks flows apply`)"))
+    for e in paused:
+        console.print(f"  PAUSED {e['target']} <- {e['collection']} for {_seconds(e.get('paused_s'))}: {e['reason']}")
     firing = report.get("alerts_firing") or []
     console.print("alerts firing: " + (", ".join(f"{a['kind']} on {a['target']}" for a in firing) or "none"))
     for err in report.get("errors") or []:

@@ -12,7 +12,8 @@ from typing import Any
 
 from sophia_tasks.core.documents import meta
 from sophia_tasks.ingest.buffer import coalesces
-from sophia_tasks.materializers import TransientTargetError, WriteResult, write_deadline
+from sophia_tasks.materializers import BindingPaused, TransientTargetError, WriteResult, write_deadline
+from sophia_tasks.observe import paused as paused_bindings
 from sophia_tasks.pipeline import stages
 from sophia_tasks.pipeline.claim_checks import is_ref
 from sophia_tasks.pipeline.records import record_error, record_written
@@ -20,6 +21,19 @@ from sophia_tasks.pipeline.runtime import Context, buffer_of, bulkhead, claim_st
 from sophia_tasks.store.deadletter import Letter
 
 log = logging.getLogger(__name__)
+
+#: Seconds a paused batch waits before it looks at its table again, at first...
+PAUSE_RECHECK_MIN = 3.0
+#: ...and at most, once the pause has lasted a while (a tenth of its age so far): a long pause
+#: must not churn the broker, and `flows apply` is followed by writes within a minute.
+PAUSE_RECHECK_MAX = 60.0
+#: Seconds between two error lines about the same paused binding from one process.
+PAUSE_LOG_EVERY = 60.0
+#: Per process: (target, collection) -> when this process first found it paused, and last said so.
+_paused_since: dict[tuple[str, str], float] = {}
+_pause_logged: dict[tuple[str, str], float] = {}
+#: Per process: (target, collection) -> when a write last removed its paused entry (at most every 10 s).
+_resume_cleared: dict[tuple[str, str], float] = {}
 
 
 def fan_out(ctx: Context, derived: dict[str, list[dict[str, Any]]], lane: str,
@@ -113,6 +127,7 @@ def write_and_settle(ctx: Context, node: str | None, slot: str | None, target: s
                      task_id: str | None = None) -> WriteResult:
     """Write; then each failed document is re-sent (new claim) or dead-lettered. ``slot``: the
     bulkhead slot to give back (None for an inline write, which holds none)."""
+    paused: BindingPaused | None = None
     try:
         try:
             result = stages.materialize_documents(ctx.settings, ctx.spec, target, collection, documents)
@@ -120,9 +135,15 @@ def write_and_settle(ctx: Context, node: str | None, slot: str | None, target: s
         except TransientTargetError as exc:
             result = WriteResult(failed=[(d, str(exc)[:2000]) for d in documents])
             error_reason = "unreachable"
+        except BindingPaused as exc:
+            paused = exc
     finally:
         if slot is not None and node is not None:
             bulkhead(ctx).release(node, target, slot)
+    if paused is not None:
+        hold_paused(ctx, target, collection, documents, attempt, lane, task_id, paused)
+        return WriteResult(failed=[(d, str(paused)[:2000]) for d in documents])
+    resumed(ctx, target, collection)
     if len(result.rejected) < len(documents):
         record_written(ctx, target, collection, documents, result, lane)
     if not result.rejected:
@@ -149,3 +170,53 @@ def write_and_settle(ctx: Context, node: str | None, slot: str | None, target: s
     if letters:
         ctx.dlq.record(letters)
     return result
+
+
+def pause_countdown(paused_for: float) -> float:
+    """How long a paused batch waits before it looks again: 3 s at first, a tenth of the pause so far
+    after that, at most a minute."""
+    return round(min(PAUSE_RECHECK_MAX, max(PAUSE_RECHECK_MIN, paused_for / 10.0)), 3)
+
+
+def hold_paused(ctx: Context, target: str, collection: str, documents: list[dict[str, Any]], attempt: int,
+                lane: str, task_id: str | None, exc: BindingPaused) -> None:
+    """Keep a batch whose table does not match the spec: re-sent to the target's queue with the same
+    attempt (a pause never burns the retry budget into dead letters) under a fresh claim check, so
+    no pause, however long, outlasts the claim check's or the target buffer's expiry."""
+    key = (target, collection)
+    now = time.time()
+    since = _paused_since.setdefault(key, now)
+    record_error(ctx, "materialize", target, "paused", len(documents))
+    try:  # since when any process has seen it paused (a pause that ended long ago starts anew)
+        since = paused_bindings.mark(ctx.stats.client, target, collection, str(exc), len(documents), now)
+    except Exception as err:  # the counters' Redis: the documents are kept all the same
+        log.warning("%s: could not record the paused binding of %s: %s", target, collection, err)
+    countdown = pause_countdown(now - since)
+    if ctx.settings.batch_ttl_seconds > 0:  # the fresh claim check must outlive the wait
+        countdown = min(countdown, ctx.settings.batch_ttl_seconds / 2)
+    if now - _pause_logged.get(key, 0.0) >= PAUSE_LOG_EVERY:
+        _pause_logged[key] = now
+        log.error("%s: binding of %s PAUSED, its documents are kept and looked at again every %.0f-%.0f s "
+                  "(not dead-lettered, no retry attempt used): %s", target, collection, PAUSE_RECHECK_MIN,
+                  PAUSE_RECHECK_MAX, exc)
+    name = f"{task_id}:paused" if task_id else None
+    send_materialize(target, collection, claim_check(ctx, documents, [target], name), attempt=attempt,
+                     countdown=countdown, lane=lane)
+
+
+def resumed(ctx: Context, target: str, collection: str) -> None:
+    """A write went through: a pause this process saw is over; the shared entry is removed too
+    (at most every 10 s per binding and process, one HDEL), whichever process had reported it."""
+    key = (target, collection)
+    was = _paused_since.pop(key, None)
+    if was is not None:
+        _pause_logged.pop(key, None)
+        log.warning("%s: binding of %s resumed after %.0f s paused", target, collection, time.time() - was)
+    now = time.monotonic()
+    if was is None and now - _resume_cleared.get(key, -1e9) < 10.0:
+        return
+    _resume_cleared[key] = now
+    try:
+        paused_bindings.clear(ctx.stats.client, target, collection)
+    except Exception as err:  # it goes stale by itself
+        log.debug("could not clear the paused entry of %s/%s: %s", target, collection, err)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from sophia_tasks.core.documents import DELETE_OP, is_delete, make_document, meta
 from sophia_tasks.core.flowspec import Derivation, FlowSpec, import_dotted
-from sophia_tasks.materializers import TransientTargetError, WriteResult, get_materializer
+from sophia_tasks.materializers import BindingPaused, TransientTargetError, WriteResult, get_materializer
 from sophia_tasks.schemas import get_validator
 from sophia_tasks.settings import Settings
 from sophia_tasks.store.deadletter import Letter
@@ -213,7 +213,7 @@ def write_isolating(write: Callable[[list[dict[str, Any]]], WriteResult],
     """
     try:
         return write(documents)
-    except TransientTargetError:
+    except (TransientTargetError, BindingPaused):  # the target or its table, not the documents: no split
         raise
     except Exception as exc:
         if len(documents) == 1:

@@ -203,6 +203,10 @@ def _render(monkeypatch: pytest.MonkeyPatch, counters: dict[str, float], snapsho
 
     monkeypatch.setattr(metrics, "_stats_for", lambda url: _FakeStats(counters))
     monkeypatch.setattr(alerts, "firing_alerts", lambda client: [{"kind": "lag", "target": "snowflake"}])
+    import sophia_tasks.observe.paused as paused
+
+    monkeypatch.setattr(paused, "paused_bindings", lambda client: [
+        {"target": "snowflake", "collection": "gong_calls_enriched", "since": 1.0, "seen": 2.0, "reason": "r"}])
     monkeypatch.setattr(queues, "broker_snapshot", snapshot)
     monkeypatch.setattr(status, "pending_dead_letters", dead)
     settings = Settings()
@@ -254,6 +258,8 @@ def test_metrics_exposition(monkeypatch: pytest.MonkeyPatch) -> None:
     assert got[_key("estuary_flow_lag_seconds_count", target="postgres")] == 0
     assert got[_key("estuary_flow_errors_total", stage="materialize", target="snowflake", reason="unreachable")] == 4
     assert got[_key("estuary_flow_errors_total", stage="materialize", target="redis", reason="data")] == 0
+    assert got[_key("estuary_flow_errors_total", stage="materialize", target="postgres", reason="paused")] == 0
+    assert got[_key("sophia_binding_paused", target="snowflake", collection="gong_calls_enriched")] == 1
     assert got[_key("estuary_flow_errors_total", stage="validate", target="", reason="schema")] == 1
     assert got[_key("sophia_documents_written_total", target="redis", collection="gong_calls_enriched")] == 3
     assert got[_key("sophia_documents_written_total", target="postgres", collection="gong_calls_enriched")] == 0

@@ -73,3 +73,17 @@ def test_render_status_is_wide_and_complete_when_piped() -> None:
                    "dead letters pending: 3 (materialize 2, validate 1)", "alerts firing: lag on snowflake"):
         assert needle in text, needle
     assert "\x1b[" not in text  # no colour codes in a pipe
+
+
+def test_render_status_lists_paused_bindings_with_their_reason() -> None:
+    report = _report()
+    report["paused"] = [{"target": "snowflake", "collection": "gong_calls_enriched", "since": "x", "paused_s": 125.0,
+                         "reason": "snowflake table T does not match the flow spec (column X (VARCHAR) is missing)"}]
+    out = io.StringIO()
+    render_status(report, out)
+    text = out.getvalue()
+    assert "paused bindings: 1 (documents held until `sophia-tasks flows apply`)" in text
+    assert "PAUSED snowflake <- gong_calls_enriched for 2.1 min: snowflake table T" in text
+    quiet = io.StringIO()
+    render_status(_report(), quiet)
+    assert "paused bindings: none" in quiet.getvalue()
