@@ -19,7 +19,7 @@ CONFIG = AlertsConfig(window=300, defaults=Thresholds(error_rate=0.1, min_errors
 def test_a_paused_binding_fires_the_paused_alert_of_its_target_only() -> None:
     entries = [{"target": "snowflake", "collection": "calls", "since": NOW - 600, "seen": NOW,
                 "reason": "snowflake table CALLS does not match the flow spec (column X (VARCHAR) is missing)"}]
-    checks = {c.key: c for c in evaluate(CONFIG, ["postgres", "snowflake"], NOW, {}, {}, {}, {}, entries)}
+    checks = {c.key: c for c in evaluate(CONFIG, ["postgres", "snowflake"], NOW, {}, {}, {}, {}, paused=entries)}
     fired = checks["paused:snowflake"]
     assert fired.firing is True and fired.value == 600.0
     assert "column X (VARCHAR) is missing" in fired.detail and "flows apply" in fired.detail
