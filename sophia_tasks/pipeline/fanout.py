@@ -13,6 +13,7 @@ from typing import Any
 from sophia_tasks.core.documents import meta
 from sophia_tasks.ingest.buffer import coalesces
 from sophia_tasks.materializers import TransientTargetError, WriteResult, write_deadline
+from sophia_tasks.observe import trace
 from sophia_tasks.pipeline import stages
 from sophia_tasks.pipeline.claim_checks import is_ref
 from sophia_tasks.pipeline.records import record_error, record_written
@@ -124,14 +125,16 @@ def write_and_settle(ctx: Context, node: str | None, slot: str | None, target: s
         if slot is not None and node is not None:
             bulkhead(ctx).release(node, target, slot)
     if len(result.rejected) < len(documents):
-        record_written(ctx, target, collection, documents, result, lane)
+        record_written(ctx, target, collection, documents, result, lane, attempt)
     if not result.rejected:
         return result
     keyless, retryable = result.keyless, result.failed
-    record_error(ctx, "materialize", target, error_reason, len(retryable))
+    retrying = bool(retryable) and attempt < ctx.settings.retry_max
+    record_error(ctx, "materialize", target, error_reason, len(retryable),
+                 trace.failed(ctx.settings, target, [d for d, _ in result.rejected], attempt, error_reason, retrying))
     letters = [Letter(stage="materialize", target=target, collection=collection, payload=d, error=e,
                       event_id=meta(d).get("event_id"), attempts=attempt) for d, e in keyless]
-    if retryable and attempt < ctx.settings.retry_max:
+    if retrying:
         countdown = stages.backoff_seconds(ctx.settings, attempt)
         log.warning("%s: %d document(s) of %s failed (attempt %d of %d), retrying in %.1fs: %s", target,
                     len(retryable), collection, attempt, ctx.settings.retry_max, countdown, retryable[0][1][:300])
