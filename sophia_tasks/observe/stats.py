@@ -48,7 +48,7 @@ def read_gauges(client: redis_lib.Redis) -> dict[str, float]:
 class Stats:
     def __init__(self, redis_url: str) -> None:
         self.client = redis_lib.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
-        self._trace = self.client.register_script(RECORD_LUA)
+        self._trace_sha: str | None = None
 
     def incr(self, items: Iterable[tuple[str, Mapping[str, Any] | None, float]],
              trace: TraceBatch | None = None) -> None:
@@ -72,10 +72,21 @@ class Stats:
                 pipe.hset(GAUGES, mapping=dict(gauges))
                 n += 1
             if trace:
-                self._trace(args=trace.args, client=pipe)
+                # EVALSHA, not a registered Script: a pipeline holding one asks SCRIPT EXISTS first,
+                # a round trip more per batch. The script is loaded once per process, and again
+                # (one extra trip) only when the server has forgotten it.
+                if self._trace_sha is None:
+                    self._trace_sha = self.client.script_load(RECORD_LUA)
+                pipe.evalsha(self._trace_sha, 0, *trace.args)
                 n += 1
             if n:
-                pipe.execute()
+                replies = pipe.execute(raise_on_error=False)
+                if trace and isinstance(replies[-1], redis_lib.exceptions.NoScriptError):
+                    self._trace_sha = self.client.script_load(RECORD_LUA)
+                    replies[-1] = self.client.evalsha(self._trace_sha, 0, *trace.args)
+                errors = [r for r in replies if isinstance(r, Exception)]
+                if errors:
+                    raise errors[0]
         except redis_lib.RedisError as exc:
             log.warning("could not record stats: %s", exc)
 
