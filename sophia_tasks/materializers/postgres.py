@@ -52,7 +52,9 @@ class PostgresMaterializer:
         self.conns = conns
         self._ready: set[tuple[int, str]] = set()
 
-    def ensure_table(self, binding: Binding) -> None:
+    def ensure_table(self, binding: Binding, lock_ms: int | None = None) -> None:
+        """``lock_ms``: how long the DDL may wait for the table's lock (a write passes its own limit: a
+        process's first write to a locked table must time out like its upsert, not hang)."""
         conn = self.conns.get(self.dsn)
         marker = (id(conn), str(binding.table))
         if marker in self._ready:
@@ -65,6 +67,8 @@ class PostgresMaterializer:
         ] + [sql.SQL("{} {}").format(sql.Identifier(p.column), sql.SQL(PG_TYPES[p.type]))
              for p in binding.projections]
         with self.conns.transaction(self.dsn) as cur:
+            if lock_ms is not None:
+                cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{lock_ms}ms",))
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"sophia-ddl:{binding.table}",))
             cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(table, sql.SQL(", ").join(columns)))
             for p in binding.projections:
@@ -102,11 +106,11 @@ class PostgresMaterializer:
         try:
             for attempt in (1, 2):
                 try:
-                    self.ensure_table(binding)
+                    limit = deadline()
+                    lock_ms, statement_ms = (10_000, 120_000) if limit is None else (
+                        int(min(10.0, limit) * 1000), int(min(120.0, limit) * 1000))
+                    self.ensure_table(binding, lock_ms)
                     with self.conns.transaction(self.dsn) as cur:
-                        limit = deadline()
-                        lock_ms, statement_ms = (10_000, 120_000) if limit is None else (
-                            int(min(10.0, limit) * 1000), int(min(120.0, limit) * 1000))
                         cur.execute("SELECT set_config('lock_timeout', %s, true), "
                                     "set_config('statement_timeout', %s, true)", (f"{lock_ms}ms", f"{statement_ms}ms"))
                         stmt = self._upsert_statement(binding).as_string(cur)
