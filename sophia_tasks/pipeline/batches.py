@@ -63,10 +63,11 @@ def derive_and_fan_out(ctx: Context, collection: str, documents: list[dict[str, 
     """Run the derivations of ``collection``; queue each derived batch for its queued targets, then
     write its inline targets here (``SOPHIA_INLINE_TARGETS``)."""
     result = stages.derive_documents(ctx.spec, collection, documents)
+    traced = trace.derived(ctx.settings, result)  # stamped now: the inline writes below come after
     if result.letters:
         ctx.dlq.record(result.letters)
         record_error(ctx, "derive", None, "transform", len(result.letters))
     with encoding_cache():  # the derived documents are final: each is encoded once for every target
         fan_out(ctx, result.documents, lane, targets, batch_id)
     ctx.stats.record([("documents_derived", {"collection": c}, len(d)) for c, d in result.documents.items()],
-                     {"derive": len(documents)}, trace=trace.derived(ctx.settings, result))
+                     {"derive": len(documents)}, trace=traced)
