@@ -8,12 +8,16 @@ per event, ``sophia:trace:<event id>`` on the cache's Redis, kept for the dedupe
 * the web (the same Lua call that claims the id for dedupe): ``received``, ``source``,
   ``credential`` (the principal's name: method and an 8-hex fingerprint, never the secret);
   a duplicate delivery counts ``duplicates`` and stamps ``duplicate_at``;
-* validate: ``validated`` (epoch s), ``batch`` (task id), ``cut`` (the ingest cut), ``valid``
-  (ok, invalid or test), ``collection``, ``key``; the key also indexes the event under
-  ``sophia:trace:key:<key>`` (a sorted set) so a trace can start from a document's key;
-* derive: ``derived``, ``derive`` (ok or failed);
-* each target: ``w:<target>`` = ``version|epoch s|attempt`` once written, ``f:<target>`` =
-  ``epoch s|attempt|reason|retry or dead-lettered`` when a write failed.
+* validate: ``validated`` (epoch s), ``batch`` (task id), ``cut`` (the ingest cut, without its
+  ``sophia:events:`` prefix), ``version`` (``_meta.published_at``), ``key``, and ``valid`` only when
+  not ok (invalid, test); the key also indexes the event under ``sophia:trace:key:<key>`` (a sorted
+  set) so a trace can start from a document's key;
+* derive: ``derived``, and ``derive`` = failed when it failed;
+* each target: ``w:<target>`` = ``epoch s[|attempt]`` once written (the attempt when not the first),
+  ``f:<target>`` = ``epoch s|attempt|reason|retry or dead-lettered`` when a write failed.
+
+Only what the journal cannot tell is kept (its collection, payload and lane are read from there),
+each value once: about 400 bytes of Redis memory per event for the window.
 
 Cost: the fields of a whole batch go in one Lua call queued on the stats pipeline the stage
 already sends (``sophia_tasks.observe.stats.Stats.record``): no round trip of its own, and the
@@ -34,6 +38,7 @@ from sophia_tasks.core.documents import meta, parse_time
 log = logging.getLogger(__name__)
 
 PREFIX = "sophia:trace:"
+CUT_PREFIX = "sophia:events:"
 KEY_INDEX = "sophia:trace:key:"
 #: Events listed for one key (newest first).
 KEY_EVENTS_LIMIT = 50
@@ -101,19 +106,19 @@ def validated(settings: Any, spec: Any, result: Any, task_id: str | None, cut: s
     batch = _batch(settings)
     if batch is None:
         return None
-    at = _now()
-    head = ["validated", at, "batch", task_id or "", "cut", cut or ""]
+    head = ["validated", _now(), "batch", task_id or "", "cut", (cut or "").removeprefix(CUT_PREFIX)]
     for name, docs in result.documents.items():
         key_of = spec.collection(name).key_of
         for doc in docs:
+            m = meta(doc)
             try:
                 key = key_of(doc)
             except Exception:  # a key the schema let through but the pointer cannot read: no index
                 key = None
-            fields = [*head, "valid", "ok", "collection", name]
+            fields = [*head, "version", m.get("published_at") or ""]
             if key is not None:
                 fields += ["key", str(key)]
-            batch.add(meta(doc).get("event_id"), fields)
+            batch.add(m.get("event_id"), fields)
     for doc in result.tests:
         batch.add(meta(doc).get("event_id"), [*head, "valid", "test"])
     for letter in result.letters:
@@ -136,7 +141,7 @@ def derived(settings: Any, result: Any) -> TraceBatch | None:
             event_id = meta(doc).get("event_id")
             if event_id not in seen:
                 seen.add(event_id)
-                batch.add(event_id, ["derived", at, "derive", "ok"])
+                batch.add(event_id, ["derived", at])
     return batch
 
 
@@ -146,13 +151,11 @@ def written(settings: Any, target: str, documents: list[dict[str, Any]], failed_
     batch = _batch(settings)
     if batch is None:
         return None
-    at = _now()
     name = "w:" + target
+    value = _now() if attempt == 1 else f"{_now()}|{attempt}"
     for doc in documents:
-        if id(doc) in failed_ids:
-            continue
-        m = meta(doc)
-        batch.add(m.get("event_id"), [name, f"{m.get('published_at')}|{at}|{attempt}"])
+        if id(doc) not in failed_ids:
+            batch.add(meta(doc).get("event_id"), [name, value])
     return batch
 
 
@@ -218,7 +221,7 @@ def build_event_trace(spec: Any, event_id: str, fields: dict[str, str], journal:
     if received_at is None and row.get("received_at") is not None:
         received_at = row["received_at"]
     received = received_at.timestamp() if received_at is not None else None
-    collection = fields.get("collection") or row.get("collection") or event.get("collection")
+    collection = row.get("collection") or event.get("collection")
     key = fields.get("key")
     if key is None and event.get("document") is not None and collection in spec.collections:
         try:
@@ -226,20 +229,21 @@ def build_event_trace(spec: Any, event_id: str, fields: dict[str, str], journal:
             key = str(found) if found is not None else None
         except Exception:
             key = None
+    version = fields.get("version") or row.get("published_at") or event.get("published_at")
     by_stage: dict[tuple[str, str | None], Any] = {}
     for letter in letters:  # the newest letter of each stage and target
         by_stage[(letter.stage, letter.target)] = letter
 
     validated_at = _float(fields.get("validated"))
     derived_at = _float(fields.get("derived"))
-    valid = fields.get("valid")
+    valid = fields.get("valid") or ("ok" if validated_at is not None else None)
     if valid is None and ("validate", None) in by_stage:
         valid = "invalid"
     validate: dict[str, Any] = {"result": valid or ("pending" if not validated_at else None),
                                 "at": _iso(validated_at), "took_s": _took(validated_at, received)}
     if ("validate", None) in by_stage:
         validate["dead_letter"] = _letter(by_stage[("validate", None)])
-    derive_result = fields.get("derive")
+    derive_result = fields.get("derive") or ("ok" if derived_at is not None else None)
     if derive_result is None and ("derive", None) in by_stage:
         derive_result = "failed"
     derive: dict[str, Any] = {"result": derive_result or ("skipped" if valid in ("invalid", "test") else "pending"),
@@ -260,7 +264,7 @@ def build_event_trace(spec: Any, event_id: str, fields: dict[str, str], journal:
             info["status"] = "not sent"
         w = fields.get("w:" + target)
         if w:
-            version, at_raw, attempt = (w.split("|") + ["", "", ""])[:3]
+            at_raw, attempt = (w.split("|") + [""])[:2]
             at = _float(at_raw)
             info = {"status": "written", "version": version, "written_at": _iso(at),
                     "attempts": int(attempt or 1), "took_s": _took(at, derived_at or validated_at)}
@@ -288,7 +292,9 @@ def build_event_trace(spec: Any, event_id: str, fields: dict[str, str], journal:
                      "credential": fields.get("credential"), "lane": row.get("lane")},
         "dedupe": {"result": "accepted", "duplicates": duplicates,
                    "last_duplicate_at": _iso(_float(fields.get("duplicate_at")))},
-        "batch": {"validate_task": fields.get("batch") or None, "cut": fields.get("cut") or None},
+        "version": version,
+        "batch": {"validate_task": fields.get("batch") or None,
+                  "cut": CUT_PREFIX + fields["cut"] if fields.get("cut") else None},
         "validate": validate,
         "derive": derive,
         "targets": targets,

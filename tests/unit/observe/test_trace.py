@@ -43,8 +43,9 @@ def test_validate_and_derive_record_a_batch_in_one_call_and_index_the_key() -> N
     stats.record([], {}, trace=trace.derived(Settings(), derived))
     try:
         ok = fields(stats.client, good)
-        assert ok["valid"] == "ok" and ok["batch"] == "task-1" and ok["cut"] == "sophia:events:q:7"
-        assert ok["key"] == call_id and ok["collection"] == "gong_calls" and ok["derive"] == "ok"
+        assert "valid" not in ok and "derive" not in ok  # only a result that is not ok is spelt out
+        assert ok["batch"] == "task-1" and ok["cut"] == "q:7" and ok["key"] == call_id
+        assert ok["version"] == "2026-12-03T08:00:00.000000Z"
         assert float(ok["derived"]) >= float(ok["validated"])
         assert fields(stats.client, bad)["valid"] == "invalid"
         assert [i.decode() for i in stats.client.zrange(trace.KEY_INDEX + call_id, 0, -1)] == [good]
@@ -61,7 +62,7 @@ def test_the_web_expiry_is_kept_by_later_stages() -> None:
     stats.client.hset(trace.PREFIX + event_id, "received", "x")
     stats.client.expire(trace.PREFIX + event_id, 50)
     batch = trace.TraceBatch(86400)
-    batch.add(event_id, ["w:redis", "v|1|1"])
+    batch.add(event_id, ["w:redis", "1796284800.350"])
     stats.record([], {}, trace=batch)
     try:
         assert 0 < stats.client.ttl(trace.PREFIX + event_id) <= 50
@@ -77,22 +78,25 @@ def letter(letter_id: int, stage: str, target: str | None, error: str, details: 
 def test_an_event_trace_joins_stages_targets_and_dead_letters() -> None:
     f = {"received": "2026-12-03T08:00:00.000000Z", "source": "webhook", "credential": "bearer:0123abcd",
          "duplicates": "1", "duplicate_at": "1796284800.5", "validated": "1796284800.250", "batch": "task-1",
-         "cut": "sophia:events:q:1", "valid": "ok", "collection": "gong_calls", "key": "42",
-         "derived": "1796284800.300", "derive": "ok",
-         "w:redis": "2026-12-03T07:59:00.000000Z|1796284800.350|1",
+         "cut": "q:1", "key": "42", "version": "2026-12-03T07:59:00.000000Z", "derived": "1796284800.300",
+         "w:redis": "1796284800.350",
          "f:postgres": "1796284800.400|5|unreachable|dead-lettered",
          "f:snowflake": "1796284800.400|1|unreachable|retry",
-         "w:snowflake": "2026-12-03T07:59:00.000000Z|1796284803.300|2"}
-    got = trace.build_event_trace(SPEC, "ev-1", f, [], [letter(9, "materialize", "postgres", "locked")])
+         "w:snowflake": "1796284803.300|2"}
+    journal = [{"collection": "gong_calls", "received_at": datetime(2026, 12, 3, 8, tzinfo=timezone.utc),
+                "journaled_at": None, "lane": "live", "source": "webhook", "published_at": None, "event": {}}]
+    got = trace.build_event_trace(SPEC, "ev-1", f, journal, [letter(9, "materialize", "postgres", "locked")])
     assert got is not None
     assert got["received"] == {"at": "2026-12-03T08:00:00.000Z", "source": "webhook", "credential": "bearer:0123abcd",
-                               "lane": None}
+                               "lane": "live"}
+    assert got["collection"] == "gong_calls" and got["version"] == "2026-12-03T07:59:00.000000Z"
     assert got["dedupe"]["duplicates"] == 1 and got["dedupe"]["last_duplicate_at"].startswith("2026-12-03T08:00:00.5")
-    assert got["batch"] == {"validate_task": "task-1", "cut": "sophia:events:q:1"}
     assert got["validate"]["result"] == "ok" and got["validate"]["took_s"] == 0.25
+    assert got["derive"]["result"] == "ok"
     assert got["derive"]["took_s"] == 0.05
     redis_t, pg, sf = got["targets"]["redis"], got["targets"]["postgres"], got["targets"]["snowflake"]
     assert redis_t["status"] == "written" and redis_t["version"] == "2026-12-03T07:59:00.000000Z"
+    assert got["batch"] == {"validate_task": "task-1", "cut": "sophia:events:q:1"}
     assert redis_t["attempts"] == 1 and redis_t["took_s"] == 0.05
     assert pg["status"] == "dead-lettered" and pg["dead_letter"]["id"] == 9 and pg["attempts"] == 5
     assert sf["status"] == "written" and sf["attempts"] == 2 and sf["last_failure"]["then"] == "retry"
