@@ -17,7 +17,8 @@ per event, ``sophia:trace:<event id>`` on the cache's Redis, kept for the dedupe
   ``f:<target>`` = ``epoch s|attempt|reason|retry or dead-lettered`` when a write failed.
 
 Only what the journal cannot tell is kept (its collection, payload and lane are read from there),
-each value once: about 400 bytes of Redis memory per event for the window.
+each value once: about 500 bytes of Redis memory per event for the window (MEMORY USAGE of a
+written event, 488 bytes, plus its share of the key index).
 
 Cost: the fields of a whole batch go in one Lua call queued on the stats pipeline the stage
 already sends (``sophia_tasks.observe.stats.Stats.record``): no round trip of its own, and the
