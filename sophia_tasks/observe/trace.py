@@ -160,15 +160,18 @@ def written(settings: Any, target: str, documents: list[dict[str, Any]], failed_
     return batch
 
 
-def failed(settings: Any, target: str, documents: list[dict[str, Any]], attempt: int, reason: str,
-           retrying: bool) -> TraceBatch | None:
-    """Fields of the documents a write to ``target`` failed: re-sent with backoff, or dead-lettered."""
+def failed(settings: Any, target: str, retryable: list[dict[str, Any]], keyless: list[dict[str, Any]],
+           attempt: int, reason: str, retrying: bool) -> TraceBatch | None:
+    """Fields of the documents a write to ``target`` failed: ``retryable`` ones are re-sent with backoff
+    when ``retrying``, else dead-lettered; ``keyless`` ones are dead-lettered at once (no retry can help)."""
     batch = _batch(settings)
     if batch is None:
         return None
-    value = f"{_now()}|{attempt}|{reason}|{'retry' if retrying else 'dead-lettered'}"
-    for doc in documents:
-        batch.add(meta(doc).get("event_id"), ["f:" + target, value])
+    at = _now()
+    for docs, then in ((retryable, "retry" if retrying else "dead-lettered"), (keyless, "dead-lettered")):
+        value = f"{at}|{attempt}|{reason}|{then}"
+        for doc in docs:
+            batch.add(meta(doc).get("event_id"), ["f:" + target, value])
     return batch
 
 

@@ -131,7 +131,8 @@ def write_and_settle(ctx: Context, node: str | None, slot: str | None, target: s
     keyless, retryable = result.keyless, result.failed
     retrying = bool(retryable) and attempt < ctx.settings.retry_max
     record_error(ctx, "materialize", target, error_reason, len(retryable),
-                 trace.failed(ctx.settings, target, [d for d, _ in result.rejected], attempt, error_reason, retrying))
+                 trace.failed(ctx.settings, target, [d for d, _ in retryable], [d for d, _ in keyless], attempt,
+                              error_reason, retrying))
     letters = [Letter(stage="materialize", target=target, collection=collection, payload=d, error=e,
                       event_id=meta(d).get("event_id"), attempts=attempt) for d, e in keyless]
     if retrying:

@@ -43,7 +43,8 @@ def _report() -> dict[str, Any]:
               "errors_by_reason": {"unreachable": 7}, "lag_p50_s": 0.42, "lag_p99_s": 3.5, "lag_mean_s": 0.9,
               "lag_p99_window_s": 12.0, "queue": "sophia.materialize.snowflake",
               "queue_bulk": "sophia.backfill.materialize.snowflake", "waiting": 3, "waiting_bytes": 123456,
-              "waiting_documents": 4321, "dead_letters": 2, "last_written": "2026-11-25T10:00:00+00:00", "last_written_age_s": 42.0}
+              "waiting_documents": 4321, "dead_letters": 2, "last_written": "2026-11-25T10:00:00+00:00",
+              "last_written_age_s": 42.0}
     return {
         "flow": "/srv/sophia/flows/a-rather-long-path/default.yaml",
         "flows": [{"name": "gong_calls", "type": "collection", "reads_from": [], "writes_to": ["gong_calls"],

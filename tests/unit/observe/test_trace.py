@@ -124,3 +124,16 @@ def test_tracing_off_builds_nothing() -> None:
     result = stages.validate_events(SPEC, [gong_event("e", "1")])
     assert trace.validated(off, SPEC, result, "t", None) is None
     assert trace.written(off, "redis", [], set(), 1) is None
+
+
+def test_a_failed_write_records_whether_it_is_retried_or_dead_lettered() -> None:
+    stats = Stats(URL)
+    retried, keyless = f"ev-{uuid.uuid4().hex}", f"ev-{uuid.uuid4().hex}"
+    stats.record([], {}, trace=trace.failed(Settings(), "postgres", [{"_meta": {"event_id": retried}}],
+                                            [{"_meta": {"event_id": keyless}}], 2, "unreachable", True))
+    try:
+        at, attempt, reason, then = fields(stats.client, retried)["f:postgres"].split("|")
+        assert (attempt, reason, then) == ("2", "unreachable", "retry") and float(at) > 0
+        assert fields(stats.client, keyless)["f:postgres"].endswith("|dead-lettered")
+    finally:
+        stats.client.delete(trace.PREFIX + retried, trace.PREFIX + keyless)
