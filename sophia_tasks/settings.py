@@ -240,6 +240,9 @@ class Settings:
     reconcile_every_seconds: float = 900.0
     max_body_bytes: int = 1024 * 1024
     dedupe_window_seconds: int = 24 * 3600
+    #: Record each event's path (receipt, dedupe, stages, targets) for `sophia-tasks trace`, kept as long
+    #: as the dedupe window (sophia_tasks.observe.trace); off saves its small cost.
+    trace_enabled: bool = True
     rate_limit_per_minute: int = 0
     bind_all: bool = False
     port: int = 9009
@@ -388,6 +391,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         reconcile_every_seconds=_seconds(env, "SOPHIA_RECONCILE_EVERY", Settings.reconcile_every_seconds),
         max_body_bytes=_int(env, "SOPHIA_MAX_BODY_BYTES", Settings.max_body_bytes),
         dedupe_window_seconds=_int(env, "SOPHIA_DEDUPE_WINDOW_SECONDS", Settings.dedupe_window_seconds),
+        trace_enabled=_bool(env, "SOPHIA_TRACE", True),
         rate_limit_per_minute=_int(env, "SOPHIA_RATE_LIMIT_PER_MINUTE", 0),
         bind_all=_bool(env, "SOPHIA_BIND_ALL"),
         port=_int(env, "PORT", 9009),

@@ -18,6 +18,7 @@ from sophia_tasks.settings import ConfigError, Settings, load_settings
 from web.documents import bp as documents_bp
 from web.health import bp as health_bp
 from web.services import Services
+from web.trace import bp as trace_bp
 from web.webhook import bp as webhook_bp
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(webhook_bp)
     app.register_blueprint(health_bp)
     app.register_blueprint(documents_bp)
+    app.register_blueprint(trace_bp)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:

@@ -235,12 +235,20 @@ class SophiaCollector:
         yield qlen
         yield reserved
         lag_bytes = GaugeMetricFamily("estuary_materialization_lag_bytes",
-                                      "Bytes of task messages waiting for each target, both lanes, ready and "
-                                      "reserved (NaN where the broker cannot tell, AMQP)", labels=["target"])
+                                      "Bytes of the documents waiting for each target, both lanes: claim-checked "
+                                      "batches (retries included), coalesced buffers and their cuts, plus task "
+                                      "messages (NaN where the broker cannot tell, AMQP)", labels=["target"])
+        lag_docs = GaugeMetricFamily("sophia_materialization_lag_documents",
+                                     "Documents waiting for each target, both lanes: claim-checked batches "
+                                     "(retries included), coalesced buffers and their cuts (NaN on AMQP)",
+                                     labels=["target"])
         sizes = snap.bytes_by_target()
+        docs = snap.documents_by_target()
         for target in targets:
             lag_bytes.add_metric([target], sizes.get(target, 0.0) if snap.measured_bytes else math.nan)
+            lag_docs.add_metric([target], docs.get(target, 0.0) if snap.measured_bytes else math.nan)
         yield lag_bytes
+        yield lag_docs
 
     # -- dead letters --------------------------------------------------------------------
     def _dead_letter_families(self, settings: Any, up: GaugeMetricFamily) -> Iterator[Metric]:

@@ -88,5 +88,14 @@ def document() -> dict[str, Any]:
                 "security": [{"read": []}],
                 "responses": {"200": _resp("the document", {"type": "object"}), "404": _resp("absent", _ERROR),
                               **read_refusals}}},
+            "/v1/events/{event_id}/trace": {"get": {
+                "summary": "Where an event is: receipt, dedupe, batch, validate, derive, each target's version, "
+                           "time and attempts, dead letters",
+                "parameters": [{"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "security": [{"read": []}],
+                "responses": {"200": _resp("the trace", {"type": "object"}),
+                              "404": _resp("unknown, or older than the trace window (the detail says how far "
+                                           "back traces go)", _ERROR),
+                              "503": _resp("Redis or PostgreSQL unreachable", _ERROR), **read_refusals}}},
         },
     }

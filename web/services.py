@@ -23,6 +23,7 @@ from web.auth import AuthConfig
 log = logging.getLogger(__name__)
 
 DEDUPE_PREFIX = "sophia:dedupe:"
+TRACE_PREFIX = "sophia:trace:"  # sophia_tasks.observe.trace.PREFIX, spelt out in the scripts below
 
 
 # Lua: ``dedupe(keys, window)`` sets each dedupe key for the window; answers 1 per first delivery
@@ -32,17 +33,40 @@ DEDUPE_PREFIX = "sophia:dedupe:"
 # Integer increments: HINCRBYFLOAT and INCRBYFLOAT format a long double, and were a sixth of the
 # script's time on the server. The values they left are integral, so HINCRBY and INCRBY accept them.
 _DEDUPE_AND_COUNT_LUA = """
-local function dedupe(keys, window)
-  local out, n = {}, 0
+local function trace_key(dedupe_key)
+  return 'sophia:trace:' .. string.sub(dedupe_key, #'sophia:dedupe:' + 1)
+end
+local function dedupe(keys, window, tr)
+  local out, n, now = {}, 0, nil
   for i, key in ipairs(keys) do
     if redis.call('SET', key, '1', 'NX', 'EX', window) then
       out[i] = 1
       n = n + 1
+      if tr then
+        local tk = trace_key(key)
+        redis.call('HSET', tk, 'received', tr[1], 'source', tr[2], 'credential', tr[3])
+        redis.call('EXPIRE', tk, window)
+      end
     else
       out[i] = 0
+      if tr then
+        local tk = trace_key(key)
+        if redis.call('EXISTS', tk) == 1 then
+          if not now then
+            local t = redis.call('TIME')
+            now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+          end
+          redis.call('HINCRBY', tk, 'duplicates', 1)
+          redis.call('HSET', tk, 'duplicate_at', now)
+        end
+      end
     end
   end
   return out, n
+end
+local function trace_args(on, received, source, credential)
+  if on == '1' then return {received, source, credential} end
+  return nil
 end
 local function count(counters, field, tp_key, tp_expiry, n)
   if n > 0 then
@@ -53,9 +77,12 @@ local function count(counters, field, tp_key, tp_expiry, n)
 end
 """
 
-# KEYS: dedupe keys; ARGV: window, counters hash, counter field, throughput key, its expiry.
+# The trace (sophia_tasks.observe.trace): a first delivery's hash gets its receipt, source and credential
+# name, with the dedupe window as its expiry; a duplicate is counted in it. ARGV trace part: on ('1' or
+# ''), received, source, credential name.
+# KEYS: dedupe keys; ARGV: window, counters hash, counter field, throughput key, its expiry, trace part.
 _DEDUPE_AND_COUNT = _DEDUPE_AND_COUNT_LUA + """
-local out, n = dedupe(KEYS, ARGV[1])
+local out, n = dedupe(KEYS, ARGV[1], trace_args(ARGV[6], ARGV[7], ARGV[8], ARGV[9]))
 count(ARGV[2], ARGV[3], ARGV[4], ARGV[5], n)
 return out
 """
@@ -63,17 +90,18 @@ return out
 # When the broker's Redis and the cache's Redis are one server (two databases), the dedupe, the append
 # to the ingest buffer and the count are one round trip: this script selects each database itself.
 # KEYS: dedupe keys..., buffer, since. ARGV: cache db, broker db, window, counters hash, counter field,
-# throughput key, its expiry, then one encoded event per dedupe key. Answers 1/0 per event as above.
+# throughput key, its expiry, the trace part (4), then one encoded event per dedupe key. Answers 1/0
+# per event as above.
 _DEDUPE_COUNT_AND_APPEND = _DEDUPE_AND_COUNT_LUA + APPEND_LUA + """
 local n = #KEYS - 2
 local keys = {}
 for i = 1, n do keys[i] = KEYS[i] end
 redis.call('SELECT', ARGV[1])
-local out, fresh_n = dedupe(keys, ARGV[3])
+local out, fresh_n = dedupe(keys, ARGV[3], trace_args(ARGV[8], ARGV[9], ARGV[10], ARGV[11]))
 if fresh_n > 0 then
   local fresh = {}
   for i = 1, n do
-    if out[i] == 1 then fresh[#fresh + 1] = ARGV[7 + i] end
+    if out[i] == 1 then fresh[#fresh + 1] = ARGV[11 + i] end
   end
   redis.call('SELECT', ARGV[2])
   append(KEYS[n + 1], KEYS[n + 2], fresh)
@@ -216,7 +244,14 @@ class Services:
             log.error("broker unavailable: %s", exc)
             raise BrokerUnavailable(str(exc)) from exc
 
-    def accept(self, events: list[dict[str, Any]], collection: str) -> list[bool]:
+    def _trace_args(self, events: list[dict[str, Any]], credential: str | None) -> list[Any]:
+        """The scripts' trace part: the request's receipt, source and credential name (never the secret)."""
+        if not self.settings.trace_enabled or not events:
+            return ["", "", "", ""]
+        first = events[0]
+        return ["1", first.get("received_at") or "", first.get("source") or "", credential or "unknown"]
+
+    def accept(self, events: list[dict[str, Any]], collection: str, credential: str | None = None) -> list[bool]:
         """Claim the events' ids for the dedupe window, hand the first deliveries to the broker and
         count them as accepted; answers True per first delivery. Raises BrokerUnavailable when the
         broker did not take them (then nothing is deduped or counted, so the sender's retry is new).
@@ -224,9 +259,10 @@ class Services:
         One round trip when the broker and the cache are one Redis server; else a dedupe-and-count
         script, then the publish.
         """
+        trace = self._trace_args(events, credential)
         if self._one_trip is not None and self.buffer is not None:
-            return self._dedupe_count_and_append(events, collection)
-        fresh, counted_at = self.dedupe_and_count([e["event_id"] for e in events], collection)
+            return self._dedupe_count_and_append(events, collection, trace)
+        fresh, counted_at = self.dedupe_and_count([e["event_id"] for e in events], collection, trace)
         new_events = [e for e, is_new in zip(events, fresh, strict=False) if is_new]
         if not new_events:
             return fresh
@@ -241,7 +277,8 @@ class Services:
             self.count_accepted(collection, len(new_events))
         return fresh
 
-    def _dedupe_count_and_append(self, events: list[dict[str, Any]], collection: str) -> list[bool]:
+    def _dedupe_count_and_append(self, events: list[dict[str, Any]], collection: str,
+                                 trace: list[Any]) -> list[bool]:
         assert self._one_trip is not None
         buffer = self.buffer
         now = int(time.time())
@@ -253,13 +290,14 @@ class Services:
                 keys=[DEDUPE_PREFIX + e["event_id"] for e in events] + [buffer.buffer_key, buffer.since_key],
                 args=[self._one_trip[0], self._one_trip[1], self.settings.dedupe_window_seconds, COUNTERS,
                       _accepted_field(collection), f"sophia:stats:tp:capture:{now}",
-                      THROUGHPUT_WINDOW * 2, *[orjson.dumps(e) for e in events]])
+                      THROUGHPUT_WINDOW * 2, *trace, *[orjson.dumps(e) for e in events]])
         except redis_lib.RedisError as exc:
             log.error("broker unavailable: %s", exc)
             raise BrokerUnavailable(str(exc)) from exc
         return [bool(f) for f in flags]
 
-    def dedupe_and_count(self, event_ids: list[str], collection: str) -> tuple[list[bool], int | None]:
+    def dedupe_and_count(self, event_ids: list[str], collection: str,
+                         trace: list[Any] | None = None) -> tuple[list[bool], int | None]:
         """Mark ids as seen for the dedupe window (True where this is the first delivery) and count
         the first deliveries as accepted, in one round trip (a Lua script).
 
@@ -276,7 +314,8 @@ class Services:
                 script = self._dedupe_script = self.redis.register_script(_DEDUPE_AND_COUNT)
             flags = script(keys=[DEDUPE_PREFIX + e for e in event_ids],
                            args=[self.settings.dedupe_window_seconds, COUNTERS, _accepted_field(collection),
-                                 f"sophia:stats:tp:capture:{now}", THROUGHPUT_WINDOW * 2])
+                                 f"sophia:stats:tp:capture:{now}", THROUGHPUT_WINDOW * 2,
+                                 *(trace or ["", "", "", ""])])
             return [bool(f) for f in flags], now
         except redis_lib.RedisError as exc:
             log.warning("dedupe store unavailable, accepting without dedupe: %s", exc)
@@ -331,7 +370,7 @@ class Services:
         """Drop the dedupe keys of events that did not reach the broker, so the sender's retry is accepted."""
         try:
             if event_ids:
-                self.redis.delete(*[DEDUPE_PREFIX + e for e in event_ids])
+                self.redis.delete(*[DEDUPE_PREFIX + e for e in event_ids], *[TRACE_PREFIX + e for e in event_ids])
         except redis_lib.RedisError as exc:
             log.warning("could not drop dedupe keys: %s", exc)
 

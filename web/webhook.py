@@ -69,7 +69,7 @@ def receive() -> Any:
 
     ids = [e["event_id"] for e in events]
     try:
-        fresh = svc.accept(events, COLLECTION)
+        fresh = svc.accept(events, COLLECTION, credential=principal.subject)
     except BrokerUnavailable:
         return error(503, "broker unavailable, retry later", retry_after=5)
     new_events = [e for e, is_new in zip(events, fresh, strict=False) if is_new]

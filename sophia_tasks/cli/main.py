@@ -23,6 +23,7 @@ from sophia_tasks.cli.keys import keys
 from sophia_tasks.cli.observe import alerts as alerts_command
 from sophia_tasks.cli.ops import backfill_command, check_command, rebuild_command
 from sophia_tasks.cli.reconcile import reconcile_command
+from sophia_tasks.cli.trace import trace_command
 from sophia_tasks.core.flowspec import FlowSpecError
 from sophia_tasks.flows import load_spec
 from sophia_tasks.logs import configure_logging
@@ -150,6 +151,7 @@ main.add_command(check_command)
 main.add_command(reconcile_command)
 main.add_command(alerts_command)
 main.add_command(erase_command)
+main.add_command(trace_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

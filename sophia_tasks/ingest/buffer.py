@@ -46,6 +46,7 @@ import orjson
 import redis as redis_lib
 
 from sophia_tasks.core.documents import encoded, remember_encoding
+from sophia_tasks.ingest.backlog import BYTES_SUFFIX, index_key
 from sophia_tasks.messaging.routing import LANES, materialize_queue
 from sophia_tasks.settings import is_redis_url
 
@@ -86,12 +87,14 @@ _STAMP = STAMP_LUA + "stamp(KEYS[1])\n"
 #: Events per RPUSH of ``IngestBuffer.append``.
 PUSH_CHUNK = 1000
 
-# KEYS: buffer, since, seq, pending cuts, validate queue. ARGV: batch size, flush ms, max wait ms,
-# validate backlog, events key prefix, ttl seconds. Answers {events key, count, age ms} or nil.
+# KEYS: buffer, since, seq, pending cuts, validate queue, the buffer's byte counter. ARGV: batch size,
+# flush ms, max wait ms, validate backlog, events key prefix, ttl seconds, and the backlog index of a
+# target buffer ('' for the ingest buffer): the cut's documents and bytes move from the buffer's counter
+# to an entry of their own (sophia_tasks.ingest.backlog). Answers {events key, count, age ms} or nil.
 _CUT = """
 local len = redis.call('LLEN', KEYS[1])
 if len == 0 then
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[6])
   return nil
 end
 local size = tonumber(ARGV[1])
@@ -106,20 +109,28 @@ end
 local take = math.min(len, size)
 local n = redis.call('INCR', KEYS[3])
 local key = ARGV[5] .. n
+local tracked = ARGV[7] ~= ''
+local nbytes = 0
 if take == len and redis.call('EXISTS', key) == 0 then
   -- The whole buffer is the cut (the usual case under live load): a rename moves no event. Never
   -- over a list that exists (a sequence reset by hand while old cuts live): that would drop it.
   redis.call('RENAME', KEYS[1], key)
+  if tracked then nbytes = tonumber(redis.call('GET', KEYS[6]) or '0') end
 else
   local items = redis.call('LRANGE', KEYS[1], 0, take - 1)
   redis.call('LTRIM', KEYS[1], take, -1)
   for i = 1, #items, 500 do
     redis.call('RPUSH', key, unpack(items, i, math.min(i + 499, #items)))
   end
+  if tracked then
+    for i = 1, #items do nbytes = nbytes + #items[i] end
+    if take < len then redis.call('DECRBY', KEYS[6], nbytes) end
+  end
 end
 redis.call('EXPIRE', key, tonumber(ARGV[6]))
 redis.call('ZADD', KEYS[4], now / 1000, key)
-if len == take then redis.call('DEL', KEYS[2]) end
+if tracked then redis.call('HSET', ARGV[7], key, take .. ':' .. nbytes) end
+if len == take then redis.call('DEL', KEYS[2], KEYS[6]) end
 return {key, take, age}
 """
 
@@ -134,7 +145,9 @@ def enabled_for(settings: Any) -> bool:
 
 
 class IngestBuffer:
-    def __init__(self, client: redis_lib.Redis, queue: str, ttl_seconds: int) -> None:
+    def __init__(self, client: redis_lib.Redis, queue: str, ttl_seconds: int, target: str | None = None) -> None:
+        """``target``: the target a target buffer gathers for; its documents then count in that
+        target's backlog (``sophia_tasks.ingest.backlog``)."""
         self.client = client
         self.queue = queue
         base = BUFFER_PREFIX + queue
@@ -143,6 +156,8 @@ class IngestBuffer:
         self.seq_key = base + ":seq"
         self.pending_key = base + ":cuts"
         self.events_prefix = f"sophia:events:{queue}:"
+        self.bytes_key = base + BYTES_SUFFIX
+        self.backlog_key = index_key(target) if target else ""
         self.ttl = int(ttl_seconds)
         self._cut = client.register_script(_CUT)
 
@@ -157,6 +172,8 @@ class IngestBuffer:
         if not items:
             return self.length()
         pipe = self.client.pipeline(transaction=True)
+        if self.backlog_key:
+            pipe.incrby(self.bytes_key, sum(len(i) for i in items))
         for i in range(0, len(items), PUSH_CHUNK):
             pipe.rpush(self.buffer_key, *items[i:i + PUSH_CHUNK])
         pipe.eval(_STAMP, 1, self.since_key)
@@ -166,9 +183,10 @@ class IngestBuffer:
     def cut(self, batch_size: int, flush_seconds: float, max_wait_seconds: float, validate_queue: str,
             validate_backlog: int) -> dict[str, Any] | None:
         """Move the next due batch into its own list; answers its reference, or None when none is due."""
-        out = self._cut(keys=[self.buffer_key, self.since_key, self.seq_key, self.pending_key, validate_queue],
+        out = self._cut(keys=[self.buffer_key, self.since_key, self.seq_key, self.pending_key, validate_queue,
+                              self.bytes_key],
                         args=[int(batch_size), int(flush_seconds * 1000), int(max_wait_seconds * 1000),
-                              int(validate_backlog), self.events_prefix, self.ttl])
+                              int(validate_backlog), self.events_prefix, self.ttl, self.backlog_key])
         if not out:
             return None
         key, n, age = out
@@ -216,6 +234,8 @@ class IngestBuffer:
             pipe = self.client.pipeline(transaction=False)
             pipe.delete(ref[REF_KEY])
             pipe.zrem(self.pending_key, ref[REF_KEY])
+            if self.backlog_key:
+                pipe.hdel(self.backlog_key, ref[REF_KEY])
             pipe.execute()
         except redis_lib.RedisError as exc:  # the expiry removes it later; the work is done
             log.warning("could not release ingest batch %s: %s", ref.get(REF_KEY), exc)
@@ -244,7 +264,8 @@ def target_buffer_name(settings: Any, target: str, collection: str, lane: str = 
 def target_buffer(settings: Any, client: redis_lib.Redis, target: str, collection: str,
                   lane: str = "live") -> IngestBuffer:
     """The buffer that gathers ``collection``'s documents for ``target`` in one lane."""
-    return IngestBuffer(client, target_buffer_name(settings, target, collection, lane), settings.batch_ttl_seconds)
+    return IngestBuffer(client, target_buffer_name(settings, target, collection, lane), settings.batch_ttl_seconds,
+                        target=target)
 
 
 def buffer_for(settings: Any, client: redis_lib.Redis | None = None) -> IngestBuffer | None:

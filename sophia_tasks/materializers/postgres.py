@@ -71,14 +71,18 @@ class PostgresMaterializer:
         self._checks = TableChecks()  # table -> its last check against the spec (a short cache)
 
     # -- the table: created when missing, else checked against the spec (never altered here) -------
-    def ensure_table(self, binding: Binding) -> None:
+    def ensure_table(self, binding: Binding, lock_ms: int | None = None) -> None:
         """Create a missing table (nothing to fill); a table that does not match the spec raises
         BindingPaused. Columns are added only by `sophia-tasks flows apply`, which also fills them
-        for the rows already there: a column added at write time would stay NULL on every older row."""
+        for the rows already there: a column added at write time would stay NULL on every older row.
+        ``lock_ms``: how long creating it may wait for a lock (a write passes its own limit: a process's
+        first write must time out like its upsert, not hang)."""
         table = str(binding.table)
         drift = self._checks.cached(table)
         if drift is None:
             with self.conns.transaction(self.dsn) as cur:
+                if lock_ms is not None:
+                    cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{lock_ms}ms",))
                 live = self._live_columns(cur, table)
                 if live is None:
                     cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"sophia-ddl:{binding.table}",))
@@ -274,13 +278,13 @@ class PostgresMaterializer:
         try:
             for attempt in (1, 2):
                 try:
-                    self.ensure_table(binding)
+                    limit = deadline()
+                    lock_ms, statement_ms = (10_000, 120_000) if limit is None else (
+                        int(min(10.0, limit) * 1000), int(min(120.0, limit) * 1000))
+                    self.ensure_table(binding, lock_ms)
                     if not binding.soft_delete:
                         self.ensure_tombstones()
                     with self.conns.transaction(self.dsn) as cur:
-                        limit = deadline()
-                        lock_ms, statement_ms = (10_000, 120_000) if limit is None else (
-                            int(min(10.0, limit) * 1000), int(min(120.0, limit) * 1000))
                         cur.execute("SELECT set_config('lock_timeout', %s, true), "
                                     "set_config('statement_timeout', %s, true)", (f"{lock_ms}ms", f"{statement_ms}ms"))
                         result.written = 0

@@ -4,8 +4,9 @@ What an operator needs to know is how much work waits for each target. On the
 Redis transport a message waits in one of two places: the queue's lists (ready,
 one list per priority step) or kombu's ``unacked`` hash, where a worker keeps what
 it has reserved: the batch it is writing, its prefetch, and every retry that waits
-for its countdown. During a target outage nearly all of that target's documents
-sit in the second place, so both are counted.
+for its countdown. Those messages are small on a Redis broker: they carry claim
+checks or cut keys, and the documents wait in the stored batches and target
+buffers, which the backlog index counts per target (``sophia_tasks.ingest.backlog``).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 import redis as redis_lib
 
 from sophia_tasks.core.flowspec import FlowSpec
+from sophia_tasks.ingest.backlog import read_backlog
 from sophia_tasks.ingest.buffer import BUFFER_PREFIX, coalesced_buffers, target_buffer_name
 from sophia_tasks.messaging.config import broker_connection
 from sophia_tasks.messaging.routing import INGEST_QUEUE, LANES, STAGE_QUEUES, materialize_queue
@@ -76,19 +78,31 @@ class BrokerSnapshot:
     queues: dict[str, QueueInfo] = field(default_factory=dict)
     # False on AMQP: the broker reports message counts, not sizes or reservations.
     measured_bytes: bool = True
+    # Target -> (documents, bytes) of the stored batches and buffers waiting for it, both lanes
+    # (``sophia_tasks.ingest.backlog``; Redis broker only).
+    backlog: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def lengths(self) -> dict[str, float]:
         return {q.name: q.ready for q in self.queues.values()}
 
     def bytes_by_target(self) -> dict[str, float]:
-        """Bytes waiting per target, both lanes, ready plus reserved (empty when not measured)."""
+        """Bytes of the documents waiting per target, both lanes (empty when not measured): the
+        stored batches and buffers of the backlog index, plus the task messages ready or reserved
+        on the target's queues (a claim check's few hundred bytes; the documents themselves when a
+        message carries them)."""
         if not self.measured_bytes:
             return {}
-        out: dict[str, float] = {}
+        out: dict[str, float] = {t: float(b) for t, (_, b) in self.backlog.items()}
         for q in self.queues.values():
             if q.target is not None:
                 out[q.target] = out.get(q.target, 0.0) + (q.ready_bytes or 0.0) + (q.reserved_bytes or 0.0)
         return out
+
+    def documents_by_target(self) -> dict[str, float]:
+        """Documents of the stored batches and buffers waiting per target (empty when not measured)."""
+        if not self.measured_bytes:
+            return {}
+        return {t: float(n) for t, (n, _) in self.backlog.items()}
 
     def waiting_by_target(self) -> dict[str, float]:
         """Messages (batches) waiting per target, both lanes, ready plus reserved."""
@@ -124,8 +138,10 @@ def broker_snapshot(settings: Settings, spec: FlowSpec) -> BrokerSnapshot:
     """Every declared queue with ready and reserved messages and their bytes."""
     queues = _declared(settings, spec)
     if _is_redis(settings.broker_url):
-        _redis_snapshot(settings.broker_url, queues, _buffers(settings, spec))
-        return BrokerSnapshot(queues=queues, measured_bytes=True)
+        backlog = _redis_snapshot(settings.broker_url, queues, _buffers(settings, spec), list(spec.materializations),
+                                  [(t, BUFFER_PREFIX + target_buffer_name(settings, t, c, lane))
+                                   for t, c, lane in coalesced_buffers(settings, spec)])
+        return BrokerSnapshot(queues=queues, measured_bytes=True, backlog=backlog)
     _amqp_snapshot(settings.broker_url, queues)
     return BrokerSnapshot(queues=queues, measured_bytes=False)
 
@@ -139,31 +155,40 @@ def _buffers(settings: Settings, spec: FlowSpec) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _redis_snapshot(url: str, queues: dict[str, QueueInfo], buffers: dict[str, tuple[str, ...]]) -> None:
+def _redis_snapshot(url: str, queues: dict[str, QueueInfo], buffers: dict[str, tuple[str, ...]],
+                    targets: list[str], target_buffers: list[tuple[str, str]]) -> dict[str, tuple[int, int]]:
+    """Fills ``queues``; answers the backlog per target (``sophia_tasks.ingest.backlog``)."""
     client = redis_lib.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
     try:
         pipe = client.pipeline(transaction=False)
-        keys: list[str] = []
+        keys: list[tuple[str, bool]] = []
         for q in queues:
-            # Events wait in the ingest buffer, a coalesced target's documents in its target buffer.
+            # Events wait in the ingest buffer, a coalesced target's documents in its target buffer
+            # (their length counts as ready; a target buffer's bytes are in the backlog).
             extra = buffers.get(q, ())
             for key in (q, *(f"{q}{_PRIORITY_SEP}{p}" for p in _PRIORITIES), *extra):
+                measured = key not in extra or queues[q].target is None
                 pipe.llen(key)
-                # SAMPLES 0: walk every node (no copying), exact for lists of big batches.
-                pipe.execute_command("MEMORY", "USAGE", key, "SAMPLES", "0")
-                keys.append(q)
+                if measured:
+                    # SAMPLES 0: walk every node (no copying), exact for lists of big batches.
+                    pipe.execute_command("MEMORY", "USAGE", key, "SAMPLES", "0")
+                keys.append((q, measured))
         replies = pipe.execute()
         unacked = client.eval(_UNACKED_LUA, 1, UNACKED_KEY, UNACKED_SCAN_LIMIT)
+        backlog = read_backlog(client, targets, target_buffers)
     finally:
         client.close()
     for q in queues.values():
         q.ready, q.ready_bytes, q.reserved, q.reserved_bytes = 0.0, 0.0, 0.0, 0.0
-    for i, q in enumerate(keys):
-        n, size = replies[2 * i], replies[2 * i + 1]
+    at = 0
+    for q, measured in keys:
+        n = replies[at]
+        size = replies[at + 1] if measured else None
+        at += 2 if measured else 1
         info = queues[q]
         info.ready += float(n or 0)
-        if n:  # an empty list does not exist; MEMORY USAGE answers nil
-            info.ready_bytes = (info.ready_bytes or 0.0) + float(size or 0)
+        if n and size:  # an empty list does not exist; MEMORY USAGE answers nil
+            info.ready_bytes = (info.ready_bytes or 0.0) + float(size)
     seen, total = float(unacked[0]), float(unacked[1])
     scale = total / seen if seen and total > seen else 1.0
     rest = unacked[2:]
@@ -173,6 +198,7 @@ def _redis_snapshot(url: str, queues: dict[str, QueueInfo], buffers: dict[str, t
         if info is not None:
             info.reserved = float(rest[j + 1]) * scale
             info.reserved_bytes = float(rest[j + 2]) * scale
+    return backlog
 
 
 def _amqp_snapshot(url: str, queues: dict[str, QueueInfo]) -> None:

@@ -12,6 +12,8 @@ from typing import Any, Iterable, Mapping
 
 import redis as redis_lib
 
+from sophia_tasks.observe.trace import RECORD_LUA, TraceBatch
+
 log = logging.getLogger(__name__)
 
 #: The buckets of the receipt -> written lag histogram, in seconds.
@@ -46,14 +48,18 @@ def read_gauges(client: redis_lib.Redis) -> dict[str, float]:
 class Stats:
     def __init__(self, redis_url: str) -> None:
         self.client = redis_lib.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+        self._trace_sha: str | None = None
 
-    def incr(self, items: Iterable[tuple[str, Mapping[str, Any] | None, float]]) -> None:
-        self.record(items, {})
+    def incr(self, items: Iterable[tuple[str, Mapping[str, Any] | None, float]],
+             trace: TraceBatch | None = None) -> None:
+        self.record(items, {}, trace=trace)
 
     def record(self, items: Iterable[tuple[str, Mapping[str, Any] | None, float]],
-               ticks: Mapping[str, float], gauges: Mapping[str, float] | None = None) -> None:
+               ticks: Mapping[str, float], gauges: Mapping[str, float] | None = None,
+               trace: TraceBatch | None = None) -> None:
         """Counters, throughput buckets and gauges in one round trip (the webhook calls this per
-        request, every stage per batch: a live batch of a few events had paid ten round trips)."""
+        request, every stage per batch: a live batch of a few events had paid ten round trips).
+        ``trace``: the batch's trace fields (``sophia_tasks.observe.trace``), one Lua call in the same trip."""
         try:
             pipe = self.client.pipeline(transaction=False)
             n = 0
@@ -65,8 +71,22 @@ class Stats:
             if gauges:
                 pipe.hset(GAUGES, mapping=dict(gauges))
                 n += 1
+            if trace:
+                # EVALSHA, not a registered Script: a pipeline holding one asks SCRIPT EXISTS first,
+                # a round trip more per batch. The script is loaded once per process, and again
+                # (one extra trip) only when the server has forgotten it.
+                if self._trace_sha is None:
+                    self._trace_sha = self.client.script_load(RECORD_LUA)
+                pipe.evalsha(self._trace_sha, 0, *trace.args)
+                n += 1
             if n:
-                pipe.execute()
+                replies = pipe.execute(raise_on_error=False)
+                if trace and isinstance(replies[-1], redis_lib.exceptions.NoScriptError):
+                    self._trace_sha = self.client.script_load(RECORD_LUA)
+                    replies[-1] = self.client.evalsha(self._trace_sha, 0, *trace.args)
+                errors = [r for r in replies if isinstance(r, Exception)]
+                if errors:
+                    raise errors[0]
         except redis_lib.RedisError as exc:
             log.warning("could not record stats: %s", exc)
 

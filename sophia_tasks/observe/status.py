@@ -57,6 +57,7 @@ def collect_status(settings: Settings, spec: FlowSpec, now: float | None = None)
     counts = target_counts(counters)
     waiting = snap.waiting_by_target() if snap else {}
     sizes = snap.bytes_by_target() if snap else {}
+    documents = snap.documents_by_target() if snap else {}
 
     targets: list[dict[str, Any]] = []
     for name, mat in spec.materializations.items():
@@ -81,6 +82,7 @@ def collect_status(settings: Settings, spec: FlowSpec, now: float | None = None)
             "queue_bulk": materialize_queue(settings, name, "bulk"),
             "waiting": int(waiting.get(name, 0)) if snap else None,
             "waiting_bytes": (int(sizes.get(name, 0)) if snap.measured_bytes else None) if snap else None,
+            "waiting_documents": (int(documents.get(name, 0)) if snap.measured_bytes else None) if snap else None,
             "dead_letters": dead.get(("materialize", name), 0) if dead is not None else None,
             "last_written": _iso(last),
             "last_written_age_s": round(now - last, 1) if last else None,
@@ -230,8 +232,8 @@ def render_status(report: Mapping[str, Any], out: IO[str] | None = None) -> None
     window = report.get("window_seconds")
     targets = Table(title="targets (lag: webhook receipt to materialized)", title_justify="left")
     cols = ["target", "endpoint", "written", "batches", "errors", "lag p50", "lag p99",
-            f"lag p99 {_seconds(window)}" if window else "lag p99 window", "waiting", "waiting bytes",
-            "dead letters", "last written"]
+            f"lag p99 {_seconds(window)}" if window else "lag p99 window", "waiting", "waiting docs",
+            "waiting bytes", "dead letters", "last written"]
     for col in cols:
         targets.add_column(col, no_wrap=True, justify="right" if col not in ("target", "endpoint") else "left")
     for t in report["targets"]:
@@ -241,7 +243,8 @@ def render_status(report: Mapping[str, Any], out: IO[str] | None = None) -> None
         age = t.get("last_written_age_s")
         targets.add_row(t["target"], t["endpoint"], str(t["written"]), str(t["batches"]), errors,
                         _seconds(t["lag_p50_s"]), _seconds(t["lag_p99_s"]), _seconds(t["lag_p99_window_s"]),
-                        _cell(t["waiting"]), _human_bytes(t["waiting_bytes"]), _cell(t["dead_letters"]),
+                        _cell(t["waiting"]), _cell(t.get("waiting_documents")), _human_bytes(t["waiting_bytes"]),
+                        _cell(t["dead_letters"]),
                         f"{_seconds(age)} ago" if age is not None else "never")
     console.print(targets)
 

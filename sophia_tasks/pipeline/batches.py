@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from sophia_tasks.core.documents import encoding_cache
+from sophia_tasks.observe import trace
 from sophia_tasks.pipeline import stages
 from sophia_tasks.pipeline.fanout import fan_out
 from sophia_tasks.pipeline.records import record_error, record_test_deliveries
@@ -36,7 +37,8 @@ def events_of_cut(ctx: Context, cut: dict[str, Any]) -> list[Any] | None:
 
 
 def validate_events_batch(ctx: Context, events: list[dict[str, Any]], lane: str,
-                          targets: list[str] | None, task_id: str | None, journaled: bool = False) -> None:
+                          targets: list[str] | None, task_id: str | None, journaled: bool = False,
+                          cut: str | None = None) -> None:
     if not journaled:
         journal_hook(ctx, events, lane)
     result = stages.validate_events(ctx.spec, events)
@@ -46,7 +48,7 @@ def validate_events_batch(ctx: Context, events: list[dict[str, Any]], lane: str,
     if result.tests:
         record_test_deliveries(ctx, result.tests)
     ctx.stats.record([("documents_validated", {"collection": c}, len(d)) for c, d in result.documents.items()],
-                     {"validate": len(events)})
+                     {"validate": len(events)}, trace=trace.validated(ctx.settings, ctx.spec, result, task_id, cut))
     for collection, documents in result.documents.items():
         derive_and_fan_out(ctx, collection, documents, lane, targets, task_id)
 
@@ -61,10 +63,11 @@ def derive_and_fan_out(ctx: Context, collection: str, documents: list[dict[str, 
     """Run the derivations of ``collection``; queue each derived batch for its queued targets, then
     write its inline targets here (``SOPHIA_INLINE_TARGETS``)."""
     result = stages.derive_documents(ctx.spec, collection, documents)
+    traced = trace.derived(ctx.settings, result)  # stamped now: the inline writes below come after
     if result.letters:
         ctx.dlq.record(result.letters)
         record_error(ctx, "derive", None, "transform", len(result.letters))
     with encoding_cache():  # the derived documents are final: each is encoded once for every target
         fan_out(ctx, result.documents, lane, targets, batch_id)
     ctx.stats.record([("documents_derived", {"collection": c}, len(d)) for c, d in result.documents.items()],
-                     {"derive": len(documents)})
+                     {"derive": len(documents)}, trace=traced)

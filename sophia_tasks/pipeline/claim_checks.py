@@ -33,6 +33,7 @@ from typing import Any, Iterable
 import orjson
 import redis as redis_lib
 
+from sophia_tasks.ingest.backlog import entry, index_key
 from sophia_tasks.settings import is_redis_url
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class ClaimStore:
         pipe.set(key, blob, ex=self.ttl)
         pipe.sadd(key + ":pending", *targets)
         pipe.expire(key + ":pending", self.ttl)
+        for target in targets:  # what waits for each target (sophia_tasks.ingest.backlog)
+            pipe.hset(index_key(target), key, entry(len(documents), len(blob)))
         pipe.execute()
         return {REF_KEY: key, "n": len(documents), "bytes": len(blob), "at": int(time.time())}
 
@@ -83,7 +86,8 @@ class ClaimStore:
             pipe = self.client.pipeline(transaction=True)
             pipe.srem(key + ":pending", target)
             pipe.scard(key + ":pending")
-            _, left = pipe.execute()
+            pipe.hdel(index_key(target), key)
+            _, left, _ = pipe.execute()
             if int(left) == 0:
                 self.client.delete(key, key + ":pending")
         except redis_lib.RedisError as exc:  # the expiry removes it later; the work is done

@@ -14,6 +14,7 @@ from sophia_tasks.core.documents import meta
 from sophia_tasks.ingest.buffer import coalesces
 from sophia_tasks.materializers import BindingPaused, TransientTargetError, WriteResult, write_deadline
 from sophia_tasks.observe import paused as paused_bindings
+from sophia_tasks.observe import trace
 from sophia_tasks.pipeline import stages
 from sophia_tasks.pipeline.claim_checks import is_ref
 from sophia_tasks.pipeline.records import record_error, record_written
@@ -145,14 +146,17 @@ def write_and_settle(ctx: Context, node: str | None, slot: str | None, target: s
         return WriteResult(failed=[(d, str(paused)[:2000]) for d in documents])
     resumed(ctx, target, collection)
     if len(result.rejected) < len(documents):
-        record_written(ctx, target, collection, documents, result, lane)
+        record_written(ctx, target, collection, documents, result, lane, attempt)
     if not result.rejected:
         return result
     keyless, retryable = result.keyless, result.failed
-    record_error(ctx, "materialize", target, error_reason, len(retryable))
+    retrying = bool(retryable) and attempt < ctx.settings.retry_max
+    record_error(ctx, "materialize", target, error_reason, len(retryable),
+                 trace.failed(ctx.settings, target, [d for d, _ in retryable], [d for d, _ in keyless], attempt,
+                              error_reason, retrying))
     letters = [Letter(stage="materialize", target=target, collection=collection, payload=d, error=e,
                       event_id=meta(d).get("event_id"), attempts=attempt) for d, e in keyless]
-    if retryable and attempt < ctx.settings.retry_max:
+    if retrying:
         countdown = stages.backoff_seconds(ctx.settings, attempt)
         log.warning("%s: %d document(s) of %s failed (attempt %d of %d), retrying in %.1fs: %s", target,
                     len(retryable), collection, attempt, ctx.settings.retry_max, countdown, retryable[0][1][:300])

@@ -9,6 +9,7 @@ from typing import Any
 from sophia_tasks.core.documents import meta, parse_time, utcnow
 from sophia_tasks.ingest.buffer import coalesces
 from sophia_tasks.materializers import WriteResult
+from sophia_tasks.observe import trace
 from sophia_tasks.observe.stats import LAG_BUCKETS
 from sophia_tasks.observe.stats import field as stats_field
 from sophia_tasks.pipeline.runtime import Context
@@ -16,7 +17,7 @@ from sophia_tasks.pipeline.runtime import Context
 log = logging.getLogger(__name__)
 
 def record_written(ctx: Context, target: str, collection: str, documents: list[dict[str, Any]],
-                   result: WriteResult, lane: str | None = None) -> None:
+                   result: WriteResult, lane: str | None = None, attempt: int = 1) -> None:
     """Counters, the lag histogram, throughput and the staleness clock of one written batch; for a
     live batch to a target that is not coalesced also its worst lag and when (``live_lag``,
     ``live_lag_at``: the bulk window yields to live events on it, ``sophia_tasks.pipeline.bulk_window``)."""
@@ -56,11 +57,14 @@ def record_written(ctx: Context, target: str, collection: str, documents: list[d
     if lane == "live" and lag_count and not coalesces(ctx.settings, target):  # a coalesced target waits on purpose
         gauges[stats_field("live_lag", {"target": target})] = round(lag_max, 3)
         gauges[stats_field("live_lag_at", {"target": target})] = at
-    ctx.stats.record(items, {"materialize": len(documents) - len(result.rejected)}, gauges)
+    ctx.stats.record(items, {"materialize": len(documents) - len(result.rejected)}, gauges,
+                     trace=trace.written(ctx.settings, target, documents, failed_ids, attempt))
 
 
-def record_error(ctx: Context, stage: str, target: str | None, reason: str, n: int = 1) -> None:
-    ctx.stats.incr([("errors", {"stage": stage, "target": target or "", "reason": reason}, n)])
+def record_error(ctx: Context, stage: str, target: str | None, reason: str, n: int = 1,
+                 traced: trace.TraceBatch | None = None) -> None:
+    """Count an error; ``traced``: the trace fields of the documents it concerns, in the same round trip."""
+    ctx.stats.incr([("errors", {"stage": stage, "target": target or "", "reason": reason}, n)], trace=traced)
 
 
 def record_test_deliveries(ctx: Context, documents: list[dict[str, Any]]) -> None:

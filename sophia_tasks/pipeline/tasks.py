@@ -86,7 +86,8 @@ def _validate(ctx: Context, events: Any, lane: str, targets: list[str] | None) -
             if events is None:
                 return
             journal_hook(ctx, events, lane)
-    validate_events_batch(ctx, events, lane, targets, validate.request.id, journaled=cut is not None)
+    validate_events_batch(ctx, events, lane, targets, validate.request.id, journaled=cut is not None,
+                          cut=cut["$events"] if cut is not None else None)
     if cut is not None:
         ctx.events.release(cut)  # type: ignore[union-attr]
 

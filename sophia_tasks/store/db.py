@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS sophia_dead_letters (
     replay_count integer NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS sophia_dead_letters_status_idx ON sophia_dead_letters (status, stage, target);
+CREATE INDEX IF NOT EXISTS sophia_dead_letters_event_idx ON sophia_dead_letters (event_id);
 """
 
 

@@ -128,6 +128,19 @@ class DeadLetterStore:
             letter.details = self.sealer.open(letter.details)
         return letters
 
+    def for_events(self, event_ids: list[str]) -> list[StoredLetter]:
+        """Every letter (any status) of these events, oldest first: what `sophia-tasks trace` joins."""
+        if not event_ids:
+            return []
+        query = sql.SQL("SELECT {} FROM sophia_dead_letters WHERE event_id = ANY(%s) ORDER BY id").format(
+            sql.SQL(", ").join(map(sql.Identifier, _COLUMNS)))
+        with self.conns.transaction(self.dsn) as cur:
+            cur.execute(query, (list(event_ids),))
+            letters = [StoredLetter(**dict(zip(_COLUMNS, row, strict=True))) for row in cur.fetchall()]
+        for letter in letters:
+            letter.details = self.sealer.open(letter.details)
+        return letters
+
     def get(self, letter_id: int) -> StoredLetter | None:
         found = self.list(status=None, ids=[letter_id], limit=1)
         return found[0] if found else None

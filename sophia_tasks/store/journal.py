@@ -250,6 +250,29 @@ def count_events(dsn: str, since: datetime | None = None, until: datetime | None
         return int(cur.fetchone()[0])
 
 
+def events_by_id(dsn: str, event_ids: list[str], since: datetime | None = None,
+                 sealer: Sealer | None = None) -> list[dict[str, Any]]:
+    """The journal rows of these event ids (newest receipt first), each with its event opened:
+    what `sophia-tasks trace` joins. ``since`` bounds the partitions read."""
+    if not event_ids:
+        return []
+    clauses = "event_id = ANY(%s)" + (" AND received_at >= %s" if since is not None else "")
+    params: list[Any] = [list(event_ids)] + ([since] if since is not None else [])
+    with connections.transaction(dsn) as cur:
+        ensure_journal(cur, dsn)
+        cur.execute(sql.SQL("SELECT event_id, received_at, collection, published_at, source, lane, is_test, "
+                            "journaled_at, event FROM {} WHERE ").format(sql.Identifier(TABLE))
+                    + sql.SQL(clauses) + sql.SQL(" ORDER BY received_at DESC"), params)
+        cols = [d[0] for d in cur.description]
+        rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    for row in rows:
+        event = row["event"]
+        if isinstance(event, str):
+            event = orjson.loads(event)
+        row["event"] = sealer.open(event) if sealer is not None else event
+    return rows
+
+
 def iter_batches(dsn: str, batch_size: int = 500, since: datetime | None = None, until: datetime | None = None,
                  collections: list[str] | None = None, include_tests: bool = False,
                  sealer: Sealer | None = None) -> Iterator[list[dict[str, Any]]]:

@@ -249,7 +249,8 @@ def test_metrics_exposition(monkeypatch: pytest.MonkeyPatch) -> None:
             "sophia.materialize.snowflake": QueueInfo("sophia.materialize.snowflake", "snowflake", "live", 2, 1,
                                                       1000.0, 500.0),
             "sophia.backfill.materialize.snowflake": QueueInfo("sophia.backfill.materialize.snowflake",
-                                                               "snowflake", "bulk", 1, 0, 250.0, 0.0)})
+                                                               "snowflake", "bulk", 1, 0, 250.0, 0.0)},
+            backlog={"snowflake": (3, 5000), "postgres": (2, 4000), "redis": (0, 0)})
 
     got = _render(monkeypatch, counters, snapshot, lambda s: {("materialize", "snowflake"): 2, ("validate", ""): 1})
     assert got[_key("estuary_flow_lag_seconds_bucket", target="redis", le="0.5")] == 2
@@ -265,8 +266,13 @@ def test_metrics_exposition(monkeypatch: pytest.MonkeyPatch) -> None:
     assert got[_key("sophia_documents_written_total", target="postgres", collection="gong_calls_enriched")] == 0
     assert got[_key("sophia_events_accepted_total", collection="gong_calls")] == 4
     assert got[_key("estuary_flow_throughput_eps", stage="materialize")] == 1.5
-    assert got[_key("estuary_materialization_lag_bytes", target="snowflake")] == 1750
+    # The documents waiting in stored batches and buffers, plus the task messages (here 1,750 bytes).
+    assert got[_key("estuary_materialization_lag_bytes", target="snowflake")] == 1750 + 5000
+    assert got[_key("estuary_materialization_lag_bytes", target="postgres")] == 4000
     assert got[_key("estuary_materialization_lag_bytes", target="redis")] == 0
+    assert got[_key("sophia_materialization_lag_documents", target="snowflake")] == 3
+    assert got[_key("sophia_materialization_lag_documents", target="postgres")] == 2
+    assert got[_key("sophia_materialization_lag_documents", target="redis")] == 0
     assert got[_key("sophia_queue_length", queue="sophia.backfill.materialize.snowflake")] == 1
     assert got[_key("sophia_queue_reserved", queue="sophia.materialize.snowflake")] == 1
     assert got[_key("sophia_dead_letters")] == 3
@@ -289,6 +295,7 @@ def test_metrics_when_sources_fail(monkeypatch: pytest.MonkeyPatch) -> None:
 
     got = _render(monkeypatch, {}, amqp, down)
     assert math.isnan(got[_key("estuary_materialization_lag_bytes", target="redis")])
+    assert math.isnan(got[_key("sophia_materialization_lag_documents", target="redis")])
     assert got[_key("sophia_queue_length", queue="sophia.ingest")] == 5
     assert _key("sophia_dead_letters") not in got
     assert got[_key("sophia_metrics_source_up", source="deadletters")] == 0

@@ -12,6 +12,7 @@ from sophia_tasks.core.documents import format_version, utcnow
 from sophia_tasks.materializers import WriteResult
 from sophia_tasks.observe.stats import Stats
 from sophia_tasks.pipeline.records import record_written
+from sophia_tasks.settings import Settings
 
 URL = "redis://127.0.0.1:6379/12"
 
@@ -46,20 +47,33 @@ def count_round_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_a_written_batch_records_counters_lag_throughput_and_staleness_in_one_round_trip(
         stats: Stats, monkeypatch: pytest.MonkeyPatch) -> None:
     received = format_version(utcnow())
-    docs = [{"_meta": {"received_at": received}, "n": i} for i in range(3)]
+    docs = [{"_meta": {"received_at": received, "event_id": f"ev-{i}", "published_at": f"v{i}"}, "n": i}
+            for i in range(3)]
     failed = docs[2]
+    ctx = SimpleNamespace(stats=stats, settings=Settings())
+    # The trace script is loaded once per process, by its first batch (flushdb keeps scripts).
+    record_written(ctx, "redis", "gong_calls_enriched", [{"_meta": {"event_id": "warm"}}], WriteResult(written=1))
+    stats.client.flushdb()
     trips = count_round_trips(monkeypatch)
     before = time.time()
-    record_written(SimpleNamespace(stats=stats), "redis", "gong_calls_enriched", docs,
-                   WriteResult(written=2, failed=[(failed, "bad")]))
-    assert trips == ["pipeline"]
+    record_written(ctx, "redis", "gong_calls_enriched", docs, WriteResult(written=2, failed=[(failed, "bad")]),
+                   attempt=3)
+    assert trips == ["pipeline"]  # the trace fields ride in the same round trip
     monkeypatch.undo()
+    # Each written document's trace holds the version, when and the attempt; the failed one has none.
+    at, attempt = stats.client.hget("sophia:trace:ev-1", "w:redis").decode().split("|")
+    assert attempt == "3" and float(at) >= before - 0.001  # ms precision
+    assert stats.client.hget("sophia:trace:ev-2", "w:redis") is None
+    assert 0 < stats.client.ttl("sophia:trace:ev-1") <= Settings().dedupe_window_seconds
     counters = stats.counters()
     assert counters["documents_written|collection=gong_calls_enriched|target=redis"] == 2
     assert counters["lag_seconds_count|target=redis"] == 2  # the failed document has no lag
     assert stats.last_written()["redis"] >= before
     tick = sum(float(stats.client.get(k) or 0) for k in stats.client.keys("sophia:stats:tp:materialize:*"))
     assert tick == 2
+    record_written(SimpleNamespace(stats=stats, settings=Settings(trace_enabled=False)), "redis",
+                   "gong_calls_enriched", [failed], WriteResult(written=1), attempt=1)
+    assert stats.client.hget("sophia:trace:ev-2", "w:redis") is None  # tracing off: nothing recorded
 
 
 def test_record_takes_counters_ticks_and_gauges_together(stats: Stats, monkeypatch: pytest.MonkeyPatch) -> None:

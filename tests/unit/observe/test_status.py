@@ -43,7 +43,8 @@ def _report() -> dict[str, Any]:
               "errors_by_reason": {"unreachable": 7}, "lag_p50_s": 0.42, "lag_p99_s": 3.5, "lag_mean_s": 0.9,
               "lag_p99_window_s": 12.0, "queue": "sophia.materialize.snowflake",
               "queue_bulk": "sophia.backfill.materialize.snowflake", "waiting": 3, "waiting_bytes": 123456,
-              "dead_letters": 2, "last_written": "2026-11-25T10:00:00+00:00", "last_written_age_s": 42.0}
+              "waiting_documents": 4321, "dead_letters": 2, "last_written": "2026-11-25T10:00:00+00:00",
+              "last_written_age_s": 42.0}
     return {
         "flow": "/srv/sophia/flows/a-rather-long-path/default.yaml",
         "flows": [{"name": "gong_calls", "type": "collection", "reads_from": [], "writes_to": ["gong_calls"],
@@ -69,7 +70,7 @@ def test_render_status_is_wide_and_complete_when_piped() -> None:
     assert "…" not in text
     for needle in ("flows in /srv/sophia/flows/a-rather-long-path/default.yaml", "accepted 10, validated 9",
                    "sophia.backfill.materialize.snowflake", "7 (unreachable 7)", "420 ms", "3.5 s", "12.0 s",
-                   "120.6 KiB", "42.0 s ago", "lag p99 5.0 min", "materialize 4.5/s",
+                   "120.6 KiB", "4321", "waiting docs", "42.0 s ago", "lag p99 5.0 min", "materialize 4.5/s",
                    "dead letters pending: 3 (materialize 2, validate 1)", "alerts firing: lag on snowflake"):
         assert needle in text, needle
     assert "\x1b[" not in text  # no colour codes in a pipe
