@@ -22,5 +22,7 @@ def load_spec(path: str | Path, check_imports: bool = True) -> FlowSpec:
     return _load(path, check_imports=check_imports, endpoints=resource_checks())
 
 
-def parse_spec(data: Any, path: str = "<flow spec>", check_imports: bool = True) -> FlowSpec:
-    return _parse(data, path, check_imports=check_imports, endpoints=resource_checks())
+def parse_spec(data: Any, path: str = "<flow spec>", check_imports: bool = True,
+               base_dir: str | Path | None = None) -> FlowSpec:
+    """A spec already read (``data``); its JSON Schema files are read relative to ``base_dir``."""
+    return _parse(data, path, check_imports=check_imports, endpoints=resource_checks(), base_dir=base_dir)
