@@ -48,7 +48,7 @@ import psycopg2
 import psycopg2.extras
 
 from sophia_tasks.core.documents import format_version, parse_time, utcnow
-from sophia_tasks.core.flowspec import FlowSpec, Routes
+from sophia_tasks.core.flowspec import FlowSpec, Route, Routes
 from sophia_tasks.flows import load_spec
 from sophia_tasks.ingest.envelope import EnvelopeError, parse_body
 from sophia_tasks.ingest.events import make_event
@@ -110,6 +110,11 @@ class Target:
     routes: Routes
     collection: str
 
+    @property
+    def bare_routes(self) -> Routes:
+        """A bare call read as a ``call_completed`` envelope that goes to ``collection``."""
+        return Routes(routes=(Route(CALL_TYPE, self.collection),))
+
 
 def target_for(spec: FlowSpec, collection: str | None = None) -> Target:
     """The routes of ``spec`` and the collection bare calls go to: ``collection`` when given, else
@@ -138,14 +143,15 @@ def item_to_event(item: Any, received_at: str, target: Target) -> dict[str, Any]
     bare = _is_bare_call(item)
     wrapped = {"type": CALL_TYPE, "data": item} if bare else item
     try:
-        (parsed,) = parse_body(orjson.dumps(wrapped), "application/json", routes=target.routes)
+        (parsed,) = parse_body(orjson.dumps(wrapped), "application/json",
+                               routes=target.bare_routes if bare else target.routes)
     except EnvelopeError as exc:
         raise BadItem(f"{exc.message}: {exc.detail}" if exc.detail else exc.message) from None
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise BadItem(f"not serialisable as JSON: {exc}") from None
     envelope_id = item.get("id") if parsed.kind == "envelope" and not bare else None
     event_id = envelope_id if isinstance(envelope_id, str) and envelope_id else canonical_id(item)
-    return make_event(collection=target.collection if bare else str(parsed.collection), document=parsed.document,
+    return make_event(collection=str(parsed.collection), document=parsed.document,
                       event_id=event_id, received_at=received_at,
                       published_at=item_version(item, parsed.document, parsed.occurred_at), source=SOURCE,
                       is_test=parsed.is_test, op=parsed.op)

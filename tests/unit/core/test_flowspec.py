@@ -59,7 +59,7 @@ def test_bad_spec_errors_name_the_path(mutate, expected: str) -> None:
     data = shipped()
     mutate(data)
     with pytest.raises(FlowSpecError) as err:
-        parse_spec(data, "flows/test.yaml", base_dir=DEFAULT_FLOW.parent)
+        parse_spec(data, "flows/test.yaml")
     assert expected in str(err.value)
     assert str(err.value).startswith("flows/test.yaml:")
 
