@@ -43,7 +43,7 @@ COLLECTION_COUNTERS: dict[str, tuple[str, str]] = {
     "events_accepted": ("sophia_events_accepted", "Events accepted by the webhook or a backfill"),
     "documents_validated": ("sophia_documents_validated", "Documents that passed schema validation"),
     "documents_derived": ("sophia_documents_derived", "Documents handed to materialization by derive"),
-    "test_deliveries": ("sophia_test_deliveries", "Gong isTest deliveries acknowledged, not materialized"),
+    "test_deliveries": ("sophia_test_deliveries", "isTest deliveries acknowledged, not materialized"),
 }
 TARGET_COUNTERS: dict[str, tuple[str, str]] = {
     "documents_written": ("sophia_documents_written", "Documents written per target"),

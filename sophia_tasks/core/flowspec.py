@@ -323,7 +323,7 @@ def _load_schema(value: Any, where: str, base_dir: Path, check_imports: bool,
     Schema file, relative to the spec's directory; any other string names a registered schema.
     """
     if value is None:
-        problems.append(f"{where}: required: a registered schema's name (such as gong_call), a JSON Schema "
+        problems.append(f"{where}: required: a registered schema's name, a JSON Schema "
                         "inline, or the path of a JSON Schema file relative to the spec")
         return None, None, None
     if isinstance(value, str) and not _is_schema_file(value):
