@@ -1,7 +1,10 @@
 """The OpenAPI 3.1 document of the web app (served at /openapi.json, used for fuzzing)."""
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from sophia_tasks.core.flowspec import FlowSpec
 
 _ERROR = {"type": "object", "required": ["error"],
           "properties": {"error": {"type": "string"}, "detail": {}}}
@@ -14,17 +17,32 @@ def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
     return out
 
 
-def document() -> dict[str, Any]:
+def _event_type(spec: FlowSpec | None) -> dict[str, Any]:
+    """The envelope types the spec routes: its exact names, and each pattern as a regex."""
+    if spec is None:
+        return {"type": "string"}
+    exact = [r.pattern for r in spec.routes.routes if r.exact]
+    patterns = ["^" + ".*".join(re.escape(p) for p in r.pattern.split("*")) + "$"
+                for r in spec.routes.routes if not r.exact]
+    options: list[dict[str, Any]] = ([{"enum": exact}] if exact else []) + [{"pattern": p} for p in patterns]
+    return {"type": "string", "description": "A type the flow spec routes (exact names win, then the longest "
+                                             "* pattern); any other type is a 400 naming the known ones",
+            **({"anyOf": options} if options else {})}
+
+
+def document(spec: FlowSpec | None = None) -> dict[str, Any]:
+    """The OpenAPI document; with ``spec``, the routed types, wrapped forms and collections are its own."""
     document = {"type": "object", "additionalProperties": True,
                 "description": "A document of the collection; its key and schema are checked by the pipeline, "
                                "which dead-letters a document failing them. `_meta.op: \"d\"` marks a delete."}
     envelope = {"type": "object", "required": ["type", "data"],
-                "properties": {"type": {"type": "string", "description": "A type the flow spec's routes name "
-                                                                         "(exact, or a * pattern)"},
-                               "id": {"type": "string"}, "occurred_at": {"type": "string"}, "data": document}}
-    wrapped = {"type": "object", "description": "A typeless form the flow spec's `wrappers` declare, such as "
-                                                "{\"callData\": {...}, \"isTest\": false}",
-               "properties": {"isTest": {"type": "boolean"}}, "additionalProperties": document}
+                "properties": {"type": _event_type(spec), "id": {"type": "string"},
+                               "occurred_at": {"type": "string"}, "data": document}}
+    wrappers = list(spec.routes.wrappers) if spec is not None else []
+    forms = [{"type": "object", "required": [name], "description": f"Typeless: stands for {spec.routes.wrappers[name]}",
+              "properties": {name: document, "isTest": {"type": "boolean"}}} for name in wrappers if spec]
+    wrapped: dict[str, Any] = {"oneOf": forms} if forms else {
+        "type": "object", "description": "A typeless form the flow spec's `wrappers` declare"}
     item = {"oneOf": [envelope, wrapped]}
     body = {"oneOf": [envelope, wrapped, {"type": "array", "items": item, "minItems": 1, "maxItems": 1000}]}
     documents = {"oneOf": [document, {"type": "array", "items": document, "minItems": 1, "maxItems": 1000}]}
@@ -55,7 +73,8 @@ def document() -> dict[str, Any]:
     }
     capture = {
         "summary": "Capture documents into one collection of the flow spec",
-        "parameters": [{"name": "collection", "in": "path", "required": True, "schema": {"type": "string"},
+        "parameters": [{"name": "collection", "in": "path", "required": True,
+                        "schema": {"type": "string", **({"enum": list(spec.collections)} if spec else {})},
                         "description": "A collection of the flow spec (not a derivation)"}],
         "security": write_security,
         "requestBody": {"required": True, "content": {"application/json": {"schema": documents},
