@@ -130,7 +130,8 @@ def test_fuzz_webhook_credentials_never_5xx(harness: Harness, api: Any) -> None:
     """Arbitrary Authorization values and Standard Webhooks headers: 401/403 (or a 2xx/4xx when the
     value happens to be the real token), never a 5xx."""
     op = operation(api, "POST /estuary/webhook")
-    header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80)
+    # No leading or trailing space: the HTTP client refuses to send such a header before any request is made.
+    header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80).map(str.strip)
     strategy = st.tuples(
         op.as_strategy(generation_mode=GenerationMode.POSITIVE),
         st.one_of(header_text, header_text.map(lambda s: "Bearer " + s), st.just(f"Bearer {TOKEN}x"),
