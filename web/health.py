@@ -83,4 +83,4 @@ def metrics() -> Any:
 def openapi() -> Any:
     from web.openapi import document
 
-    return jsonify(document())
+    return jsonify(document(services().spec))

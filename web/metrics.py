@@ -44,7 +44,7 @@ COLLECTION_COUNTERS: dict[str, tuple[str, str]] = {
     "events_accepted": ("sophia_events_accepted", "Events accepted by the webhook or a backfill"),
     "documents_validated": ("sophia_documents_validated", "Documents that passed schema validation"),
     "documents_derived": ("sophia_documents_derived", "Documents handed to materialization by derive"),
-    "test_deliveries": ("sophia_test_deliveries", "Gong isTest deliveries acknowledged, not materialized"),
+    "test_deliveries": ("sophia_test_deliveries", "isTest deliveries acknowledged, not materialized"),
 }
 # sophia.reconcile: calls found at Gong and not here ("missing") or newer there ("newer"), enqueued or
 # only reported (a dry run); exported at zero so the reconcile rule's increase() has a series.

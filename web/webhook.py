@@ -1,19 +1,21 @@
-"""The capture endpoint: authenticate, parse, dedupe, enqueue, answer.
+"""The capture endpoints: authenticate, parse, dedupe, enqueue, answer.
 
-The 202 goes out only after the ingest message is on the broker; if the broker
-cannot take it the sender gets a 503 with Retry-After and retries, so an event is
-never acknowledged and then lost.
+``/estuary/webhook`` (and ``/webhooks/gong``) take envelopes routed by the flow spec's ``routes``;
+``/v1/collections/<collection>/events`` takes documents of one collection. Both share every rule:
+the body limit, auth, rate limit, dedupe, the answers and the durability. The 202 goes out only
+after the events are on the broker; if the broker cannot take them the sender gets a 503 with
+Retry-After and retries, so an event is never acknowledged and then lost.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 from flask import Blueprint, Response, request
 
 from sophia_tasks.core.documents import format_version, normalize_version, utcnow
-from sophia_tasks.ingest.envelope import EnvelopeError, UnsupportedMediaType, parse_body
+from sophia_tasks.ingest.envelope import EnvelopeError, Event, UnsupportedMediaType, parse_body, parse_documents
 from sophia_tasks.ingest.events import make_event
 from web.access import auth_refused, error, rate_refused
 from web.auth import AuthError, authenticate
@@ -22,12 +24,38 @@ from web.services import BrokerUnavailable, services
 log = logging.getLogger(__name__)
 
 bp = Blueprint("webhook", __name__)
-COLLECTION = "gong_calls"
 
 
 @bp.post("/estuary/webhook")
 @bp.post("/webhooks/gong")
 def receive() -> Any:
+    routes = services().spec.routes
+    return capture(lambda raw, content_type, webhook_id: parse_body(raw, content_type, webhook_id, routes),
+                   source="webhook")
+
+
+@bp.post("/v1/collections/<collection>/events")
+def receive_documents(collection: str) -> Any:
+    spec = services().spec
+
+    def check() -> Any | None:
+        if collection in spec.collections:
+            return None
+        known = ", ".join(spec.collections)
+        what = "a derivation: capture into its source collection" if collection in spec.derivations else \
+            "not a collection of the flow spec"
+        return error(400, "unknown collection", f"{collection[:100]!r} is {what}; known collections: {known}")
+
+    return capture(lambda raw, content_type, webhook_id: parse_documents(raw, content_type, collection, webhook_id),
+                   source="capture", check=check)
+
+
+Parse = Callable[[bytes, "str | None", "str | None"], list[Event]]
+
+
+def capture(parse: Parse, source: str, check: Callable[[], Any | None] | None = None) -> Any:
+    """The one capture path: limit, authenticate, rate-limit, ``check`` the request (e.g. the collection),
+    parse (every item routed, or the whole body refused), dedupe and enqueue, answer."""
     svc = services()
     settings = svc.settings
     received_at = utcnow()
@@ -49,10 +77,14 @@ def receive() -> Any:
     refused = rate_refused(svc, principal)
     if refused is not None:
         return refused
+    if check is not None:
+        refused = check()
+        if refused is not None:
+            return refused
 
     webhook_id = request.headers.get("webhook-id")
     try:
-        parsed = parse_body(raw, request.headers.get("Content-Type"), webhook_id)
+        parsed = parse(raw, request.headers.get("Content-Type"), webhook_id)
     except UnsupportedMediaType as exc:
         return error(415, str(exc), getattr(exc, "detail", None))
     except EnvelopeError as exc:
@@ -63,13 +95,13 @@ def receive() -> Any:
     events = []
     for ev in parsed:
         published = ev.occurred_at or header_time
-        events.append(make_event(COLLECTION, ev.call, ev.event_id, received,
+        events.append(make_event(str(ev.collection), ev.document, ev.event_id, received,
                                  normalize_version(published, received_at) if published else received,
-                                 source="webhook", is_test=ev.is_test))
+                                 source=source, is_test=ev.is_test, op=ev.op))
 
     ids = [e["event_id"] for e in events]
     try:
-        fresh = svc.accept(events, COLLECTION, credential=principal.subject)
+        fresh = accept_by_collection(events, principal.subject)
     except BrokerUnavailable:
         return error(503, "broker unavailable, retry later", retry_after=5)
     new_events = [e for e, is_new in zip(events, fresh, strict=False) if is_new]
@@ -92,6 +124,26 @@ def receive() -> Any:
     if any(e["is_test"] for e in new_events):
         body["test"] = True
     return answer(body, 202)
+
+
+def accept_by_collection(events: list[dict[str, Any]], credential: str | None = None) -> list[bool]:
+    """``Services.accept`` once per collection of the request (counts are per collection), flags in order.
+
+    A broker that fails part-way answers 503: the groups accepted before it are deduped, so the
+    sender's retry hands on only the rest, and nothing is lost or counted twice."""
+    svc = services()
+    first = events[0]["collection"]
+    if all(e["collection"] == first for e in events):
+        return svc.accept(events, first, credential=credential)
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(events):
+        groups.setdefault(e["collection"], []).append(i)
+    flags = [False] * len(events)
+    for collection, positions in groups.items():
+        for i, flag in zip(positions, svc.accept([events[i] for i in positions], collection,
+                                                                 credential=credential), strict=True):
+            flags[i] = flag
+    return flags
 
 
 def answer(body: dict[str, Any], status: int) -> Response:

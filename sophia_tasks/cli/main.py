@@ -32,7 +32,7 @@ from sophia_tasks.logs import configure_logging
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sophia-tasks")
 def main() -> None:
-    """sophia-tasks: webhook capture, validation, enrichment and materialization of Gong calls."""
+    """sophia-tasks: capture, validation, derivation and materialization of the flows in the flow spec."""
     configure_logging()
 
 

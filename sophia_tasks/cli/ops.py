@@ -142,11 +142,14 @@ class ProgressReporter:
               help="At most this many events per second (default: as fast as the broker takes them).")
 @click.option("--max-retries", type=click.IntRange(0, 50), default=5, show_default=True,
               help="--gong: retries of one page on 5xx or network errors before it counts as failed.")
+@click.option("--collection", metavar="NAME", default=None,
+              help="The collection bare calls go to (default: the flow spec's route of call_completed); "
+                   "envelopes follow the spec's routes.")
 @click.option("--list", "list_checkpoints", is_flag=True, help="List the backfill checkpoints and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (or --list) as JSON on stdout.")
 def backfill_command(file_path: str | None, gong: bool, since: str | None, until: str | None, restart: bool,
-                     strict: bool, batch_size: int, rate: float | None, max_retries: int, list_checkpoints: bool,
-                     as_json: bool) -> None:
+                     strict: bool, batch_size: int, rate: float | None, max_retries: int, collection: str | None,
+                     list_checkpoints: bool, as_json: bool) -> None:
     """Publish historical calls on the bulk lane: resumable (checkpoint in PostgreSQL) and idempotent.
 
     \b
@@ -174,10 +177,12 @@ def backfill_command(file_path: str | None, gong: bool, since: str | None, until
         with reporter:
             if gong:
                 summary = run_gong_backfill(settings, since or "", until, restart=restart, batch_size=batch_size,
-                                            progress=reporter, max_retries=max_retries, rate=rate)
+                                            progress=reporter, max_retries=max_retries, rate=rate,
+                                            collection=collection)
             else:
                 summary = run_file_backfill(settings, file_path or "", restart=restart, strict=strict,
-                                            batch_size=batch_size, progress=reporter, rate=rate)
+                                            batch_size=batch_size, progress=reporter, rate=rate,
+                                            collection=collection)
     except BackfillError as exc:
         _fail(str(exc))
         return

@@ -6,17 +6,20 @@ operator fixes a spec in one pass rather than one error per deploy.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote
 
 import yaml
 
 from sophia_tasks.core.alert_rules import check_alerts_section
-from sophia_tasks.schemas import get_validator
+from sophia_tasks.schemas import Validator, get_validator
+from sophia_tasks.schemas.json_schema import compile_validator, schema_problems
 
 #: An endpoint's own resource checks: ``check(resource, source, projections, where)`` answers the problems of one
 #: binding's ``resource`` (each materializer plugin registers its own: ``sophia_tasks.materializers.base.register``).
@@ -69,29 +72,66 @@ class Projection:
     type: str
 
 
+def _key_part(document: Any, pointer: str) -> str | None:
+    value = resolve_pointer(document, pointer)
+    if value is None or isinstance(value, (dict, list, bool)):
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text or None
+
+
 class _Keyed:
-    key: str
+    #: The key's JSON pointers: one, or several for a composite key.
+    keys: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        """The key as written in the spec: the pointer, or the pointers joined by ", " (composite)."""
+        return ", ".join(self.keys)
 
     def key_of(self, document: Mapping[str, Any]) -> str | None:
-        value = resolve_pointer(document, self.key)
-        if value is None or isinstance(value, (dict, list, bool)):
-            return None
-        return str(value)
+        """The one string every target stores as the document's key; None when a part is missing.
+
+        A part is a string or a number (not an object, array, boolean, null or ""). A single
+        pointer's value is the key as is. A composite key joins its parts with ":", each part
+        percent-encoded first (RFC 3986, nothing kept: ":" becomes %3A, "%" %25), so the join can
+        be split back and two different documents never share a key: ``[/portalId, /dealId]`` of
+        ``{"portalId": 42, "dealId": "9001"}`` is ``42:9001``.
+        """
+        keys = self.keys
+        if len(keys) == 1:
+            return _key_part(document, keys[0])
+        parts = []
+        for pointer in keys:
+            part = _key_part(document, pointer)
+            if part is None:
+                return None
+            parts.append(quote(part, safe=""))
+        return ":".join(parts)
 
 
 @dataclass(frozen=True)
 class Collection(_Keyed):
     name: str
-    key: str
+    keys: tuple[str, ...]
+    #: What the spec says: a registered schema's name, a file path, or "inline JSON Schema".
     schema: str | None = None
     description: str = ""
+    #: The JSON Schema (2020-12) of the collection, when it is not a registered schema.
+    json_schema: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    _validator: Validator | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def validator(self) -> Validator:
+        """``validate(document) -> (document | None, errors)``: the JSON Schema's or the registered one."""
+        return self._validator if self._validator is not None else get_validator(str(self.schema))
 
 
 @dataclass(frozen=True)
 class Derivation(_Keyed):
     name: str
     source: str
-    key: str
+    keys: tuple[str, ...]
     transform: str
     config: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
@@ -148,6 +188,54 @@ class Materialization:
 
 
 @dataclass(frozen=True)
+class Route:
+    """Envelopes whose ``type`` matches ``pattern`` (exact, or with ``*`` for any characters) go to
+    ``collection``; ``op`` is "delete" when the type stands for a deletion."""
+
+    pattern: str
+    collection: str
+    op: str | None = None
+
+    @property
+    def exact(self) -> bool:
+        return "*" not in self.pattern
+
+    def matches(self, event_type: str) -> bool:
+        return event_type == self.pattern if self.exact else _glob(self.pattern).fullmatch(event_type) is not None
+
+
+@lru_cache(maxsize=256)
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Routes:
+    """The spec's ``routes`` (envelope type -> collection) and ``wrappers`` (typeless body forms)."""
+
+    routes: tuple[Route, ...] = ()
+    #: ``{"<field>": "<type>"}``: a body ``{"<field>": <document>, "isTest"?: bool}`` is an event of that type.
+    wrappers: Mapping[str, str] = field(default_factory=dict)
+
+    def resolve(self, event_type: str) -> Route | None:
+        """The route of ``event_type``: an exact name wins, then the longest matching pattern
+        (the first declared among patterns of one length)."""
+        for route in self.routes:
+            if route.exact and route.pattern == event_type:
+                return route
+        best: Route | None = None
+        for route in self.routes:
+            if not route.exact and (best is None or len(route.pattern) > len(best.pattern)) \
+                    and route.matches(event_type):
+                best = route
+        return best
+
+    def known(self) -> list[str]:
+        """The types and patterns a sender may use, for error messages."""
+        return [r.pattern for r in self.routes]
+
+
+@dataclass(frozen=True)
 class FlowSpec:
     path: str
     collections: Mapping[str, Collection]
@@ -155,6 +243,7 @@ class FlowSpec:
     materializations: Mapping[str, Materialization]
     # Days the event journal keeps (top-level ``journal: {retention_days: N}``); rebuilds reach this far back.
     journal_retention_days: int = 30
+    routes: Routes = field(default_factory=Routes)
 
     def collection(self, name: str) -> Collection | Derivation:
         if name in self.collections:
@@ -178,6 +267,9 @@ class FlowSpec:
         for c in self.collections.values():
             out.append({"name": c.name, "type": "collection", "reads_from": [], "writes_to": [c.name],
                         "detail": f"schema {c.schema}, key {c.key}"})
+        for r in self.routes.routes:
+            out.append({"name": r.pattern, "type": "route", "reads_from": [], "writes_to": [r.collection],
+                        "detail": f"envelope type {r.pattern}" + (" (delete)" if r.op == "d" else "")})
         for d in self.derivations.values():
             out.append({"name": d.name, "type": "derivation", "reads_from": [d.source], "writes_to": [d.name],
                         "detail": d.transform})
@@ -208,6 +300,123 @@ def _check_pointer(value: Any, where: str, problems: list[str]) -> str:
     return value
 
 
+def _check_key(value: Any, where: str, problems: list[str]) -> tuple[str, ...]:
+    """A key: one JSON pointer, or a non-empty list of distinct ones (a composite key)."""
+    if isinstance(value, list):
+        if not value:
+            problems.append(f"{where}: a composite key needs at least one JSON pointer")
+            return ("/",)
+        pointers = tuple(_check_pointer(v, f"{where}[{i}]", problems) for i, v in enumerate(value))
+        if len(set(pointers)) != len(pointers):
+            problems.append(f"{where}: a pointer appears twice in the composite key")
+        return pointers
+    return (_check_pointer(value, where, problems),)
+
+
+_SCHEMA_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def _is_schema_file(value: str) -> bool:
+    return "/" in value or value.endswith(_SCHEMA_FILE_SUFFIXES)
+
+
+def _load_schema(value: Any, where: str, base_dir: Path, check_imports: bool,
+                 problems: list[str]) -> tuple[str | None, Mapping[str, Any] | None, Validator | None]:
+    """(what the spec says, the JSON Schema, its validator) of a collection's ``schema``.
+
+    A mapping is an inline JSON Schema; a string with a "/" or a .json/.yaml/.yml suffix is a JSON
+    Schema file, relative to the spec's directory; any other string names a registered schema.
+    """
+    if value is None:
+        problems.append(f"{where}: required: a registered schema's name, a JSON Schema "
+                        "inline, or the path of a JSON Schema file relative to the spec")
+        return None, None, None
+    if isinstance(value, str) and not _is_schema_file(value):
+        if check_imports:
+            try:
+                get_validator(value)
+            except KeyError as exc:
+                problems.append(f"{where}: {exc.args[0] if exc.args else exc}")
+        return value, None, None
+    if isinstance(value, str):
+        file = base_dir / value
+        label = value
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            problems.append(f"{where}: cannot read the JSON Schema file {file}: {exc.strerror or exc}")
+            return label, None, None
+        try:
+            schema = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            problems.append(f"{where}: the JSON Schema file {file} is not valid "
+                            f"{'JSON' if file.suffix == '.json' else 'YAML'}: {exc}")
+            return label, None, None
+        where = f"{where} ({file})"
+    elif isinstance(value, Mapping):
+        schema, label = value, "inline JSON Schema"
+    else:
+        problems.append(f"{where}: must be a registered schema's name, a JSON Schema or a file path, "
+                        f"got {type(value).__name__}")
+        return None, None, None
+    found = schema_problems(schema)
+    problems += [f"{where}: {p}" for p in found]
+    if found:
+        return label, None, None
+    return label, schema, compile_validator(schema)
+
+
+#: The spec says `op: delete`; the event message says "d" (as an Estuary document's `_meta.op`).
+_OPS = {"delete": "d"}
+
+
+def _parse_routes(raw: Any, raw_wrappers: Any, collections: Mapping[str, Collection],
+                  derivations: Mapping[str, Any], problems: list[str]) -> Routes:
+    routes: list[Route] = []
+    if raw is not None and not isinstance(raw, Mapping):
+        problems.append("routes: must be a mapping of envelope type (or pattern with *) to a collection")
+        raw = {}
+    for pattern, conf in (raw or {}).items():
+        where = f"routes.{pattern}"
+        if not isinstance(pattern, str) or not pattern.strip() or any(c.isspace() for c in pattern):
+            problems.append(f"{where}: a type must be a non-empty string without spaces")
+            continue
+        op = None
+        if isinstance(conf, Mapping):
+            for key in sorted(map(str, set(conf) - {"collection", "op"})):
+                problems.append(f"{where}.{key}: unknown setting (known: collection, op)")
+            if conf.get("op") is not None:
+                op = _OPS.get(conf.get("op"))
+                if op is None:
+                    problems.append(f"{where}.op: must be delete, got {conf.get('op')!r}")
+            conf = conf.get("collection")
+        if conf in derivations:
+            problems.append(f"{where}: {conf!r} is a derivation; a route must name a collection "
+                            f"({', '.join(collections) or 'none'})")
+            continue
+        if conf not in collections:
+            problems.append(f"{where}: {conf!r} is not a collection of this spec; known collections: "
+                            f"{', '.join(collections) or 'none'}")
+            continue
+        routes.append(Route(pattern=pattern, collection=str(conf), op=op))
+    table = Routes(routes=tuple(routes))
+    wrappers: dict[str, str] = {}
+    if raw_wrappers is not None and not isinstance(raw_wrappers, Mapping):
+        problems.append("wrappers: must be a mapping of body field to envelope type, such as {payload: order_created}")
+        raw_wrappers = {}
+    for name, event_type in (raw_wrappers or {}).items():
+        where = f"wrappers.{name}"
+        if not isinstance(name, str) or not name or name in ("type", "data", "id", "isTest"):
+            problems.append(f"{where}: a body field name other than type, data, id and isTest")
+            continue
+        if not isinstance(event_type, str) or table.resolve(event_type) is None:
+            problems.append(f"{where}: {event_type!r} is not a type of the routes; known types: "
+                            f"{', '.join(table.known()) or 'none'}")
+            continue
+        wrappers[name] = event_type
+    return Routes(routes=tuple(routes), wrappers=wrappers)
+
+
 def _parse_projections(raw: Any, where: str, problems: list[str]) -> tuple[Projection, ...]:
     if raw is None:
         return ()
@@ -235,16 +444,20 @@ def _parse_projections(raw: Any, where: str, problems: list[str]) -> tuple[Proje
 
 
 def parse_spec(data: Any, path: str = "<flow spec>", check_imports: bool = True,
-               endpoints: Mapping[str, ResourceCheck] | None = None) -> FlowSpec:
+               endpoints: Mapping[str, ResourceCheck] | None = None, base_dir: str | Path | None = None) -> FlowSpec:
     """The flow spec in ``data``, or a FlowSpecError with every problem found.
 
     ``endpoints`` are the materializers' names and resource checks (``sophia_tasks.flows`` passes the
-    registered plugins'); without them a binding's resource is not checked here.
+    registered plugins'); without them a binding's resource is not checked here. JSON Schema files
+    are read relative to ``base_dir`` (``load_spec``: the spec file's directory; default: the
+    current directory).
     """
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
     problems: list[str] = []
     if not isinstance(data, Mapping):
         raise FlowSpecError(path, ["top level: must be a mapping with collections, derivations, materializations"])
-    unknown = set(data) - {"version", "collections", "derivations", "materializations", "alerts", "journal"}
+    unknown = set(data) - {"version", "collections", "derivations", "materializations", "alerts", "journal",
+                           "routes", "wrappers"}
     for key in sorted(map(str, unknown)):
         problems.append(f"{key}: unknown top-level section")
     if data.get("version", 1) != 1:
@@ -263,16 +476,11 @@ def parse_spec(data: Any, path: str = "<flow spec>", check_imports: bool = True,
         if not isinstance(conf, Mapping):
             problems.append(f"{where}: must be a mapping with schema and key")
             continue
-        key = _check_pointer(conf.get("key"), f"{where}.key", problems)
-        schema = conf.get("schema")
-        if check_imports and schema is not None:
-            try:
-                get_validator(schema)
-            except KeyError as exc:
-                problems.append(f"{where}.schema: {exc.args[0] if exc.args else exc}")
-        elif schema is None:
-            problems.append(f"{where}.schema: required (the name of a registered schema)")
-        collections[name] = Collection(name=name, key=key, schema=schema, description=str(conf.get("description", "")))
+        keys = _check_key(conf.get("key"), f"{where}.key", problems)
+        label, json_schema, validator = _load_schema(conf.get("schema"), f"{where}.schema", base, check_imports,
+                                                     problems)
+        collections[name] = Collection(name=name, keys=keys, schema=label, json_schema=json_schema,
+                                       _validator=validator, description=str(conf.get("description", "")))
 
     derivations: dict[str, Derivation] = {}
     raw_ders = data.get("derivations") or {}
@@ -309,10 +517,9 @@ def parse_spec(data: Any, path: str = "<flow spec>", check_imports: bool = True,
             problems.append(f"{where}.config: must be a mapping")
             config = {}
         key = conf.get("key")
-        if key is None and source in collections:
-            key = collections[source].key
-        key = _check_pointer(key, f"{where}.key", problems)
-        derivations[name] = Derivation(name=name, source=str(source), key=key, transform=transform,
+        keys = collections[source].keys if key is None and source in collections else \
+            _check_key(key, f"{where}.key", problems)
+        derivations[name] = Derivation(name=name, source=str(source), keys=keys, transform=transform,
                                        config=dict(config), description=str(conf.get("description", "")))
 
     known = set(collections) | set(derivations)
@@ -381,12 +588,13 @@ def parse_spec(data: Any, path: str = "<flow spec>", check_imports: bool = True,
             else:
                 journal_retention_days = rd
 
+    routes = _parse_routes(data.get("routes"), data.get("wrappers"), collections, derivations, problems)
     if data.get("alerts") is not None:  # thresholds for sophia.alerts, checked here so `flows validate` sees them
         problems += check_alerts_section(data["alerts"], materializations)
     if problems:
         raise FlowSpecError(path, problems)
     return FlowSpec(path=path, collections=collections, derivations=derivations, materializations=materializations,
-                    journal_retention_days=journal_retention_days)
+                    journal_retention_days=journal_retention_days, routes=routes)
 
 
 def load_spec(path: str | Path, check_imports: bool = True,
@@ -402,4 +610,4 @@ def load_spec(path: str | Path, check_imports: bool = True,
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         raise FlowSpecError(str(p), [f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
-    return parse_spec(data, str(p), check_imports=check_imports, endpoints=endpoints)
+    return parse_spec(data, str(p), check_imports=check_imports, endpoints=endpoints, base_dir=p.parent)

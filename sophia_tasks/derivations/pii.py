@@ -1,6 +1,6 @@
-"""PII masking for Gong call documents.
+"""PII masking for documents (sales calls, CRM deals).
 
-Why it exists: the enriched calls go to Redis, PostgreSQL and Snowflake, where many
+Why it exists: the enriched calls and masked deals go to Redis, PostgreSQL and Snowflake, where many
 people and tools can read them. Emails and phone numbers of buyers must not travel
 there, and the ``media`` block holds signed URLs that let anyone download the
 recording for 8 hours.
@@ -481,7 +481,7 @@ class PiiMasker:
         return self._walk_dict({"v": value})["v"]
 
     def mask_document(self, document: Mapping[str, Any]) -> dict[str, Any]:
-        """Masked deep copy of one call: ``_meta`` copied verbatim, ``media`` dropped."""
+        """Masked deep copy of one call: ``_meta`` copied verbatim, ``media`` (recording URLs) dropped."""
         body = document.copy() if type(document) is dict else dict(document)
         body.pop("_meta", None)
         body.pop("media", None)

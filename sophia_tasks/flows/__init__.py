@@ -14,7 +14,10 @@ from sophia_tasks.core.flowspec import load_spec as _load
 from sophia_tasks.core.flowspec import parse_spec as _parse
 from sophia_tasks.materializers import resource_checks
 
-__all__ = ["load_spec", "parse_spec"]
+__all__ = ["SHIPPED_DIR", "load_spec", "parse_spec"]
+
+#: Where the shipped spec and its JSON Schema files (``schemas/``) are.
+SHIPPED_DIR = Path(__file__).resolve().parent
 
 
 def load_spec(path: str | Path, check_imports: bool = True) -> FlowSpec:
@@ -22,5 +25,9 @@ def load_spec(path: str | Path, check_imports: bool = True) -> FlowSpec:
     return _load(path, check_imports=check_imports, endpoints=resource_checks())
 
 
-def parse_spec(data: Any, path: str = "<flow spec>", check_imports: bool = True) -> FlowSpec:
-    return _parse(data, path, check_imports=check_imports, endpoints=resource_checks())
+def parse_spec(data: Any, path: str = "<flow spec>", check_imports: bool = True,
+               base_dir: str | Path | None = None) -> FlowSpec:
+    """A spec already read (``data``). Its JSON Schema files are read relative to ``base_dir``, by default
+    the shipped spec's directory, so the shipped spec's data (a copy, changed or not) parses anywhere."""
+    return _parse(data, path, check_imports=check_imports, endpoints=resource_checks(),
+                  base_dir=base_dir if base_dir is not None else SHIPPED_DIR)

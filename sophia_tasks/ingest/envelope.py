@@ -1,11 +1,24 @@
-"""Turn a webhook request body into events: pure parsing, no I/O, no Flask.
+"""Turn a capture request body into events: pure parsing, no I/O, no Flask.
 
-Accepted bodies (CONTRACT.md, HTTP):
+Two entry points, one set of body rules:
 
-1. ``{"type": "call_completed" | "call_updated", "id"?: str, "data": <Gong call>}``
-   (the original envelope; ``kind="envelope"``);
-2. ``{"callData": <Gong call>, "isTest": bool}`` (Gong automation rules; ``kind="gong_automation"``);
-3. a batch: a JSON array whose items are 1 or 2, or NDJSON (one such object per non-empty line).
+* :func:`parse_body` (the webhook) reads envelopes and routes each by the flow spec
+  (``sophia_tasks.core.flowspec.Routes``):
+
+  1. ``{"type": "<type>", "id"?: str, "occurred_at"?: ..., "data": <document>}``: the spec's
+     ``routes`` name the collection of the type (exact names first, then the longest ``*``
+     pattern), and whether it is a delete (``op: delete``) (``kind="envelope"``);
+  2. ``{"<wrapper field>": <document>, "isTest"?: bool}``: a typeless form the spec's ``wrappers``
+     declare, read as the type they name (``kind="wrapped"``);
+  3. a batch: a JSON array whose items are 1 or 2, or NDJSON (one such object per non-empty line).
+
+  A type no route matches is an :class:`EnvelopeError` naming the known types and patterns, and the
+  whole request is refused (nothing of it is enqueued).
+
+* :func:`parse_documents` (``POST /v1/collections/<collection>/events``) reads documents: one JSON
+  object, a JSON array of them, or NDJSON (``kind="document"``).
+
+Either way a document whose ``_meta.op`` is ``"d"`` is a delete (``op="d"``).
 
 Content types:
 
@@ -23,10 +36,13 @@ Content types:
 
 Event ids: the ``webhook-id`` header, else the envelope ``id``, else the SHA-256 of the raw body.
 In a batch, item *i* gets ``"<webhook-id>:<i>"``; without a header, its envelope ``id`` or the
-SHA-256 of the item's canonical JSON (sorted keys), so redelivering one item dedupes.
+SHA-256 of the item's canonical JSON (sorted keys), so redelivering one item dedupes. A
+document of the collection endpoint has no envelope id: the header (``:<i>`` in a batch), else the
+SHA-256 of its canonical JSON, single or batched.
 
-Only the envelope and the call key are checked here (``metaData.id`` a string of digits, since
-it is the collection key); full validation is the pipeline's validate stage (GongCallSchema).
+Only the body's shape is checked here: a document must be a JSON object. Its key and its schema are
+the collection's, checked by the pipeline's validate stage, which dead-letters a document failing
+them with every error (so a delete carrying only its key is never refused here).
 Anything wrong raises :class:`EnvelopeError` (HTTP 400) and nothing else, for any input bytes.
 """
 from __future__ import annotations
@@ -36,19 +52,19 @@ import functools
 import hashlib
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 import orjson
 
+from sophia_tasks.core.flowspec import Route, Routes
+from sophia_tasks.ingest.events import DELETE
 from sophia_tasks.schemas.fields import json_type_name
 
 MAX_BATCH_ITEMS = 1000
 MAX_DEPTH = 64
 MAX_ID_LENGTH = 200
-EVENT_TYPES = ("call_completed", "call_updated")
 
-_CALL_ID_RE = re.compile(r"[0-9]{1,32}")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _BOM = b"\xef\xbb\xbf"
 
@@ -70,7 +86,7 @@ _UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 
 class EnvelopeError(ValueError):
     """A body we cannot accept; ``message`` (also ``str(exc)``) is the client-facing error,
-    ``detail`` says what and where (e.g. ``"item 3: data.metaData.id is missing"``)."""
+    ``detail`` says what and where (e.g. ``"item 3: data is missing"``)."""
 
     status = 400
 
@@ -95,16 +111,20 @@ class UnsupportedMediaType(EnvelopeError):
 
 @dataclass(frozen=True)
 class Event:
-    """One call delivery extracted from a body."""
+    """One delivery extracted from a body."""
 
     event_id: str
-    call: dict = field(hash=False)
+    document: dict = field(hash=False)
     is_test: bool
     occurred_at: str | None
     kind: str
     #: position in a batch (array item or NDJSON item, 0-based); None for a single-object body,
     #: so the web can answer ``event_id`` vs ``event_ids`` even for a batch of one.
     index: int | None = None
+    #: the collection the route (or the endpoint) names; None where the caller decides it
+    collection: str | None = None
+    #: "d" for a delete, None for an upsert
+    op: str | None = None
 
 
 def parse_json_bytes(raw: bytes) -> Any:
@@ -122,8 +142,35 @@ def parse_json_bytes(raw: bytes) -> Any:
         raise EnvelopeError("body is not valid JSON", detail=_short(str(exc))) from None
 
 
-def parse_body(raw: bytes, content_type: str | None, webhook_id: str | None = None) -> list[Event]:
-    """Parse a webhook body into one event (single object) or several (array / NDJSON)."""
+def parse_body(raw: bytes, content_type: str | None, webhook_id: str | None = None,
+               routes: Routes | None = None) -> list[Event]:
+    """Parse a webhook body into one event (single object) or several (array / NDJSON), each routed
+    by ``routes`` (the flow spec's); a type with no route refuses the whole body."""
+    table = routes if routes is not None else Routes()
+
+    def read(obj: Any, where: str | None, index: int | None) -> Event:
+        return _event(obj, where, index, table)
+
+    return _parse(raw, content_type, webhook_id, read, body_hash_for_single=True)
+
+
+def parse_documents(raw: bytes, content_type: str | None, collection: str,
+                    webhook_id: str | None = None) -> list[Event]:
+    """Parse a collection endpoint's body: one document, a JSON array of documents, or NDJSON."""
+
+    def read(obj: Any, where: str | None, index: int | None) -> Event:
+        document = _check_document(obj, "the document", where)
+        return Event("", document, False, None, "document", index, collection, _meta_op(document))
+
+    return _parse(raw, content_type, webhook_id, read, body_hash_for_single=False)
+
+
+#: Reads one item of a body (the object, where it is, its batch index) into an event without its id.
+Reader = Callable[[Any, "str | None", "int | None"], Event]
+
+
+def _parse(raw: bytes, content_type: str | None, webhook_id: str | None,
+           read: Reader, body_hash_for_single: bool) -> list[Event]:
     body = _as_bytes(raw)
     mode = _body_mode(content_type)
     header_id = _check_webhook_id(webhook_id)
@@ -132,19 +179,20 @@ def parse_body(raw: bytes, content_type: str | None, webhook_id: str | None = No
         raise EnvelopeError("body is empty", detail="send a JSON object, a JSON array or NDJSON")
 
     if mode == "ndjson":
-        return _batch(_ndjson_items(stripped), header_id)
+        return _batch(_ndjson_items(stripped), header_id, read)
     try:
         doc = parse_json_bytes(stripped)
     except EnvelopeError:
         if mode == "sniff" and _looks_like_ndjson(stripped):
-            return _batch(_ndjson_items(stripped), header_id)
+            return _batch(_ndjson_items(stripped), header_id, read)
         raise
     _check_depth(doc, stripped, where=None)
 
     if isinstance(doc, dict):
-        event = _event(doc, where=None, index=None)
-        event_id = header_id or event.event_id or hashlib.sha256(body).hexdigest()
-        return [_with_id(event, event_id)]
+        event = read(doc, None, None)
+        event_id = header_id or event.event_id or (
+            hashlib.sha256(body).hexdigest() if body_hash_for_single else canonical_id(doc))
+        return [replace(event, event_id=event_id)]
     if isinstance(doc, list):
         if not doc:
             raise EnvelopeError("empty batch", detail="the array has no items")
@@ -152,10 +200,15 @@ def parse_body(raw: bytes, content_type: str | None, webhook_id: str | None = No
             raise EnvelopeError(
                 "batch too large", detail=f"{len(doc)} items; at most {MAX_BATCH_ITEMS} per request"
             )
-        return _batch([(f"item {i}", item) for i, item in enumerate(doc)], header_id)
+        return _batch([(f"item {i}", item) for i, item in enumerate(doc)], header_id, read)
     raise EnvelopeError(
         "body must be a JSON object or array", detail=f"got a JSON {json_type_name(doc)}"
     )
+
+
+def canonical_id(item: Any) -> str:
+    """SHA-256 of the item's canonical JSON (sorted keys): the same item always gets the same id."""
+    return hashlib.sha256(orjson.dumps(item, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -301,102 +354,89 @@ def _ndjson_items(raw: bytes) -> list[tuple[str, Any]]:
     return items
 
 
-def _batch(items: list[tuple[str, Any]], header_id: str | None) -> list[Event]:
+def _batch(items: list[tuple[str, Any]], header_id: str | None, read: Reader) -> list[Event]:
     events = []
     for index, (where, item) in enumerate(items):
-        event = _event(item, where=where, index=index)
+        event = read(item, where, index)
         if header_id is not None:
             event_id = f"{header_id}:{index}"
         elif event.event_id:
             event_id = event.event_id
         else:
-            event_id = hashlib.sha256(orjson.dumps(item, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        events.append(_with_id(event, event_id))
+            event_id = canonical_id(item)
+        events.append(replace(event, event_id=event_id))
     return events
 
 
-def _with_id(event: Event, event_id: str) -> Event:
-    return Event(
-        event_id=event_id,
-        call=event.call,
-        is_test=event.is_test,
-        occurred_at=event.occurred_at,
-        kind=event.kind,
-        index=event.index,
-    )
-
-
-def _event(obj: Any, where: str | None, index: int | None) -> Event:
-    """Recognize form 1 or 2; ``event_id`` is the envelope id or "" (filled in by the caller)."""
+def _event(obj: Any, where: str | None, index: int | None, routes: Routes) -> Event:
+    """Recognize form 1 or 2 and route it; ``event_id`` is the envelope id or "" (filled in by the caller)."""
     if not isinstance(obj, dict):
         raise EnvelopeError("invalid envelope", _at(where, f"must be a JSON object, got {json_type_name(obj)}"))
-    has_data, has_call_data = "data" in obj, "callData" in obj
-    if has_data and has_call_data:
-        raise EnvelopeError("invalid envelope", _at(where, "has both data and callData; send one"))
+    has_data = "data" in obj
+    wrapped = [name for name in routes.wrappers if name in obj]
+    if wrapped and (has_data or len(wrapped) > 1):
+        fields = ", ".join(["data", *wrapped] if has_data else wrapped)
+        raise EnvelopeError("invalid envelope", _at(where, f"has {fields}; send one of them"))
 
-    if has_call_data:
+    if wrapped:
+        name = wrapped[0]
         is_test = obj.get("isTest", False)
         if not isinstance(is_test, bool):
             raise EnvelopeError(
                 "invalid envelope", _at(where, f"isTest must be true or false, got {json_type_name(is_test)}")
             )
-        call = _check_call(obj["callData"], "callData", where)
-        return Event("", call, is_test, _occurred_at(obj, where), "gong_automation", index)
+        document = _check_document(obj[name], name, where)
+        route = _route(routes, routes.wrappers[name], where)
+        return Event("", document, is_test, _occurred_at(obj, where), "wrapped", index, route.collection,
+                     route.op or _meta_op(document))
 
     if has_data or "type" in obj:
         kind = obj.get("type")
         if kind is None:
-            raise EnvelopeError("invalid envelope", _at(where, "type is missing; expected call_completed"))
+            raise EnvelopeError("invalid envelope", _at(where, f"type is missing; {_known_types(routes)}"))
         if not isinstance(kind, str):
             raise EnvelopeError(
                 "invalid envelope", _at(where, f"type must be a string, got {json_type_name(kind)}")
             )
-        if kind not in EVENT_TYPES:
-            raise EnvelopeError(
-                "invalid envelope",
-                _at(where, f"unknown type {_short(kind, 60)!r}; expected one of {', '.join(EVENT_TYPES)}"),
-            )
+        route = _route(routes, kind, where)
         envelope_id = ""
         if "id" in obj:
             envelope_id = _check_id(obj["id"], "id", where)
         if not has_data:
             raise EnvelopeError("invalid envelope", _at(where, "data is missing"))
-        call = _check_call(obj["data"], "data", where)
-        return Event(envelope_id, call, False, _occurred_at(obj, where), "envelope", index)
+        document = _check_document(obj["data"], "data", where)
+        return Event(envelope_id, document, False, _occurred_at(obj, where), "envelope", index, route.collection,
+                     route.op or _meta_op(document))
 
-    raise EnvelopeError(
-        "invalid envelope",
-        _at(
-            where,
-            'expected {"type": "call_completed", "data": {...}} or {"callData": {...}, "isTest": false}',
-        ),
-    )
+    forms = ['{"type": "<type>", "data": {...}}'] + [f'{{"{name}": {{...}}}}' for name in routes.wrappers]
+    raise EnvelopeError("invalid envelope", _at(where, f"expected {' or '.join(forms)}"))
 
 
-def _check_call(call: Any, path: str, where: str | None) -> dict:
-    """The key the collection needs: ``metaData.id``, a string of digits."""
-    if not isinstance(call, dict):
-        raise EnvelopeError("invalid call", _at(where, f"{path} must be a JSON object, got {json_type_name(call)}"))
-    if "metaData" not in call:
-        raise EnvelopeError("invalid call", _at(where, f"{path}.metaData is missing"))
-    meta = call["metaData"]
-    if not isinstance(meta, dict):
+def _known_types(routes: Routes) -> str:
+    known = routes.known()
+    return f"known types: {', '.join(known)}" if known else "the flow spec routes no type (see its routes section)"
+
+
+def _route(routes: Routes, kind: str, where: str | None) -> Route:
+    route = routes.resolve(kind)
+    if route is None:
+        raise EnvelopeError("unknown type",
+                            _at(where, f"no route for type {_short(kind, 60)!r}; {_known_types(routes)}"))
+    return route
+
+
+def _check_document(document: Any, path: str, where: str | None) -> dict:
+    if not isinstance(document, dict):
         raise EnvelopeError(
-            "invalid call", _at(where, f"{path}.metaData must be a JSON object, got {json_type_name(meta)}")
+            "invalid document", _at(where, f"{path} must be a JSON object, got {json_type_name(document)}")
         )
-    if "id" not in meta:
-        raise EnvelopeError("invalid call", _at(where, f"{path}.metaData.id is missing"))
-    call_id = meta["id"]
-    if not isinstance(call_id, str):
-        raise EnvelopeError(
-            "invalid call",
-            _at(where, f"{path}.metaData.id must be a string of digits, got {json_type_name(call_id)}"),
-        )
-    if not _CALL_ID_RE.fullmatch(call_id):
-        raise EnvelopeError(
-            "invalid call", _at(where, f"{path}.metaData.id must be a string of 1-32 digits (0-9)")
-        )
-    return call
+    return document
+
+
+def _meta_op(document: dict) -> str | None:
+    """"d" when the document says it is a deletion (``_meta.op``, as in Estuary)."""
+    meta = document.get("_meta")
+    return DELETE if type(meta) is dict and meta.get("op") == DELETE else None
 
 
 _TIME_KEYS = ("occurred_at", "timestamp", "published_at")

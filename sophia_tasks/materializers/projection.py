@@ -56,15 +56,16 @@ def project(document: dict[str, Any], projections: Iterable[Projection]) -> list
 def keyed(spec: FlowSpec, binding: Binding, documents: list[dict[str, Any]]
           ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[dict[str, Any], str]]]:
     """Split a batch into (key, document) pairs and documents without a usable key."""
-    pointer = spec.key_pointer(binding.source)
+    source = spec.collection(binding.source)
+    key_of = source.key_of
     ok: list[tuple[str, dict[str, Any]]] = []
     bad: list[tuple[dict[str, Any], str]] = []
     for doc in documents:
-        value = resolve_pointer(doc, pointer)
-        if value is None or isinstance(value, (dict, list, bool)) or str(value) == "":
-            bad.append((doc, f"document has no key at {pointer}"))
+        key = key_of(doc)
+        if key is None:
+            bad.append((doc, f"document has no key at {source.key}"))
         else:
-            ok.append((str(value), doc))
+            ok.append((key, doc))
     return ok, bad
 
 

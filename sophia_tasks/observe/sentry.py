@@ -2,8 +2,8 @@
 
 Why a scrubber of our own: events carry exception messages, local variables,
 log breadcrumbs and request headers. In this service those hold bearer tokens,
-Standard Webhooks secrets, database passwords inside URLs, and Gong calls full
-of buyers' emails and phone numbers. Sentry's own ``EventScrubber`` only drops
+Standard Webhooks secrets, database passwords inside URLs, and sales calls and deals
+full of buyers' emails and phone numbers. Sentry's own ``EventScrubber`` only drops
 values by key name; ``Scrubber`` also removes the configured secret values
 wherever they appear, masks emails and phones in every string with the same
 masker the enrichment uses, and drops variables that hold whole documents
@@ -153,7 +153,7 @@ class Scrubber:
     def _request(self, request: Any) -> None:
         if not isinstance(request, dict):
             return
-        # Webhook bodies are Gong calls: customer data, never sent.
+        # Webhook bodies are calls and deals: customer data, never sent.
         if "data" in request:
             request["data"] = FILTERED
         request.pop("cookies", None)

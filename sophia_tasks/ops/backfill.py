@@ -27,6 +27,9 @@ Why it is shaped like this:
   start, so an old backfill fills gaps and never overwrites newer live data.
 * **Live first**: everything goes to the bulk lane's queues, so live webhooks keep
   their latency while a backfill runs.
+* **Where to**: envelopes go where the flow spec routes their type, as at the webhook; a bare
+  call goes to the collection of ``--collection``, else to the route of ``call_completed`` (the
+  type a Gong call stands for), so the collection is the spec's, never a constant here.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ import psycopg2
 import psycopg2.extras
 
 from sophia_tasks.core.documents import format_version, parse_time, utcnow
+from sophia_tasks.core.flowspec import FlowSpec, Route, Routes
 from sophia_tasks.flows import load_spec
 from sophia_tasks.ingest.envelope import EnvelopeError, parse_body
 from sophia_tasks.ingest.events import make_event
@@ -57,7 +61,8 @@ from sophia_tasks.store.db import connect
 
 log = logging.getLogger(__name__)
 
-COLLECTION = "gong_calls"
+#: The envelope type a bare Gong call stands for: its route in the flow spec names the collection.
+CALL_TYPE = "call_completed"
 SOURCE = "backfill"
 DEFAULT_BATCH = 500
 MAX_BAD_EXAMPLES = 5
@@ -98,26 +103,58 @@ def item_version(item: Mapping[str, Any], call: Mapping[str, Any], occurred_at: 
     return None
 
 
-def item_to_event(item: Any, received_at: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Target:
+    """Where a run's items go: the spec's routes (envelopes) and the collection of bare calls."""
+
+    routes: Routes
+    collection: str
+
+    @property
+    def bare_routes(self) -> Routes:
+        """A bare call read as a ``call_completed`` envelope that goes to ``collection``."""
+        return Routes(routes=(Route(CALL_TYPE, self.collection),))
+
+
+def target_for(spec: FlowSpec, collection: str | None = None) -> Target:
+    """The routes of ``spec`` and the collection bare calls go to: ``collection`` when given, else
+    the route of ``call_completed``; BackfillError naming the choices when there is none."""
+    known = ", ".join(spec.collections)
+    if collection is not None:
+        if collection not in spec.collections:
+            raise BackfillError(f"--collection {collection!r} is not a collection of the flow spec; "
+                                f"known collections: {known}")
+        return Target(spec.routes, collection)
+    route = spec.routes.resolve(CALL_TYPE)
+    if route is None:
+        raise BackfillError(f"the flow spec has no route for {CALL_TYPE!r}: give --collection "
+                            f"(known collections: {known})")
+    return Target(spec.routes, route.collection)
+
+
+def item_to_event(item: Any, received_at: str, target: Target) -> dict[str, Any]:
     """One file or API item as the event the chain takes; BadItem says why it is not one.
 
-    The envelope checks are the webhook's (``envelope.parse_body``), so a backfill
-    accepts exactly what the webhook accepts, plus bare calls.
+    The envelope checks and routes are the webhook's (``envelope.parse_body``), so a backfill
+    accepts exactly what the webhook accepts, plus bare calls (sent to ``target.collection``).
     """
     if not isinstance(item, Mapping):
         raise BadItem(f"must be a JSON object, got {type(item).__name__ if item is not None else 'null'}")
-    wrapped = {"type": "call_completed", "data": item} if _is_bare_call(item) else item
+    bare = _is_bare_call(item)
+    wrapped = {"type": CALL_TYPE, "data": item} if bare else item
     try:
-        (parsed,) = parse_body(orjson.dumps(wrapped), "application/json")
+        (parsed,) = parse_body(orjson.dumps(wrapped), "application/json",
+                               routes=target.bare_routes if bare else target.routes)
     except EnvelopeError as exc:
         raise BadItem(f"{exc.message}: {exc.detail}" if exc.detail else exc.message) from None
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise BadItem(f"not serialisable as JSON: {exc}") from None
-    envelope_id = item.get("id") if parsed.kind == "envelope" and not _is_bare_call(item) else None
+    envelope_id = item.get("id") if parsed.kind == "envelope" and not bare else None
     event_id = envelope_id if isinstance(envelope_id, str) and envelope_id else canonical_id(item)
-    return make_event(collection=COLLECTION, document=parsed.call, event_id=event_id, received_at=received_at,
-                      published_at=item_version(item, parsed.call, parsed.occurred_at), source=SOURCE,
-                      is_test=parsed.is_test)
+    return make_event(collection=str(parsed.collection), document=parsed.document,
+                      event_id=event_id, received_at=received_at,
+                      published_at=item_version(item, parsed.document, parsed.occurred_at), source=SOURCE,
+                      is_test=parsed.is_test, op=parsed.op)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
@@ -301,8 +338,9 @@ class _Run:
     """One pass over a source with its checkpoint: batching, publishing, saving, the summary."""
 
     def __init__(self, store: CheckpointStore, cp: Checkpoint, publish: Publish, batch_size: int,
-                 progress: Progress | None, rate: float | None, strict: bool) -> None:
+                 progress: Progress | None, rate: float | None, strict: bool, target: Target) -> None:
         self.store = store
+        self.target = target
         self.cp = cp
         self.publish = publish
         self.batch_size = max(1, batch_size)
@@ -315,7 +353,7 @@ class _Run:
 
     def add(self, item: Any, where: str) -> None:
         try:
-            self.pending.append(item_to_event(item, format_version(utcnow())))
+            self.pending.append(item_to_event(item, format_version(utcnow()), self.target))
         except BadItem as exc:
             self.bad(where, str(exc))
 
@@ -432,8 +470,10 @@ def _ndjson_lines(path: Path, offset: int, line: int) -> Iterator[tuple[int, int
 def run_file_backfill(settings: Settings, path: str | Path, *, restart: bool = False, strict: bool = False,
                       batch_size: int = DEFAULT_BATCH, publish: Publish | None = None,
                       progress: Progress | None = None, rate: float | None = None,
-                      store: CheckpointStore | None = None) -> BackfillSummary:
-    """Backfill one NDJSON or JSON-array file; resumes from its checkpoint unless ``restart``."""
+                      store: CheckpointStore | None = None, collection: str | None = None) -> BackfillSummary:
+    """Backfill one NDJSON or JSON-array file; resumes from its checkpoint unless ``restart``.
+    Bare calls go to ``collection`` (default: the spec's route of ``call_completed``)."""
+    target = target_for(load_spec(settings.flow_path), collection)
     resolved, key = file_checkpoint_key(Path(path))
     fmt = _file_format(resolved)
     size = resolved.stat().st_size
@@ -441,7 +481,7 @@ def run_file_backfill(settings: Settings, path: str | Path, *, restart: bool = F
         cp = _begin(store, key, "file", str(resolved), {"format": fmt, "size": size}, restart)
         if cp.status == "done":
             return _already_done(cp)
-        run = _Run(store, cp, publish or paced_publish(settings), batch_size, progress, rate, strict)
+        run = _Run(store, cp, publish or paced_publish(settings), batch_size, progress, rate, strict, target)
         try:
             if fmt == "ndjson":
                 _run_ndjson(run, resolved, size)
@@ -522,7 +562,7 @@ def run_gong_backfill(settings: Settings, since: str | datetime, until: str | da
                       restart: bool = False, batch_size: int = DEFAULT_BATCH, publish: Publish | None = None,
                       progress: Progress | None = None, client: GongClient | None = None,
                       max_retries: int = 5, rate: float | None = None,
-                      store: CheckpointStore | None = None) -> BackfillSummary:
+                      store: CheckpointStore | None = None, collection: str | None = None) -> BackfillSummary:
     """Backfill the calls Gong has between ``since`` and ``until`` (default: now), page by page.
 
     The checkpoint keeps the cursor of the next page; an open ``until`` is fixed at the
@@ -534,6 +574,7 @@ def run_gong_backfill(settings: Settings, since: str | datetime, until: str | da
     end = parse_date(until, "--until")
     if end is not None and end <= start:
         raise BackfillError(f"--until {format_version(end)} is not after --since {format_version(start)}")
+    target = target_for(load_spec(settings.flow_path), collection)
     client = client or gong_client(settings, max_retries)
     key = f"gong:{client.base_url}:{format_version(start)}:{format_version(end) if end else 'open'}"
     with _store(settings, store) as store:
@@ -546,7 +587,8 @@ def run_gong_backfill(settings: Settings, since: str | datetime, until: str | da
             store.save(cp)
         range_end = parse_time(cp.params["until"])
         assert range_end is not None
-        run = _Run(store, cp, publish or paced_publish(settings), batch_size, progress, rate, strict=False)
+        run = _Run(store, cp, publish or paced_publish(settings), batch_size, progress, rate, strict=False,
+                   target=target)
         fetched = cp.published + cp.skipped
         cursor, page_no = cp.cursor, cp.page
         if cp.page > 0 and not cp.cursor:

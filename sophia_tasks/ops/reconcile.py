@@ -42,7 +42,6 @@ from sophia_tasks.core.flowspec import Binding, FlowSpec
 from sophia_tasks.flows import load_spec
 from sophia_tasks.observe.stats import Stats
 from sophia_tasks.ops.backfill import (
-    COLLECTION,
     BackfillError,
     BadItem,
     Checkpoint,
@@ -52,6 +51,7 @@ from sophia_tasks.ops.backfill import (
     item_to_event,
     paced_publish,
     parse_date,
+    target_for,
 )
 from sophia_tasks.ops.gong_api import GongAPIError, GongClient
 from sophia_tasks.settings import Settings
@@ -104,8 +104,10 @@ class ReconcileReport:
 
 # -- "ours" ---------------------------------------------------------------------------------------
 def _bindings(spec: FlowSpec) -> list[tuple[str, Binding]]:
-    """(endpoint, binding) of every Redis and PostgreSQL binding fed by the Gong calls."""
-    sources = {COLLECTION} | {name for name, d in spec.derivations.items() if d.source == COLLECTION}
+    """(endpoint, binding) of every Redis and PostgreSQL binding fed by the Gong calls (the collection
+    the spec routes ``call_completed`` to)."""
+    calls = target_for(spec).collection
+    sources = {calls} | {name for name, d in spec.derivations.items() if d.source == calls}
     return [(m.endpoint, b) for m in spec.materializations.values() for b in m.bindings
             if b.source in sources and m.endpoint in ("postgres", "redis")]
 
@@ -258,15 +260,17 @@ def run_reconcile(settings: Settings, since: str | datetime | None = None, until
 def _page(settings: Settings, spec: FlowSpec, calls: list[Any], report: ReconcileReport, dry_run: bool,
           publish: Publish | None, stats: Stats) -> None:
     received = format_version(utcnow())
+    target = target_for(spec)
+    collection = spec.collections[target.collection]
     events = []
     for call in calls:
         try:
-            events.append(item_to_event(call, received))
+            events.append(item_to_event(call, received, target))
         except BadItem as exc:
             report.skipped_bad += 1
             log.warning("reconcile: a call Gong listed is not a call delivery: %s", exc)
     report.listed += len(events)
-    found = compare(events, held_versions(settings, spec, [e["document"]["metaData"]["id"] for e in events]))
+    found = compare(events, held_versions(settings, spec, [str(collection.key_of(e["document"])) for e in events]))
     if not found:
         return
     if not dry_run and publish is not None:

@@ -63,7 +63,8 @@ def purge_retention() -> dict[str, int]:
           max_retries=5, retry_backoff=5, retry_backoff_max=120, retry_jitter=True)
 def backfill_task(self: Any, path: str | None = None, gong: bool = False, since: str | None = None,
                   until: str | None = None, restart: bool = False, strict: bool = False,
-                  batch_size: int = DEFAULT_BATCH, max_retries: int = 5) -> dict[str, Any]:
+                  batch_size: int = DEFAULT_BATCH, max_retries: int = 5,
+                  collection: str | None = None) -> dict[str, Any]:
     """``celery -A sophia_tasks call sophia.backfill --kwargs '{"path": "CALLS.ndjson"}'``: the CLI's code in a worker.
 
     A redelivered task (worker killed) resumes from the checkpoint. A backfill that
@@ -79,10 +80,10 @@ def backfill_task(self: Any, path: str | None = None, gong: bool = False, since:
     try:
         if gong:
             summary = run_gong_backfill(settings, since or "", until, restart=restart, batch_size=batch_size,
-                                        progress=log_progress, max_retries=max_retries)
+                                        progress=log_progress, max_retries=max_retries, collection=collection)
         elif path:
             summary = run_file_backfill(settings, path, restart=restart, strict=strict, batch_size=batch_size,
-                                        progress=log_progress)
+                                        progress=log_progress, collection=collection)
         else:
             raise BackfillError('sophia.backfill needs kwargs {"path": ...} or {"gong": true, "since": ...}')
     except BackfillError as exc:

@@ -68,8 +68,10 @@ def record_error(ctx: Context, stage: str, target: str | None, reason: str, n: i
 
 
 def record_test_deliveries(ctx: Context, documents: list[dict[str, Any]]) -> None:
-    """Gong's test deliveries are acknowledged and counted, never materialized as business data."""
+    """Test deliveries (``isTest`` of a wrapped body) are acknowledged and counted, never materialized."""
     ctx.stats.incr([("test_deliveries", {"collection": meta(d).get("collection")}, 1) for d in documents])
     for d in documents:
-        log.info("test delivery %s for call %s acknowledged, not materialized", meta(d).get("event_id"),
-                 (d.get("metaData") or {}).get("id"), extra={"event_id": meta(d).get("event_id")})
+        collection = str(meta(d).get("collection"))
+        key = ctx.spec.collection(collection).key_of(d) if collection in ctx.spec.collections else None
+        log.info("test delivery %s for %s %s acknowledged, not materialized", meta(d).get("event_id"),
+                 collection, key, extra={"event_id": meta(d).get("event_id")})

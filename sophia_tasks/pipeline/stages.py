@@ -15,7 +15,6 @@ from typing import Any, Callable
 from sophia_tasks.core.documents import DELETE_OP, is_delete, make_document, meta
 from sophia_tasks.core.flowspec import Derivation, FlowSpec, import_dotted
 from sophia_tasks.materializers import BindingPaused, TransientTargetError, WriteResult, get_materializer
-from sophia_tasks.schemas import get_validator
 from sophia_tasks.settings import Settings
 from sophia_tasks.store.deadletter import Letter
 
@@ -52,15 +51,18 @@ def validate_events(spec: FlowSpec, events: list[dict[str, Any]]) -> ValidateRes
         if _deletes(event):
             _validate_delete(result, collection, event)
             continue
-        body, errors = get_validator(str(collection.schema))(event.get("document"))
+        document = event.get("document")
+        body, errors = collection.validator(document)
+        key = collection.key_of(document) if isinstance(document, Mapping) else None
+        if key is None:  # the key is the collection's, whatever its schema requires
+            errors = {**(errors or {}), collection.key: ["the key is missing: each of its pointers must hold "
+                                                         "a string or a number"]}
         if errors or body is None:
             n = _count_errors(errors)
             result.letters.append(Letter(
                 stage="validate", collection=collection.name, payload=dict(event),
                 error=f"schema {collection.schema}: {n} field error(s): {_flatten_errors(errors)}"[:2000],
-                details=errors, event_id=event.get("event_id"),
-                document_key=collection.key_of(event.get("document") or {}) if isinstance(
-                    event.get("document"), Mapping) else None))
+                details=errors, event_id=event.get("event_id"), document_key=key))
             continue
         doc = make_document(body, {
             "published_at": event["published_at"],
@@ -120,7 +122,8 @@ def _flatten_errors(errors: Any, prefix: str = "") -> str:
     parts: list[str] = []
     if isinstance(errors, Mapping):
         for k, v in errors.items():
-            sub = f"{prefix}.{k}" if prefix else str(k)
+            # JSON Schema errors are keyed by JSON pointer: "" is the document itself
+            sub = f"{prefix}.{k}" if prefix else (str(k) or "(document)")
             if isinstance(v, (Mapping, list)) and not (isinstance(v, list) and all(isinstance(i, str) for i in v)):
                 parts.append(_flatten_errors(v, sub))
             else:

@@ -2,7 +2,7 @@
 
 Why: a target can be lost (a dropped table, a flushed Redis, a new Snowflake
 account); ``sophia-tasks rebuild --target X`` then re-materializes it from here
-instead of asking Gong again (Gong allows 10,000 requests a day). The validate task
+instead of asking the source again (a sales-call API allows 10,000 requests a day). The validate task
 calls :func:`append_events` for every batch before it moves on.
 
 Layout: ``sophia_journal`` is range-partitioned by day on ``received_at``

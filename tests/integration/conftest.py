@@ -41,6 +41,8 @@ def _rsa_pair() -> tuple[Any, str]:
 
 
 GONG_PRIVATE_KEY, GONG_PUBLIC_PEM = _rsa_pair()
+#: The session's flow spec: the shipped flow plus the test-only collection test_events (SOPHIA_TEST_FLOW overrides).
+TEST_FLOW = Path(__file__).resolve().parents[1] / "fixtures" / "flows" / "test_flow.yaml"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 # Redis database pairs (broker, cache) a test session may use; 0/1 are the demo's, 14/15 the benchmark's.
 SLOTS = ((10, 11), (8, 9), (6, 7), (4, 5), (2, 3))
@@ -86,7 +88,7 @@ def _test_env(tmp: Path, slot: int, pair: tuple[int, int]) -> dict[str, str]:
         "SOPHIA_RETRY_BACKOFF_MAX": "2",
         "SOPHIA_INGEST_FLUSH_SECONDS": "0.05",
         "SOPHIA_MAX_BODY_BYTES": str(256 * 1024),
-        "SOPHIA_FLOW": os.environ.get("SOPHIA_TEST_FLOW", ""),
+        "SOPHIA_FLOW": os.environ.get("SOPHIA_TEST_FLOW") or str(TEST_FLOW),
     }
 
 
@@ -183,6 +185,40 @@ class Harness:
             return [(r[0], json.loads(r[1]) if isinstance(r[1], str) else r[1], r[2], r[3]) for r in rows]
         finally:
             conn.close()
+
+    def sf_document(self, table: str, key_column: str, key: str) -> dict[str, Any] | None:
+        """The FLOW_DOCUMENT of one row of a Snowflake table, or None (no row, or no table yet)."""
+        conn = self.sf_connect()
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(f'SELECT "FLOW_DOCUMENT" FROM "{table}" WHERE "{key_column}" = ?', [key])
+            except Exception as exc:
+                if "does not exist" in str(exc):
+                    return None
+                raise
+            row = cur.fetchone()
+            return (json.loads(row[0]) if isinstance(row[0], str) else row[0]) if row else None
+        finally:
+            conn.close()
+
+    def pg_document(self, table: str, key_column: str, key: str) -> dict[str, Any] | None:
+        """The flow_document of one row of a PostgreSQL table, or None (no row, or no table yet)."""
+        conn = self.pg()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass(%s)", (table,))
+                if cur.fetchone()[0] is None:
+                    return None
+                cur.execute(f'SELECT flow_document FROM "{table}" WHERE "{key_column}" = %s', (key,))
+                row = cur.fetchone()
+                return row[0] if row else None
+        finally:
+            conn.close()
+
+    def redis_document(self, key: str) -> dict[str, Any] | None:
+        raw = self.cache.get(key)
+        return json.loads(raw) if raw else None
 
     def dead_letters(self, **where: Any) -> list[dict[str, Any]]:
         conn = self.pg()

@@ -60,6 +60,9 @@ def slack() -> Iterator[SlackStandIn]:
 def _spec_with_alerts(tmp_path: Path, alerts: dict[str, Any]) -> Path:
     data = yaml.safe_load(DEFAULT_FLOW.read_text(encoding="utf-8"))
     data["alerts"] = alerts
+    for collection in data["collections"].values():  # JSON Schema files are relative to the spec: keep them found
+        if isinstance(collection["schema"], str) and collection["schema"].endswith(".json"):
+            collection["schema"] = str(DEFAULT_FLOW.parent / collection["schema"])
     path = tmp_path / "flow-with-alerts.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path

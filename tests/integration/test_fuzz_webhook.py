@@ -38,7 +38,9 @@ FUZZ_SCALE = float(os.environ.get("SOPHIA_FUZZ_SCALE", "1"))
 FUZZ_SECONDS = float(os.environ.get("SOPHIA_FUZZ_SECONDS", "12"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # Both paths are one handler: the first is fuzzed in depth, the second enough to show it is the same.
-WEBHOOKS = [("POST /estuary/webhook", 100), ("POST /webhooks/gong", 40)]
+# The collection endpoint shares the capture path; its own part (documents, the collection) needs fewer cases.
+WEBHOOKS = [("POST /estuary/webhook", 100), ("POST /webhooks/gong", 40),
+            ("POST /v1/collections/{collection}/events", 30)]
 
 
 def _ndjson(ctx: Any, value: Any) -> bytes:
@@ -128,7 +130,8 @@ def test_fuzz_webhook_credentials_never_5xx(harness: Harness, api: Any) -> None:
     """Arbitrary Authorization values and Standard Webhooks headers: 401/403 (or a 2xx/4xx when the
     value happens to be the real token), never a 5xx."""
     op = operation(api, "POST /estuary/webhook")
-    header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80)
+    # No leading or trailing space: the HTTP client refuses to send such a header before any request is made.
+    header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80).map(str.strip)
     strategy = st.tuples(
         op.as_strategy(generation_mode=GenerationMode.POSITIVE),
         st.one_of(header_text, header_text.map(lambda s: "Bearer " + s), st.just(f"Bearer {TOKEN}x"),

@@ -30,9 +30,8 @@ def test_bad_json_400(harness: Harness) -> None:
 
 @pytest.mark.parametrize("body, fragment", [
     ({"type": "call_completed"}, "data"),
-    ({"type": "call_completed", "data": {"metaData": {}}}, "id"),
-    ({"type": "call_completed", "data": {"metaData": {"id": "12ab"}}}, "id"),
-    ({"type": "call_completed", "data": {"metaData": {"id": 123}}}, "id"),
+    ({"type": "call_completed", "data": [{"metaData": {"id": "1"}}]}, "data must be a JSON object"),
+    ({"type": "call_scheduled", "data": {"metaData": {"id": "1"}}}, "known types: call_completed"),
     ([], ""),
     ("just a string", ""),
 ])

@@ -101,8 +101,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "总裁",
     ],
     "senior_title_exclude_keywords": ["Assistant", "Product Owner", "Intern"],
+    # Matched against the outcome's category and its name (case-insensitive).
     "negative_outcome_categories": [
-        "Lost", "Closed Lost", "Not interested", "Disqualified", "Unqualified", "No decision",
+        "Negative", "Lost", "Closed Lost", "Not interested", "Disqualified", "Unqualified", "No decision",
     ],
     # -- PII -------------------------------------------------------------------------
     "pii_email_fields": list(DEFAULT_EMAIL_FIELDS),

@@ -90,11 +90,15 @@ def _risks(call: _Call, cfg: ResolvedConfig) -> list[tuple[str, str]]:
 
     if content is not None:
         outcome = _d(content.get("callOutcome"))
+        # Gong names the outcome ("Closed Lost") and files it in a category ("Negative"): either counts.
         category = _s(outcome.get("category")).strip()
+        name = _clean(_s(outcome.get("name")))
         if category and category.casefold() in cfg.negative_outcomes:
-            name = _clean(_s(outcome.get("name")))
             detail = f" ({name})" if name and name != category else ""
             found.append(("negative_outcome", _cap(f'call outcome "{category}"{detail}')))
+        elif name and name.casefold() in cfg.negative_outcomes:
+            detail = f" ({category})" if category else ""
+            found.append(("negative_outcome", _cap(f'call outcome "{name}"{detail}')))
         if not call.action_items and _signal(call, "next_step") is None:
             found.append(("no_next_steps", "no action items and no next-step language in the call content"))
 

@@ -29,8 +29,10 @@ def test_shipped_flow_is_valid_and_complete() -> None:
 def test_rows_for_flows_list() -> None:
     rows = {r["name"]: r for r in load_spec(DEFAULT_FLOW).rows()}
     assert rows["gong_calls_enriched"]["reads_from"] == ["gong_calls"]
-    assert rows["postgres"]["writes_to"] == ["postgres:gong_calls_enriched"]
-    assert rows["redis"]["writes_to"] == ["redis:sophia:gong_calls_enriched:*"]
+    assert rows["postgres"]["writes_to"] == ["postgres:gong_calls_enriched", "postgres:hubspot_deals"]
+    assert rows["redis"]["writes_to"] == ["redis:sophia:gong_calls_enriched:*", "redis:sophia:deals:*"]
+    assert rows["deal.*"]["type"] == "route" and rows["deal.*"]["writes_to"] == ["hubspot_deals"]
+    assert rows["call_deleted"]["detail"] == "envelope type call_deleted (delete)"
 
 
 @pytest.mark.parametrize("mutate, expected", [

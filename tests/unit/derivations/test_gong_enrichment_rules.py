@@ -306,6 +306,36 @@ def test_negative_outcome_does_not_fire(outcome: Any) -> None:
     assert "negative_outcome" not in risk_codes(enrich(call))
 
 
+@pytest.mark.parametrize("outcome, expected", [
+    ({"category": "Negative", "name": "Went with incumbent"}, 'call outcome "Negative" (Went with incumbent)'),
+    ({"category": "NEGATIVE"}, 'call outcome "NEGATIVE"'),
+    ({"category": "Other", "name": "Closed Lost"}, 'call outcome "Closed Lost" (Other)'),
+    ({"name": " not INTERESTED "}, 'call outcome "not INTERESTED"'),
+    ({"category": None, "name": "lost"}, 'call outcome "lost"'),
+])
+def test_negative_outcome_matches_the_name_and_a_negative_category(outcome: dict, expected: str) -> None:
+    call = quiet_call()
+    call["content"]["callOutcome"] = outcome
+    assert evidence(enrich(call), "negative_outcome") == expected
+
+
+@pytest.mark.parametrize("outcome", [{"category": "Positive", "name": "Closed Won"}, {"name": "Follow-up"},
+                                     {"category": "Neutral", "name": None}, {"name": 7}])
+def test_negative_outcome_ignores_other_names(outcome: dict) -> None:
+    call = quiet_call()
+    call["content"]["callOutcome"] = outcome
+    assert "negative_outcome" not in risk_codes(enrich(call))
+
+
+def test_negative_outcome_configured_list_applies_to_the_name_too() -> None:
+    call = quiet_call()
+    call["content"]["callOutcome"] = {"category": "Other", "name": "Ghosted"}
+    assert "negative_outcome" in risk_codes(enrich(call, {"negative_outcome_categories": ["GHOSTED"]}))
+    # The configured list replaces the defaults: "Negative" is no longer one.
+    call["content"]["callOutcome"] = {"category": "Negative"}
+    assert "negative_outcome" not in risk_codes(enrich(call, {"negative_outcome_categories": ["ghosted"]}))
+
+
 def test_negative_outcome_list_is_configurable_and_block_missing_is_silent() -> None:
     call = quiet_call()
     call["content"]["callOutcome"] = {"category": "Ghosted"}

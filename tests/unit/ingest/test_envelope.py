@@ -1,4 +1,5 @@
-"""parse_body: every accepted body form, every rejection, event-id rules, and a fuzz test."""
+"""parse_body: every accepted body form, routing by the shipped spec's routes, every rejection, event-id
+rules, and a fuzz test. (Routing with other specs and parse_documents: test_routing.py.)"""
 from __future__ import annotations
 
 import hashlib
@@ -10,14 +11,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sophia_tasks.flows import load_spec
+from sophia_tasks.ingest import envelope as envelope_module
 from sophia_tasks.ingest.envelope import (
     MAX_BATCH_ITEMS,
     EnvelopeError,
     Event,
     UnsupportedMediaType,
-    parse_body,
     parse_json_bytes,
 )
+from sophia_tasks.settings import DEFAULT_FLOW
+
+ROUTES = load_spec(DEFAULT_FLOW).routes
+
+
+def parse_body(raw: Any, content_type: str | None, webhook_id: str | None = None) -> list[Event]:
+    """The webhook's parse, routed by the shipped flow spec."""
+    return envelope_module.parse_body(raw, content_type, webhook_id, ROUTES)
+
 
 CALL = {"metaData": {"id": "7782342274025937895", "title": "Demo"}, "parties": []}
 FORM_URLENCODED = "application/x-www-form-urlencoded"  # what `curl -d` sends
@@ -57,7 +68,8 @@ def test_seed_curl_line_without_json_content_type() -> None:
     raw = b'{"type": "call_completed", "data": {"metaData": {"id": "123"}}}'
     [event] = parse_body(raw, FORM_URLENCODED)
     assert event == Event(
-        event_id=sha(raw), call={"metaData": {"id": "123"}}, is_test=False, occurred_at=None, kind="envelope"
+        event_id=sha(raw), document={"metaData": {"id": "123"}}, is_test=False, occurred_at=None, kind="envelope",
+        collection="gong_calls"
     )
     assert event.index is None
 
@@ -82,7 +94,7 @@ def test_seed_curl_line_without_json_content_type() -> None:
 )
 def test_json_content_types(content_type: str | None) -> None:
     [event] = parse_body(dumps(envelope()), content_type)
-    assert event.call == CALL
+    assert event.document == CALL
 
 
 def test_call_updated_is_accepted() -> None:
@@ -93,7 +105,7 @@ def test_call_updated_is_accepted() -> None:
 def test_gong_automation_form() -> None:
     raw = dumps(automation(is_test=True))
     [event] = parse_body(raw, "application/json")
-    assert (event.kind, event.is_test, event.call, event.event_id) == ("gong_automation", True, CALL, sha(raw))
+    assert (event.kind, event.is_test, event.document, event.event_id) == ("wrapped", True, CALL, sha(raw))
 
 
 def test_gong_automation_is_test_defaults_to_false() -> None:
@@ -108,18 +120,18 @@ def test_call_is_kept_unchanged_with_unicode_and_control_characters() -> None:
         "extra": {"unknown": [1, 2.5, None, True]},
     }
     [event] = parse_body(dumps(envelope(call)), None)
-    assert event.call == call
+    assert event.document == call
 
 
 def test_bom_is_tolerated() -> None:
     [event] = parse_body(b"\xef\xbb\xbf" + dumps(envelope()), None)
-    assert event.call == CALL
+    assert event.document == CALL
 
 
 def test_json_array_batch_mixes_forms() -> None:
     items = [envelope(), automation(is_test=True), {"type": "call_updated", "id": "evt-9", "data": CALL}]
     events = parse_body(dumps(items), "application/json")
-    assert [e.kind for e in events] == ["envelope", "gong_automation", "envelope"]
+    assert [e.kind for e in events] == ["envelope", "wrapped", "envelope"]
     assert [e.index for e in events] == [0, 1, 2]
     assert events[0].event_id == canonical_sha(items[0])
     assert events[1].event_id == canonical_sha(items[1])
@@ -135,7 +147,7 @@ def test_ndjson_content_type() -> None:
     lines = [envelope(), automation()]
     raw = b"\n".join(dumps(x) for x in lines) + b"\n\n"
     events = parse_body(raw, "application/x-ndjson")
-    assert [e.call for e in events] == [CALL, CALL]
+    assert [e.document for e in events] == [CALL, CALL]
     assert [e.index for e in events] == [0, 1]
     assert events[1].event_id == canonical_sha(lines[1])
 
@@ -150,7 +162,7 @@ def test_ndjson_single_line_and_crlf() -> None:
 def test_ndjson_sniffed_without_content_type() -> None:
     raw = dumps(envelope()) + b"\n" + dumps(automation())
     events = parse_body(raw, None)
-    assert [e.kind for e in events] == ["envelope", "gong_automation"]
+    assert [e.kind for e in events] == ["envelope", "wrapped"]
 
 
 def test_ndjson_not_sniffed_when_json_is_declared() -> None:
@@ -170,9 +182,9 @@ def test_broken_pretty_json_reports_the_json_error() -> None:
 
 
 def test_ndjson_errors_name_the_line() -> None:
-    raw = dumps(envelope()) + b"\n\n" + b'{"type": "call_completed", "data": {"metaData": {}}}'
+    raw = dumps(envelope()) + b"\n\n" + b'{"type": "call_completed"}'
     err = error_of(raw, "application/x-ndjson")
-    assert err.detail == "line 3: data.metaData.id is missing"
+    assert err.detail == "line 3: data is missing"
     err = error_of(dumps(envelope()) + b"\n{nope", "application/x-ndjson")
     assert err.message == "body is not valid JSON" and err.detail.startswith("line 2: ")
     err = error_of(dumps(envelope()) + b"\n[1]", "application/x-ndjson")
@@ -336,32 +348,25 @@ def test_deep_nesting() -> None:
 
 def test_brackets_inside_strings_do_not_count_as_depth() -> None:
     call = {"metaData": {"id": "1", "title": "[" * 500 + "{" * 500}}
-    assert parse_body(dumps(envelope(call)), None)[0].call == call
+    assert parse_body(dumps(envelope(call)), None)[0].document == call
 
 
 @pytest.mark.parametrize(
     ("body", "message", "detail"),
     [
-        ({"type": "call_deleted", "data": CALL}, "invalid envelope", "unknown type 'call_deleted'"),
+        ({"type": "call_scheduled", "data": CALL}, "unknown type",
+         "no route for type 'call_scheduled'; known types: call_completed, call_updated, call_deleted, "
+         "deal.deletion, deal.*"),
         ({"type": 5, "data": CALL}, "invalid envelope", "type must be a string, got number"),
         ({"data": CALL}, "invalid envelope", "type is missing"),
         ({"type": "call_completed"}, "invalid envelope", "data is missing"),
-        ({"type": "call_completed", "data": CALL, "callData": CALL}, "invalid envelope", "both data and callData"),
+        ({"type": "call_completed", "data": CALL, "callData": CALL}, "invalid envelope", "has data, callData"),
         ({"hello": "world"}, "invalid envelope", "expected {"),
         ({}, "invalid envelope", "expected {"),
         ({"callData": CALL, "isTest": "true"}, "invalid envelope", "isTest must be true or false"),
-        (envelope([]), "invalid call", "data must be a JSON object, got array"),
-        (envelope(None), "invalid call", "data must be a JSON object, got null"),
-        (envelope({}), "invalid call", "data.metaData is missing"),
-        (envelope({"metaData": []}), "invalid call", "data.metaData must be a JSON object"),
-        (envelope({"metaData": {"title": "x"}}), "invalid call", "data.metaData.id is missing"),
-        (envelope({"metaData": {"id": 123}}), "invalid call",
-         "data.metaData.id must be a string of digits, got number"),
-        (envelope({"metaData": {"id": None}}), "invalid call", "got null"),
-        (envelope({"metaData": {"id": "12ab"}}), "invalid call", "1-32 digits"),
-        (envelope({"metaData": {"id": ""}}), "invalid call", "1-32 digits"),
-        (envelope({"metaData": {"id": "١٢"}}), "invalid call", "1-32 digits"),
-        (automation({"metaData": {"id": "1.5"}}), "invalid call", "callData.metaData.id must be"),
+        (envelope([]), "invalid document", "data must be a JSON object, got array"),
+        (envelope(None), "invalid document", "data must be a JSON object, got null"),
+        (automation("call"), "invalid document", "callData must be a JSON object, got string"),
     ],
 )
 def test_envelope_rejections(body: dict, message: str, detail: str) -> None:
@@ -371,10 +376,37 @@ def test_envelope_rejections(body: dict, message: str, detail: str) -> None:
     assert err.to_dict() == {"error": message, "detail": err.detail}
 
 
+@pytest.mark.parametrize("call", [
+    {}, {"metaData": []}, {"metaData": {"title": "x"}}, {"metaData": {"id": 123}}, {"metaData": {"id": None}},
+    {"metaData": {"id": "12ab"}}, {"metaData": {"id": ""}}, {"metaData": {"id": "١٢"}},
+])
+def test_the_key_and_the_schema_are_not_checked_here(call: dict) -> None:
+    """The call id rule is the gong_call schema's (the validate stage dead-letters such a call with every
+    error), so a delete carrying only its key, or a call with a bad id, is captured as it came."""
+    [event] = parse_body(dumps(envelope(call)), None)
+    assert event.document == call and event.collection == "gong_calls" and event.op is None
+
+
+def test_routes_name_the_collection_and_deletes() -> None:
+    deal = {"portalId": 1, "dealId": "2"}
+    events = parse_body(dumps([envelope(), {"type": "call_deleted", "data": {"metaData": {"id": "9"}}},
+                               {"type": "deal.propertyChange", "data": deal}, {"type": "deal.deletion", "data": deal},
+                               automation(), envelope({"metaData": {"id": "5"}, "_meta": {"op": "d"}})]), None)
+    assert [(e.collection, e.op, e.kind) for e in events] == [
+        ("gong_calls", None, "envelope"), ("gong_calls", "d", "envelope"), ("hubspot_deals", None, "envelope"),
+        ("hubspot_deals", "d", "envelope"), ("gong_calls", None, "wrapped"), ("gong_calls", "d", "envelope")]
+
+
+def test_an_unknown_type_refuses_the_whole_batch() -> None:
+    err = error_of(dumps([envelope(), envelope(), {"type": "meeting.created", "data": {}}]))
+    assert err.message == "unknown type"
+    assert err.detail.startswith("item 2: no route for type 'meeting.created'; known types: call_completed")
+
+
 def test_array_errors_name_the_item_index() -> None:
-    items = [envelope(), envelope(), envelope(), envelope({"metaData": {}})]
+    items = [envelope(), envelope(), envelope(), envelope("x")]
     err = error_of(dumps(items))
-    assert err.detail == "item 3: data.metaData.id is missing"
+    assert err.detail == "item 3: data must be a JSON object, got string"
     err = error_of(dumps([envelope(), "x"]))
     assert err.detail == "item 1: must be a JSON object, got string"
     err = error_of(dumps([envelope(), [envelope()]]))
@@ -388,8 +420,8 @@ def test_parse_json_bytes() -> None:
 
 
 def test_bytes_like_bodies_are_accepted() -> None:
-    assert parse_body(bytearray(dumps(envelope())), None)[0].call == CALL
-    assert parse_body(memoryview(dumps(envelope())), None)[0].call == CALL
+    assert parse_body(bytearray(dumps(envelope())), None)[0].document == CALL
+    assert parse_body(memoryview(dumps(envelope())), None)[0].document == CALL
 
 
 # ----------------------------------------------------------------- never anything else
@@ -407,7 +439,8 @@ calls = st.one_of(
 )
 envelopes = st.one_of(
     st.fixed_dictionaries(
-        {"type": st.sampled_from(["call_completed", "call_updated", "other"]), "data": calls},
+        {"type": st.sampled_from(["call_completed", "call_updated", "call_deleted", "deal.x", "other"]),
+         "data": calls},
         optional={"id": st.one_of(st.text(max_size=210), json_values),
                   "occurred_at": st.one_of(st.text(max_size=30), json_values, st.floats()),
                   "timestamp": json_values},
@@ -434,8 +467,9 @@ def _check(raw: bytes, content_type: str | None, webhook_id: str | None) -> None
     assert events
     for event in events:
         assert isinstance(event.event_id, str) and event.event_id
-        assert isinstance(event.call["metaData"]["id"], str)
-        assert event.kind in {"envelope", "gong_automation"}
+        assert isinstance(event.document, dict)
+        assert event.collection in {"gong_calls", "hubspot_deals"}
+        assert event.kind in {"envelope", "wrapped"}
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

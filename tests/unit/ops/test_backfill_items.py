@@ -1,11 +1,24 @@
 """Backfill items -> events: the accepted shapes, deterministic ids, and the version rule."""
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
-from sophia_tasks.ops.backfill import BackfillError, BadItem, canonical_id, item_to_event, item_version, parse_date
+import pytest
+import yaml
+
+from sophia_tasks.flows import load_spec, parse_spec
+from sophia_tasks.ops import backfill
+from sophia_tasks.ops.backfill import BackfillError, BadItem, canonical_id, item_version, parse_date, target_for
+from sophia_tasks.settings import DEFAULT_FLOW
 
 RECEIVED = "2026-11-25T12:00:00.000000Z"
+SPEC = load_spec(DEFAULT_FLOW)
+TARGET = target_for(SPEC)
+
+
+def item_to_event(item: Any, received_at: str) -> dict[str, Any]:
+    """The backfill's item -> event with the shipped spec's routes."""
+    return backfill.item_to_event(item, received_at, TARGET)
 
 
 def call(call_id: str = "1234567890", **meta: object) -> dict:
@@ -55,9 +68,9 @@ def test_the_version_is_the_items_own_time_else_started() -> None:
 @pytest.mark.parametrize("item, reason", [
     ([1, 2], "must be a JSON object"),
     ("text", "must be a JSON object"),
-    ({"type": "call_deleted", "data": call()}, "unknown type"),
+    ({"type": "call_scheduled", "data": call()}, "unknown type"),
     ({"callData": call(), "isTest": "no"}, "isTest"),
-    ({"metaData": {"id": "12ab"}}, "digits"),
+    ({"type": "call_completed", "data": "x"}, "data must be a JSON object"),
     ({"type": "call_completed"}, "data is missing"),
     ({"hello": "world"}, "invalid envelope"),
 ])
@@ -77,7 +90,6 @@ def test_dates_for_since_and_until() -> None:
 
 # -- reconciliation (sophia_tasks.ops.reconcile) -------------------------------------------------------
 def test_reconcile_compares_gongs_version_with_ours() -> None:
-    from sophia_tasks.ops.backfill import item_to_event
     from sophia_tasks.ops.reconcile import compare
 
     def call(cid: str) -> dict:
@@ -108,3 +120,24 @@ def test_the_beat_schedule_reconciles_only_with_gong_credentials() -> None:
     entry = with_keys.conf.beat_schedule["reconcile"]
     assert entry["task"] == "sophia.reconcile" and entry["schedule"] == 600
     assert with_keys.conf.task_routes["sophia.reconcile"]["queue"] == "sophia.backfill"
+
+
+def test_the_collection_comes_from_the_spec_routes_or_the_option() -> None:
+    """Bare calls go to the route of call_completed, or to --collection; envelopes follow their routes."""
+    assert TARGET.collection == "gong_calls"
+    deleted = item_to_event({"type": "call_deleted", "data": {"metaData": {"id": "7"}}}, RECEIVED)
+    assert deleted["collection"] == "gong_calls" and deleted["op"] == "d"
+    assert "op" not in item_to_event(call(), RECEIVED)
+    deal = backfill.item_to_event({"type": "deal.creation", "data": {"portalId": 1, "dealId": "2"}}, RECEIVED, TARGET)
+    assert deal["collection"] == "hubspot_deals"
+    data = yaml.safe_load(DEFAULT_FLOW.read_text())
+    data["collections"]["calls_archive"] = {"schema": "gong_call", "key": "/metaData/id"}
+    data["routes"] = {"deal.*": "hubspot_deals"}
+    data["wrappers"] = {}
+    spec = parse_spec(data, "t.yaml")
+    other = target_for(spec, "calls_archive")
+    assert backfill.item_to_event(call(), RECEIVED, other)["collection"] == "calls_archive"
+    with pytest.raises(BackfillError, match="no route for 'call_completed': give --collection"):
+        target_for(spec)
+    with pytest.raises(BackfillError, match="known collections: gong_calls, hubspot_deals, calls_archive"):
+        target_for(spec, "nope")

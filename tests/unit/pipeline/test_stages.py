@@ -184,3 +184,39 @@ def test_a_delete_needs_only_its_key_and_skips_the_derivation(spec) -> None:
         ("7", "d", "gong_calls_enriched"), ("8", "d", "gong_calls_enriched"), ("9", None, "gong_calls_enriched")]
     assert "enrichment" not in out[0] and "enrichment" in out[2]
     assert not derived.letters
+
+
+def test_a_json_schema_collection_dead_letters_every_error_and_a_missing_key() -> None:
+    data = __import__("yaml").safe_load(DEFAULT_FLOW.read_text())
+    data["collections"]["notes"] = {"key": ["/org", "/id"], "schema": {
+        "type": "object", "required": ["text"],
+        "properties": {"text": {"type": "string"}, "id": {"type": "integer"}, "org": {"type": "string"}}}}
+    data["materializations"]["redis"]["bindings"].append({"source": "notes", "resource": {}})
+    spec = parse_spec(data, "t.yaml")
+
+    def note(doc, event_id):
+        return make_event("notes", doc, event_id, "2026-11-25T10:00:00.000000Z", None, "capture")
+
+    res = validate_events(spec, [note({"org": "a", "id": 1, "text": "ok"}, "e1"),
+                                 note({"org": "a", "id": "2", "text": 3, "extra": True}, "e2"),
+                                 note({"text": "no key"}, "e3"), note({"id": 4}, "e4")])
+    assert [d["text"] for d in res.documents["notes"]] == ["ok"]
+    bad, keyless, both = res.letters
+    assert bad.details == {"/id": ["'2' is not of type 'integer'"], "/text": ["3 is not of type 'string'"]}
+    assert bad.document_key == "a:2"
+    assert bad.error.startswith("schema inline JSON Schema: 2 field error(s): ")
+    assert "/id: '2' is not of type 'integer'" in bad.error and "/text: 3 is not of type 'string'" in bad.error
+    assert keyless.document_key is None and list(keyless.details) == ["/org, /id"]
+    assert "the key is missing" in keyless.error
+    assert both.details == {"": ["'text' is a required property"], "/org, /id": keyless.details["/org, /id"]}
+    assert "(document): 'text' is a required property" in both.error
+    # Materialized straight from the collection: derive hands the documents on as they are.
+    derived = derive_documents(spec, "notes", res.documents["notes"])
+    assert derived.documents == {"notes": res.documents["notes"]}
+
+
+def test_a_gong_call_with_a_bad_id_is_a_letter_with_the_schema_error(spec) -> None:
+    res = validate_events(spec, [event({"metaData": {"id": "12ab"}}), event({"metaData": {}}, event_id="e2")])
+    bad_id, no_id = res.letters
+    assert bad_id.document_key == "12ab" and "1-32 digits" in bad_id.error
+    assert no_id.document_key is None and set(no_id.details) == {"metaData", "/metaData/id"}

@@ -77,11 +77,11 @@ def test_bad_journal_settings_are_spec_errors(journal: object, problem: str) -> 
 
 def test_a_target_is_fed_by_the_collections_behind_its_bindings() -> None:
     spec = load_spec(DEFAULT_FLOW)
-    assert collections_feeding(spec, "postgres") == ["gong_calls"]
+    assert collections_feeding(spec, "postgres") == ["gong_calls", "hubspot_deals"]
     data = _spec_data()
     data["collections"]["other_calls"] = {"schema": "gong_call", "key": "/metaData/id"}
     data["materializations"]["raw"] = {"endpoint": "postgres", "bindings": [
         {"source": "other_calls", "resource": {"table": "other_calls", "key_column": "call_id"}}]}
     spec = parse_spec(data, check_imports=False)
     assert collections_feeding(spec, "raw") == ["other_calls"]
-    assert collections_feeding(spec, "redis") == ["gong_calls"]
+    assert collections_feeding(spec, "redis") == ["gong_calls", "hubspot_deals"]
