@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 REQUIREMENTS = Path(__file__).with_name("requirements.txt")
-NEEDED = ("psutil",)
+NEEDED = ("psutil", "granian")
 
 
 def ensure_requirements() -> None:

@@ -32,9 +32,11 @@ OUR_PREFIX = "sophia:gong_calls_enriched:"
 OUR_PG_TABLE = "gong_calls_enriched"
 OUR_SF_TABLE = "GONG_CALLS_ENRICHED"
 SF_DATABASE = "SOPHIA_BENCH"
+#: The servers the floor app runs under, and the process name of each (``Bench.start_floor``).
+FLOOR_SERVERS = {"gunicorn": "floor", "granian": "floor-granian"}
 
 
-def bench_env(workdir: Path, broker_db: int, cache_db: int, token: str) -> dict[str, str]:
+def bench_env(workdir: Path, broker_db: int, cache_db: int, token: str, read_token: str) -> dict[str, str]:
     return {
         "SOPHIA_BROKER_URL": f"redis://127.0.0.1:6379/{broker_db}",
         "SOPHIA_REDIS_URL": f"redis://127.0.0.1:6379/{cache_db}",
@@ -44,6 +46,7 @@ def bench_env(workdir: Path, broker_db: int, cache_db: int, token: str) -> dict[
         "SOPHIA_SNOWFLAKE_DATABASE": SF_DATABASE,
         "PORT": str(free_port()),
         "SOPHIA_WEBHOOK_TOKENS": token,
+        "SOPHIA_READ_TOKENS": read_token,  # the documents read (reads scenario)
         # Everything else (batch size, flush interval, body limit, retries) keeps the production defaults.
     }
 
@@ -242,14 +245,17 @@ class Bench:
     web_threads: int = 4
     worker_concurrency: int = 6
     token: str = field(default_factory=lambda: "bench-" + uuid.uuid4().hex[:16])
+    read_token: str = field(default_factory=lambda: "bench-read-" + uuid.uuid4().hex[:16])
 
     def __post_init__(self) -> None:
-        self.env = bench_env(self.workdir, self.broker_db, self.cache_db, self.token)
+        self.env = bench_env(self.workdir, self.broker_db, self.cache_db, self.token, self.read_token)
         self.stack = Stack.from_env(self.env, self.workdir / "logs")
         self.cache = redis.Redis.from_url(self.env["SOPHIA_REDIS_URL"])
         self.broker = redis.Redis.from_url(self.env["SOPHIA_BROKER_URL"])
         self.rss = RssSampler()
-        self.floor_port = free_port()
+        #: One port per server the floor app runs under (``start_floor``).
+        self.floor_ports = {server: free_port() for server in FLOOR_SERVERS}
+        self.floor_port = self.floor_ports["gunicorn"]
         self._sf: Any = None
         self._starts = 0
 
@@ -297,19 +303,41 @@ class Bench:
             self.rss.watch("web", proc.popen.pid)
         return self.stack.processes["web"]
 
-    def start_floor(self) -> Process:
-        """The floor app under exactly the web's gunicorn settings, on its own port."""
-        if "floor" in self.stack.processes:
-            return self.stack.processes["floor"]
-        argv = [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
-                "--workers", str(self.web_workers), "--threads", str(self.web_threads),
-                "bench.floor_app:create_app()"]
-        proc = self.stack.spawn("floor", argv, extra_env={"PORT": str(self.floor_port),
-                                                          "BENCH_FLOOR_REDIS_URL": self.env["SOPHIA_REDIS_URL"]})
-        from sophia_tasks.dev.stack import port_open, wait_for
+    def floor_url_of(self, server: str) -> str:
+        return f"http://127.0.0.1:{self.floor_ports[server]}"
 
-        wait_for(lambda: port_open("127.0.0.1", self.floor_port), 60, "floor app", proc.popen, proc.log_path)
-        self.rss.watch("floor", proc.popen.pid)
+    def start_floor(self, server: str = "gunicorn") -> Process:
+        """The floor app (bench/floor_app.py) on its own port, under ``server``:
+
+        * ``gunicorn``: exactly the web's gunicorn settings (deploy/gunicorn.conf.py, same
+          ``--workers`` and ``--threads``), process name ``floor``;
+        * ``granian``: ``granian --interface wsgi --workers <web workers>``, process name ``floor-granian``.
+
+        Returns once the app answers a request (a server's port can open before its workers run).
+        """
+        name = FLOOR_SERVERS[server]
+        if name in self.stack.processes:
+            return self.stack.processes[name]
+        port = self.floor_ports[server]
+        if server == "gunicorn":
+            argv = [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
+                    "--workers", str(self.web_workers), "--threads", str(self.web_threads),
+                    "bench.floor_app:create_app()"]
+        else:
+            exe = BIN / "granian"
+            if not exe.exists():
+                raise RuntimeError(f"granian is not installed in {BIN.parent}: pip install -r bench/requirements.txt")
+            argv = [str(exe), "--interface", "wsgi", "--workers", str(self.web_workers), "--host", "127.0.0.1",
+                    "--port", str(port), "--no-ws", "--factory", "bench.floor_app:create_app"]
+        proc = self.stack.spawn(name, argv, extra_env={"PORT": str(port),
+                                                       "BENCH_FLOOR_REDIS_URL": self.env["SOPHIA_REDIS_URL"],
+                                                       "BENCH_FLOOR_KEY_PREFIX": OUR_PREFIX})
+        from sophia_tasks.dev.stack import wait_for
+
+        wait_for(lambda: answers(self.floor_url_of(server) + "/floor/documents/none"), 60, f"floor app ({server})",
+                 proc.popen, proc.log_path)
+        time.sleep(0.5)  # every worker up before anyone reads the tree's CPU
+        self.rss.watch(name, proc.popen.pid)
         return proc
 
     def server_cpu(self, name: str) -> Callable[[], float]:
@@ -487,6 +515,20 @@ class Bench:
                 return 0
             cur.execute("SELECT count(*) FROM sophia_dead_letters")
             return int(cur.fetchone()[0])
+
+
+def answers(url: str) -> bool:
+    """Whether an HTTP server answers ``url`` at all (any status)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+        return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
 
 
 def kill_tree_on_exit(bench: Bench) -> None:

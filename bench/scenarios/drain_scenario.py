@@ -9,21 +9,9 @@ import orjson
 
 from bench.calls import Calls
 from bench.harness import OUR_SF_TABLE, Bench
-from bench.scenarios.common import DERIVED, TARGETS, Sizes, log, purge_broker, task_stats
+from bench.scenarios.common import TARGETS, Sizes, cpu_per_event, enriched_rows, log, purge_broker, task_stats
 from bench.scenarios.profiling import run_profile
 from bench.scenarios.targets import load_broker, wait_targets
-
-
-def enriched_rows(calls: Calls, n: int) -> tuple[list[dict[str, Any]], Any]:
-    """The documents the Snowflake binding would write, made by the project's own stage functions."""
-    from sophia_tasks.flows import load_spec
-    from sophia_tasks.pipeline import stages as pipeline
-    from sophia_tasks.settings import load_settings
-
-    spec = load_spec(load_settings().flow_path)
-    validated = pipeline.validate_events(spec, calls.events(n)).documents["gong_calls"]
-    derived = pipeline.derive_documents(spec, "gong_calls", validated).documents[DERIVED]
-    return derived, spec
 
 
 def sf_raw(bench: Bench, calls: Calls, n: int, batch: int) -> dict[str, Any]:
@@ -168,6 +156,8 @@ def drain(bench: Bench, calls: Calls, sizes: Sizes, profile: dict[str, Any] | No
         "worker_tasks": task_stats(proc.log_path),
         "snowflake_raw": raw,
         "memory": memory,
+        # From the worker's start to the last target: what draining costs per event, process by process.
+        "cpu": cpu_per_event(memory, n),
     }
     if profile is not None:
         result["profile"] = run_profile(bench, calls, sizes, per_target, profile)
