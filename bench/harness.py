@@ -154,11 +154,13 @@ class RssSampler(threading.Thread):
         now = time.monotonic()
         if force or roots != self._walked_roots or now - self._walked_at >= self.REFRESH_S:
             trees = {name: tree_procs(pid) for name, pid in roots.items()}
-            services: dict[str, list[Any]] = {k: [] for k in self.SERVICES}
+            services: dict[str, list[Any]] = {k: [] for k in (*self.SERVICES, BENCH_BACKENDS)}
             for p in psutil.process_iter(["name"]):
                 for service, names in self.SERVICES.items():
                     if (p.info.get("name") or "") in names:
                         services[service].append(p)
+                        if service == "postgres" and is_bench_backend(p):
+                            services[BENCH_BACKENDS].append(p)
             self._trees, self._services = trees, services
             self._walked_roots, self._walked_at = roots, now
         return self._trees, self._services
@@ -233,6 +235,21 @@ class RssSampler(threading.Thread):
                 self.sample()
             except Exception:
                 pass
+
+
+#: The PostgreSQL backends connected to the benchmark's database: the part of "postgres" that is
+#: surely ours on a machine where other databases are busy (the server's own processes, WAL writer
+#: and checkpointer, are in "postgres" only).
+BENCH_BACKENDS = "postgres (sophia_bench backends)"
+
+
+def is_bench_backend(proc: Any) -> bool:
+    """A backend's title is ``postgres: <user> <database> <client> <state>``."""
+    try:
+        title = " ".join(proc.cmdline())
+    except Exception:
+        return False
+    return f" {BENCH_DB} " in title
 
 
 # -- the stack ---------------------------------------------------------------------------

@@ -154,8 +154,11 @@ def target_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
             ("" if complete and held else f"load not held or not all written (offered {_fmt(cp.get('achieved_rate'))}"
              f"/s, {accepted:,} accepted, written {_get(cp, 'materialized')}); ")
             + f"{accepted:,} events, single-event POSTs", _calibration(s, "cpu"))
+        backends = _get(cp, "cpu", "postgres_bench_backends_ms")
         row("   each process (ms per event)", _procs(per, ("web", "worker", "postgres", "redis")), "", None,
-            "not counted: " + (_procs(per, ("snowflake", "bench (load generator)")) or "-"), _calibration(s, "cpu"))
+            "not counted: " + (_procs(per, ("snowflake", "bench (load generator)")) or "-")
+            + (f"; postgres: of which sophia_bench backends {backends:.3f} (the rest: the server's own processes "
+               "and other databases' backends)" if backends is not None else ""), _calibration(s, "cpu"))
 
     # 2. Latency at 500 ev/s with Snowflake on.
     lat = s.get("latency") or {}

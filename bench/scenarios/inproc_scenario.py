@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from bench.calls import Calls
-from bench.harness import Bench
+from bench.harness import BENCH_BACKENDS, Bench
 from bench.scenarios.common import OUR_ROLES, TARGETS, Sizes, log, purge_broker
 from bench.scenarios.targets import count_target
 
@@ -36,7 +36,7 @@ def inproc(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
     bench.stop_role("worker")  # alone on the machine, as the drain's worker is
     purge_broker(bench)
     bench.clear_targets()
-    settings = load_settings(bench.env)
+    settings = load_settings()
     spec = load_spec(settings.flow_path)
     sealer = sealer_for(settings)
     writers = {name: (get_materializer(m.endpoint, settings, spec), m) for name, m in spec.materializations.items()}
@@ -113,6 +113,8 @@ def inproc(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
         "cpu_ms_per_event_by_stage": {k: round(1000 * v / n, 4) for k, v in cpu.items()},
         "cpu": {"per_process_ms": per_ms, "ours_ms": ours_ms, "counted": [k for k in per_ms if k not in others],
                 "not_counted": list(others), "validation_ms_beside": validate_ms,
+                "postgres_bench_backends_ms": round(1000 * memory[BENCH_BACKENDS]["cpu_s"] / n, 3)
+                if memory.get(BENCH_BACKENDS, {}).get("cpu_s") is not None else None,
                 "ours_with_validation_ms": round(ours_ms + validate_ms, 3)},
         "counted_roles_of_the_drain": list(OUR_ROLES),
         "memory": memory,

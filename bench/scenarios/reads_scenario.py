@@ -25,7 +25,7 @@ def seed_documents(bench: Bench, calls: Calls, n: int) -> list[str]:
     docs, spec = enriched_rows(calls, n)
     binding = next(m.binding_for(DERIVED) for m in spec.materializations.values()
                    if m.endpoint == "redis" and m.binding_for(DERIVED) is not None)
-    writer = RedisMaterializer(load_settings(bench.env), spec)
+    writer = RedisMaterializer(load_settings(), spec)
     written = writer.write_batch(binding, docs).written
     writer.close()
     if written != len(docs):
