@@ -270,3 +270,34 @@ def test_lag_windows_group_sampled_lags_by_send_time() -> None:
     rows = lag_windows(timeline, 30.0)
     assert [(r["from_s"], r["n"], r["max_s"]) for r in rows] == [(0.0, 2, 0.4), (30.0, 2, 3.0), (90.0, 1, 0.1)]
     assert lag_windows([], 30.0) == []
+
+
+def test_a_process_started_inside_the_window_is_charged_its_cpu_from_birth() -> None:
+    """A database connection opened mid-drain is first seen at the next walk: the CPU it used before
+    that is the window's too. A process older than the window is charged only from its first sight."""
+    import subprocess
+    import sys
+    import time
+
+    from bench import harness
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ntime.sleep(30)"
+    old = subprocess.Popen([sys.executable, "-c", burn])
+    young = None
+    try:
+        time.sleep(1.0)  # the old one has burned its 0.3 s before the window
+        sampler = harness.RssSampler()
+        sampler.reset()
+        sampler.watch("old", old.pid)
+        sampler.sample(walk=True)
+        young = subprocess.Popen([sys.executable, "-c", burn])
+        time.sleep(1.0)  # burned before anyone saw it
+        sampler.watch("young", young.pid)
+        snap = sampler.snapshot()
+        assert snap["young"]["cpu_s"] >= 0.25
+        assert snap["old"].get("cpu_s", 0.0) < 0.1
+    finally:
+        for p in (old, young):
+            if p is not None:
+                p.kill()
+                p.wait()
