@@ -147,7 +147,8 @@ def target_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
         per = _get(cp, "cpu", "per_process_ms") or {}
         accepted = _get(cp, "webhook", "accepted") or 0
         complete = min((_get(cp, "materialized") or {"-": 0}).values()) >= accepted > 0
-        held = (cp.get("achieved_rate") or 0) >= 0.95 * (cp.get("rate") or 0) and not _get(cp, "webhook", "errors")
+        held = ((cp.get("achieved_rate") or 0) >= 0.95 * (cp.get("rate") or 0) and not _get(cp, "webhook", "errors")
+                and accepted >= (_get(cp, "webhook", "sent") or 0))
         ok = ours_ms <= CPU_PER_EVENT_MS if complete and held else False
         row(f"1. CPU per live event, ours (web + worker + PostgreSQL + Redis) at {_fmt(cp.get('rate'))} ev/s",
             f"{ours_ms:.3f} ms", f"<= {CPU_PER_EVENT_MS} ms", ok,
@@ -176,7 +177,7 @@ def target_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
         ok = None
         if share is not None:
             ok = (share >= 0.99 and (achieved or 0) >= 0.95 * (lat.get("rate") or 0) and not errors
-                  and materialized >= accepted)
+                  and materialized >= accepted >= (_get(lat, "webhook", "sent") or 0))
         sampled = _get(lat, "lag_sampled", t, "p99_s")
         row(name, f"{_fmt(p99, ' s', 3)} ({_fmt(100 * share if share is not None else None, '%', 2)} within "
                   f"{limit:g} s)", f"< {limit:g} s", ok,

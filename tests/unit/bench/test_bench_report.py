@@ -60,10 +60,10 @@ def test_cpu_per_event_counts_web_worker_postgres_and_redis_only() -> None:
     assert cpu_per_event(memory, 0)["ours_ms"] is None
 
 
-def cpu_run(ours_ms: float, written: int = 21_000, achieved: float = 350.0) -> dict[str, Any]:
+def cpu_run(ours_ms: float, written: int = 21_000, achieved: float = 350.0, sent: int = 21_000) -> dict[str, Any]:
     per = {"web": ours_ms / 2, "worker": ours_ms / 4, "postgres": ours_ms / 8, "redis": ours_ms / 8,
            "snowflake": 0.9, "bench (load generator)": 0.33}
-    return {"cpu": {"rate": 350, "achieved_rate": achieved, "webhook": {"accepted": 21_000, "errors": 0},
+    return {"cpu": {"rate": 350, "achieved_rate": achieved, "webhook": {"sent": sent, "accepted": 21_000, "errors": 0},
                     "materialized": {"redis": written, "postgres": written, "snowflake": written},
                     "cpu": {"per_process_ms": per, "ours_ms": ours_ms, "postgres_bench_backends_ms": 0.1},
                     "calibration_ms_before_after": [230.0, 241.5]}}
@@ -81,13 +81,14 @@ def test_target_1_cpu_per_live_event_passes_at_or_under_the_limit_with_each_proc
     # A cheap figure from a run that did not keep up or did not write everything is no pass.
     assert one(target_rows(cpu_run(1.0, written=20_000)), "1. CPU")["status"] == "FAIL"
     assert one(target_rows(cpu_run(1.0, achieved=300.0)), "1. CPU")["status"] == "FAIL"
+    assert one(target_rows(cpu_run(1.0, sent=21_500)), "1. CPU")["status"] == "FAIL"  # 500 refused (503)
     assert one(target_rows({}), "1. CPU")["status"] == "n/a"
 
 
 def latency_run(p99: dict[str, float], share: dict[str, float]) -> dict[str, Any]:
     limits = {"redis": "1.0", "postgres": "2.0", "snowflake": "5.0"}
-    return {"latency": {"rate": 500, "seconds": 60, "achieved_rate": 499.0, "webhook": {"accepted": 30_000,
-                        "errors": 0, "p50_ms": 3.0, "p99_ms": 20.0},
+    webhook = {"sent": 30_000, "accepted": 30_000, "errors": 0, "p50_ms": 3.0, "p99_ms": 20.0}
+    return {"latency": {"rate": 500, "seconds": 60, "achieved_rate": 499.0, "webhook": webhook,
                         "materialized": {t: 30_000 for t in limits},
                         "lag_histogram": {t: {"p99_s": p99[t], "share_within_s": {limits[t]: share[t]}}
                                           for t in limits}}}
@@ -103,6 +104,10 @@ def test_target_2_latency_holds_redis_postgres_and_snowflake_to_their_limits() -
     rows = target_rows(latency_run({"redis": 0.4, "postgres": 1.1, "snowflake": 5.0},
                                    {"redis": 0.999, "postgres": 0.995, "snowflake": 0.97}))
     assert one(rows, "2. p99 receipt -> Snowflake")["status"] == "FAIL"
+    refused = latency_run({"redis": 0.4, "postgres": 1.1, "snowflake": 4.0},
+                          {"redis": 0.999, "postgres": 0.995, "snowflake": 0.99})
+    refused["latency"]["webhook"]["sent"] = 30_500  # 500 answered 503: a fast lag of the rest is no pass
+    assert {r["status"] for r in by_figure(target_rows(refused), "2. p99")} == {"FAIL"}
 
 
 def ingest_run(ratios: list[float]) -> dict[str, Any]:
