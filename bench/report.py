@@ -15,22 +15,32 @@ PACKAGES = ("celery", "kombu", "redis", "flask", "gunicorn", "psycopg2-binary", 
             "fakesnow", "duckdb", "orjson", "marshmallow", "psutil", "py-spy", "granian", "sophia-tasks")
 
 
-def _git_commit() -> str | None:
-    """Read .git directly (the harness runs no git commands)."""
+def _git_commit(root: Path = ROOT) -> str | None:
+    """The checked-out commit, read from ``.git`` directly (the harness runs no git commands).
+
+    ``.git`` is a directory in a clone and a file (``gitdir: <path>``) in a worktree, whose branch
+    refs live in the main repository (its ``commondir``).
+    """
     try:
-        head = (ROOT / ".git" / "HEAD").read_text().strip()
-        if head.startswith("ref: "):
-            ref = head[5:]
-            path = ROOT / ".git" / ref
-            if path.exists():
-                return path.read_text().strip()
-            packed = ROOT / ".git" / "packed-refs"
-            for line in packed.read_text().splitlines() if packed.exists() else []:
-                if line.endswith(" " + ref):
-                    return line.split()[0]
-            return None
-        return head
-    except OSError:
+        git = root / ".git"
+        if git.is_file():
+            git = (root / git.read_text().split("gitdir:", 1)[1].strip()).resolve()
+        common = git
+        if (git / "commondir").exists():
+            common = (git / (git / "commondir").read_text().strip()).resolve()
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        for base in (git, common):
+            if (base / ref).exists():
+                return (base / ref).read_text().strip()
+        packed = common / "packed-refs"
+        for line in packed.read_text().splitlines() if packed.exists() else []:
+            if line.endswith(" " + ref):
+                return line.split()[0]
+        return None
+    except (OSError, IndexError):
         return None
 
 

@@ -306,3 +306,25 @@ def test_a_process_started_inside_the_window_is_charged_its_cpu_from_birth() -> 
             if p is not None:
                 p.kill()
                 p.wait()
+
+
+def test_the_commit_is_read_in_a_clone_and_in_a_worktree(tmp_path: Any) -> None:
+    from bench.report import _git_commit
+
+    sha, other = "a" * 40, "b" * 40
+    repo = tmp_path / "repo"
+    (repo / ".git" / "refs" / "heads").mkdir(parents=True)
+    (repo / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (repo / ".git" / "refs" / "heads" / "main").write_text(sha + "\n")
+    (repo / ".git" / "packed-refs").write_text(f"# pack-refs\n{other} refs/heads/bench19\n")
+    assert _git_commit(repo) == sha
+    # A worktree: .git is a file naming its git dir, whose branch ref is packed in the main repository.
+    wt_git = repo / ".git" / "worktrees" / "bench19"
+    wt_git.mkdir(parents=True)
+    (wt_git / "HEAD").write_text("ref: refs/heads/bench19\n")
+    (wt_git / "commondir").write_text("../..\n")
+    wt = tmp_path / "wt"
+    wt.mkdir()
+    (wt / ".git").write_text(f"gitdir: {wt_git}\n")
+    assert _git_commit(wt) == other
+    assert _git_commit(tmp_path / "nowhere") is None
