@@ -51,8 +51,9 @@ up: install services
 	echo "flower:  http://127.0.0.1:$${FLOWER_PORT:-5555} (FLOWER_BASIC_AUTH, dev default admin:dev-password)"; \
 	exec $(BIN)/honcho start --port $${PORT:-9009}
 
+# Issue #19's targets, PASS/FAIL per line (docs/benchmarks.md): ~15 min; `make bench BENCH_ARGS="--quick"` ~5 min.
 bench: install services
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # 10 minutes at 500 events/s with the worker SIGKILLed every minute (docs/benchmarks.md).
 soak: install services

@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--scenario ingest,drain,naive,latency,backfill] [--profile]``.
+"""``python -m bench [--quick] [--scenario ingest,reads,cpu,latency,drain,inproc,naive,backfill,soak] [--profile]``.
 
 Installs the benchmark-only requirements (bench/requirements.txt) into the running venv
 when they are missing, then hands over to ``bench.runner``.
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 REQUIREMENTS = Path(__file__).with_name("requirements.txt")
-NEEDED = ("psutil",)
+NEEDED = ("psutil", "granian")
 
 
 def ensure_requirements() -> None:

@@ -32,9 +32,11 @@ OUR_PREFIX = "sophia:gong_calls_enriched:"
 OUR_PG_TABLE = "gong_calls_enriched"
 OUR_SF_TABLE = "GONG_CALLS_ENRICHED"
 SF_DATABASE = "SOPHIA_BENCH"
+#: The servers the floor app runs under, and the process name of each (``Bench.start_floor``).
+FLOOR_SERVERS = {"gunicorn": "floor", "granian": "floor-granian"}
 
 
-def bench_env(workdir: Path, broker_db: int, cache_db: int, token: str) -> dict[str, str]:
+def bench_env(workdir: Path, broker_db: int, cache_db: int, token: str, read_token: str) -> dict[str, str]:
     return {
         "SOPHIA_BROKER_URL": f"redis://127.0.0.1:6379/{broker_db}",
         "SOPHIA_REDIS_URL": f"redis://127.0.0.1:6379/{cache_db}",
@@ -44,6 +46,7 @@ def bench_env(workdir: Path, broker_db: int, cache_db: int, token: str) -> dict[
         "SOPHIA_SNOWFLAKE_DATABASE": SF_DATABASE,
         "PORT": str(free_port()),
         "SOPHIA_WEBHOOK_TOKENS": token,
+        "SOPHIA_READ_TOKENS": read_token,  # the documents read (reads scenario)
         # Everything else (batch size, flush interval, body limit, retries) keeps the production defaults.
     }
 
@@ -116,6 +119,16 @@ def tree_rss_mb(pid: int | None) -> list[float]:
     return rss_mb(tree_procs(pid))
 
 
+def since_boot() -> float:
+    """Seconds since boot, the clock of a process's start time.
+
+    Why not ``time.time()`` against ``psutil.Process.create_time()``: psutil adds the boot time, which
+    Linux gives in whole seconds, so a process started just after a wall-clock instant can appear
+    to have started up to a second before it.
+    """
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 class RssSampler(threading.Thread):
     """Samples the RSS of named process trees every ``interval`` seconds; keeps peaks per window."""
 
@@ -135,6 +148,7 @@ class RssSampler(threading.Thread):
         self._walked_roots: dict[str, int] | None = None
         self._walked_at = 0.0
         self._me: Any = None
+        self.reset_at = since_boot()
 
     #: Seconds between walks of the process table. A walk (every tree's children, every process's
     #: name) cost 17-25 ms of CPU here: at every 0.25 s sample that was 7-10 % of a core taken from
@@ -151,11 +165,13 @@ class RssSampler(threading.Thread):
         now = time.monotonic()
         if force or roots != self._walked_roots or now - self._walked_at >= self.REFRESH_S:
             trees = {name: tree_procs(pid) for name, pid in roots.items()}
-            services: dict[str, list[Any]] = {k: [] for k in self.SERVICES}
+            services: dict[str, list[Any]] = {k: [] for k in (*self.SERVICES, BENCH_BACKENDS)}
             for p in psutil.process_iter(["name"]):
                 for service, names in self.SERVICES.items():
                     if (p.info.get("name") or "") in names:
                         services[service].append(p)
+                        if service == "postgres" and is_bench_backend(p):
+                            services[BENCH_BACKENDS].append(p)
             self._trees, self._services = trees, services
             self._walked_roots, self._walked_at = roots, now
         return self._trees, self._services
@@ -173,6 +189,7 @@ class RssSampler(threading.Thread):
             self.peaks = {}
             self.cpu_first = {}
             self.cpu_last = {}
+            self.reset_at = since_boot()
 
     #: Shared services and the benchmark itself, whose CPU is reported beside the stack's trees.
     SERVICES = {"postgres": ("postgres",), "redis": ("redis-server",)}
@@ -200,9 +217,22 @@ class RssSampler(threading.Thread):
             except Exception:
                 continue
             key = (name, p.pid)
+            if key not in self.cpu_first and self._born_since_reset(p):
+                # Started inside the window (a pool child's database connection, a restarted
+                # worker): all its CPU is the window's, also what it used before it was first seen.
+                with self.lock:
+                    self.cpu_first.setdefault(key, 0.0)
             with self.lock:
                 self.cpu_first.setdefault(key, t.user + t.system)
                 self.cpu_last[key] = t.user + t.system
+
+    def _born_since_reset(self, proc: Any) -> bool:
+        import psutil
+
+        try:
+            return proc.create_time() - psutil.boot_time() >= self.reset_at
+        except Exception:
+            return False
 
     def sample(self, walk: bool = False) -> None:
         import psutil
@@ -232,6 +262,21 @@ class RssSampler(threading.Thread):
                 pass
 
 
+#: The PostgreSQL backends connected to the benchmark's database: the part of "postgres" that is
+#: surely ours on a machine where other databases are busy (the server's own processes, WAL writer
+#: and checkpointer, are in "postgres" only).
+BENCH_BACKENDS = "postgres (sophia_bench backends)"
+
+
+def is_bench_backend(proc: Any) -> bool:
+    """A backend's title is ``postgres: <user> <database> <client> <state>``."""
+    try:
+        title = " ".join(proc.cmdline())
+    except Exception:
+        return False
+    return f" {BENCH_DB} " in title
+
+
 # -- the stack ---------------------------------------------------------------------------
 @dataclass
 class Bench:
@@ -242,14 +287,17 @@ class Bench:
     web_threads: int = 4
     worker_concurrency: int = 6
     token: str = field(default_factory=lambda: "bench-" + uuid.uuid4().hex[:16])
+    read_token: str = field(default_factory=lambda: "bench-read-" + uuid.uuid4().hex[:16])
 
     def __post_init__(self) -> None:
-        self.env = bench_env(self.workdir, self.broker_db, self.cache_db, self.token)
+        self.env = bench_env(self.workdir, self.broker_db, self.cache_db, self.token, self.read_token)
         self.stack = Stack.from_env(self.env, self.workdir / "logs")
         self.cache = redis.Redis.from_url(self.env["SOPHIA_REDIS_URL"])
         self.broker = redis.Redis.from_url(self.env["SOPHIA_BROKER_URL"])
         self.rss = RssSampler()
-        self.floor_port = free_port()
+        #: One port per server the floor app runs under (``start_floor``).
+        self.floor_ports = {server: free_port() for server in FLOOR_SERVERS}
+        self.floor_port = self.floor_ports["gunicorn"]
         self._sf: Any = None
         self._starts = 0
 
@@ -297,19 +345,41 @@ class Bench:
             self.rss.watch("web", proc.popen.pid)
         return self.stack.processes["web"]
 
-    def start_floor(self) -> Process:
-        """The floor app under exactly the web's gunicorn settings, on its own port."""
-        if "floor" in self.stack.processes:
-            return self.stack.processes["floor"]
-        argv = [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
-                "--workers", str(self.web_workers), "--threads", str(self.web_threads),
-                "bench.floor_app:create_app()"]
-        proc = self.stack.spawn("floor", argv, extra_env={"PORT": str(self.floor_port),
-                                                          "BENCH_FLOOR_REDIS_URL": self.env["SOPHIA_REDIS_URL"]})
-        from sophia_tasks.dev.stack import port_open, wait_for
+    def floor_url_of(self, server: str) -> str:
+        return f"http://127.0.0.1:{self.floor_ports[server]}"
 
-        wait_for(lambda: port_open("127.0.0.1", self.floor_port), 60, "floor app", proc.popen, proc.log_path)
-        self.rss.watch("floor", proc.popen.pid)
+    def start_floor(self, server: str = "gunicorn") -> Process:
+        """The floor app (bench/floor_app.py) on its own port, under ``server``:
+
+        * ``gunicorn``: exactly the web's gunicorn settings (deploy/gunicorn.conf.py, same
+          ``--workers`` and ``--threads``), process name ``floor``;
+        * ``granian``: ``granian --interface wsgi --workers <web workers>``, process name ``floor-granian``.
+
+        Returns once the app answers a request (a server's port can open before its workers run).
+        """
+        name = FLOOR_SERVERS[server]
+        if name in self.stack.processes:
+            return self.stack.processes[name]
+        port = self.floor_ports[server]
+        if server == "gunicorn":
+            argv = [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
+                    "--workers", str(self.web_workers), "--threads", str(self.web_threads),
+                    "bench.floor_app:create_app()"]
+        else:
+            exe = BIN / "granian"
+            if not exe.exists():
+                raise RuntimeError(f"granian is not installed in {BIN.parent}: pip install -r bench/requirements.txt")
+            argv = [str(exe), "--interface", "wsgi", "--workers", str(self.web_workers), "--host", "127.0.0.1",
+                    "--port", str(port), "--no-ws", "--factory", "bench.floor_app:create_app"]
+        proc = self.stack.spawn(name, argv, extra_env={"PORT": str(port),
+                                                       "BENCH_FLOOR_REDIS_URL": self.env["SOPHIA_REDIS_URL"],
+                                                       "BENCH_FLOOR_KEY_PREFIX": OUR_PREFIX})
+        from sophia_tasks.dev.stack import wait_for
+
+        wait_for(lambda: answers(self.floor_url_of(server) + "/floor/documents/none"), 60, f"floor app ({server})",
+                 proc.popen, proc.log_path)
+        time.sleep(0.5)  # every worker up before anyone reads the tree's CPU
+        self.rss.watch(name, proc.popen.pid)
         return proc
 
     def server_cpu(self, name: str) -> Callable[[], float]:
@@ -487,6 +557,20 @@ class Bench:
                 return 0
             cur.execute("SELECT count(*) FROM sophia_dead_letters")
             return int(cur.fetchone()[0])
+
+
+def answers(url: str) -> bool:
+    """Whether an HTTP server answers ``url`` at all (any status)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+        return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
 
 
 def kill_tree_on_exit(bench: Bench) -> None:

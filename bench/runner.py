@@ -21,23 +21,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(prog="python -m bench", description=(
         "Benchmark sophia-tasks on the real stack (gunicorn web, Celery worker, Redis, PostgreSQL, "
-        "the Snowflake emulator) on benchmark-only databases and ports."))
+        "the Snowflake emulator) on benchmark-only databases and ports, against the targets of issue #19; "
+        "prints each target with PASS or FAIL and writes the JSON results (docs/benchmarks.md)."))
     p.add_argument("--quick", action="store_true",
-                   help="small sizes (2,000-event drain, 10 s latency run, 5,000-call backfill, 4 s ingest steps)")
+                   help="small sizes, a few minutes in all (4 s ingest sides, 3 s read sides, 10 s cpu and latency "
+                        "runs, 2,000-event drain and in-process floor, 300-event naive baseline)")
     p.add_argument("--scenario", default=",".join(DEFAULT_SCENARIOS),
-                   help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all but soak, which runs "
-                        "10 minutes: --scenario soak)")
+                   help=f"comma-separated subset of {','.join(SCENARIOS)} (default: {','.join(DEFAULT_SCENARIOS)}; "
+                        "the soak runs 10 minutes: --scenario soak)")
     p.add_argument("--profile", action="store_true",
-                   help="after the drain, drain again under py-spy (worker tree); after the ingest steps, one more "
-                        "webhook step under py-spy (gunicorn tree); both summarised (what dominates CPU)")
+                   help="after the drain, drain again under py-spy (worker tree); after the ingest rounds, one more "
+                        "webhook run under py-spy (gunicorn tree); both summarised (what dominates CPU)")
     p.add_argument("--profile-seconds", type=float, default=20)
     p.add_argument("--events", type=int, help="drain size (default 20,000; --quick 2,000)")
+    p.add_argument("--inproc-events", type=int, help="in-process floor size (default 20,000; --quick 2,000)")
     p.add_argument("--naive-events", type=int, help="naive baseline size (default 2,000; --quick 300)")
+    p.add_argument("--cpu-rate", type=float, help="events/s of the cpu run (default 350)")
+    p.add_argument("--cpu-seconds", type=float, help="length of the cpu run (default 60; --quick 10)")
     p.add_argument("--latency-rate", type=float, help="events/s of the latency run (default 500)")
     p.add_argument("--latency-seconds", type=float, help="length of the latency run (default 60; --quick 10)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds of the ingest and reads comparisons (default 3)")
+    p.add_argument("--connections", type=int, help="connections of the ingest and reads rounds (default 32)")
+    p.add_argument("--ingest-seconds", type=float, help="seconds per side of an ingest round (default 15; --quick 4)")
+    p.add_argument("--reads-round-seconds", type=float,
+                   help="seconds per side of a reads round (default 10; --quick 3)")
+    p.add_argument("--reads-rate", type=float, help="requests/s of the fixed-rate reads (default 1,000)")
+    p.add_argument("--reads-seconds", type=float, help="length of the fixed-rate reads (default 30; --quick 5)")
     p.add_argument("--backfill-events", type=int, help="calls in the backfill file (default 100,000; --quick 5,000)")
-    p.add_argument("--ingest-seconds", type=float, help="seconds per ingest step (default 15; --quick 4)")
-    p.add_argument("--concurrency", help="ingest concurrency steps, comma-separated (default 8,32,64)")
     p.add_argument("--soak-rate", type=float, help="events/s of the soak (default 500)")
     p.add_argument("--soak-seconds", type=float, help="length of the soak (default 600)")
     p.add_argument("--soak-kill-every", type=float, help="seconds between worker kills in the soak (default 60)")
@@ -68,13 +78,12 @@ def sizes_from(args: argparse.Namespace) -> Any:
     if args.events:
         s.drain_events = args.events
         s.sf_raw_events = min(s.sf_raw_events, args.events)
-    for name in ("naive_events", "latency_rate", "latency_seconds", "backfill_events", "ingest_seconds",
-                 "soak_rate", "soak_seconds", "soak_kill_every"):
+    for name in ("naive_events", "inproc_events", "cpu_rate", "cpu_seconds", "latency_rate", "latency_seconds",
+                 "rounds", "connections", "ingest_seconds", "reads_round_seconds", "reads_rate", "reads_seconds",
+                 "backfill_events", "soak_rate", "soak_seconds", "soak_kill_every"):
         value = getattr(args, name)
         if value:
             setattr(s, name, value)
-    if args.concurrency:
-        s.ingest_concurrency = tuple(int(c) for c in args.concurrency.split(","))
     return s
 
 

@@ -9,21 +9,9 @@ import orjson
 
 from bench.calls import Calls
 from bench.harness import OUR_SF_TABLE, Bench
-from bench.scenarios.common import DERIVED, TARGETS, Sizes, log, purge_broker, task_stats
+from bench.scenarios.common import TARGETS, Sizes, cpu_per_event, enriched_rows, log, purge_broker, task_stats
 from bench.scenarios.profiling import run_profile
 from bench.scenarios.targets import load_broker, wait_targets
-
-
-def enriched_rows(calls: Calls, n: int) -> tuple[list[dict[str, Any]], Any]:
-    """The documents the Snowflake binding would write, made by the project's own stage functions."""
-    from sophia_tasks.flows import load_spec
-    from sophia_tasks.pipeline import stages as pipeline
-    from sophia_tasks.settings import load_settings
-
-    spec = load_spec(load_settings().flow_path)
-    validated = pipeline.validate_events(spec, calls.events(n)).documents["gong_calls"]
-    derived = pipeline.derive_documents(spec, "gong_calls", validated).documents[DERIVED]
-    return derived, spec
 
 
 def sf_raw(bench: Bench, calls: Calls, n: int, batch: int) -> dict[str, Any]:
@@ -130,9 +118,12 @@ def drain(bench: Bench, calls: Calls, sizes: Sizes, profile: dict[str, Any] | No
     call_ids: list[str] = []
     loading = load_broker(bench, calls, n, sizes.batch_body_events, call_ids)
     queued = bench.queue_length("sophia.ingest")
-    bench.rss.reset()
     log(f"drain: {queued} ingest messages on the broker; starting the worker")
     proc, t_spawn, t_ready = bench.start_worker()
+    # CPU from the worker's "ready." on, as the drain's time: its start-up (imports, forking the pool)
+    # is no per-event work. Peak RSS from here on too.
+    bench.rss.reset()
+    bench.rss.sample(walk=True)
     log(f"drain: worker ready after {t_ready - t_spawn:.2f}s; waiting for every target")
     timeout = max(120.0, n / 20)
     waited = wait_targets(bench, n, t_ready, timeout,
@@ -156,7 +147,8 @@ def drain(bench: Bench, calls: Calls, sizes: Sizes, profile: dict[str, Any] | No
                   "then one worker starts "
                   f"(--concurrency {bench.worker_concurrency}); each target's time runs from the worker's "
                   "'ready.' log line to the moment the target holds all N documents (pipeline counters read every "
-                  "20 ms, confirmed by Redis EXISTS on the run's keys / SELECT count(*) / Snowflake SELECT COUNT(*))",
+                  "20 ms, confirmed by Redis EXISTS on the run's keys / SELECT count(*) / Snowflake SELECT COUNT(*)); "
+                  "CPU per process over the same span (from 'ready.' until the last target holds N)",
         "events": n,
         "loading": loading,
         "ingest_messages_queued": queued,
@@ -168,6 +160,8 @@ def drain(bench: Bench, calls: Calls, sizes: Sizes, profile: dict[str, Any] | No
         "worker_tasks": task_stats(proc.log_path),
         "snowflake_raw": raw,
         "memory": memory,
+        # From the worker's start to the last target: what draining costs per event, process by process.
+        "cpu": cpu_per_event(memory, n),
     }
     if profile is not None:
         result["profile"] = run_profile(bench, calls, sizes, per_target, profile)

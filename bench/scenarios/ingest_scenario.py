@@ -1,18 +1,21 @@
-"""ingest: webhook accept rate at increasing concurrency, beside the floor app (same gunicorn settings)."""
+"""ingest: webhook accept rate against the floor app under gunicorn and under granian, in
+interleaved rounds at one concurrency (issue #19, target 3)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Callable
 
 from bench import loadgen
 from bench.calls import Calls
-from bench.harness import Bench
+from bench.harness import FLOOR_SERVERS, Bench
 from bench.scenarios.common import WEBHOOK, Sizes, headers, log, purge_broker
 from bench.scenarios.profiling import profile_web
+from bench.scenarios.rounds import compare, run_rounds
 
 
 def ingest(bench: Bench, calls: Calls, sizes: Sizes, profile: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Closed-loop single-event POSTs at each concurrency, floor app then ours, same bodies.
+    """Closed-loop single-event POSTs with ``sizes.connections`` connections, each round the floor
+    under gunicorn, the floor under granian, then ours, with the same bodies.
 
     The worker is stopped so the web tier is measured alone (on 2 cores a draining worker
     would take CPU from gunicorn, and the floor has no such neighbour); what is accepted
@@ -20,61 +23,59 @@ def ingest(bench: Bench, calls: Calls, sizes: Sizes, profile: dict[str, Any] | N
     """
     bench.stop_role("worker")
     bench.start_web()
-    bench.start_floor()
     h = headers(bench)
+    floor_errors: dict[str, str] = {}
+    for server in FLOOR_SERVERS:
+        try:
+            bench.start_floor(server)
+        except Exception as exc:  # the other floor still gives a ratio; the report says which ran
+            floor_errors[server] = f"{type(exc).__name__}: {exc}"[:500]
+            log(f"ingest: the floor under {server} did not start: {floor_errors[server]}")
 
     def body() -> tuple[bytes, Any]:
-        raw, eid, cid = calls.single_body()
+        raw, _eid, cid = calls.single_body()
         return raw, cid
 
-    steps = []
+    def side(url: str, process: str) -> Callable[[], dict[str, Any]]:
+        def run() -> dict[str, Any]:
+            return asyncio.run(loadgen.closed_loop(url, h, body, sizes.connections, sizes.ingest_seconds,
+                                                   sizes.ingest_warmup, bench.server_cpu(process))).summary()
+        return run
+
+    sides = [(f"floor-{server}", side(bench.floor_url_of(server) + "/floor", name))
+             for server, name in FLOOR_SERVERS.items() if server not in floor_errors]
+    sides.append(("ours", side(bench.url + WEBHOOK, "web")))
     bench.rss.reset()
-    for c in sizes.ingest_concurrency:
-        log(f"ingest: concurrency {c}, floor app, {sizes.ingest_seconds:g}s")
-        floor = asyncio.run(loadgen.closed_loop(bench.floor_url + "/floor", h, body, c, sizes.ingest_seconds,
-                                                sizes.ingest_warmup, bench.server_cpu("floor"))).summary()
-        log(f"ingest: concurrency {c}, webhook, {sizes.ingest_seconds:g}s")
-        ours = asyncio.run(loadgen.closed_loop(bench.url + WEBHOOK, h, body, c, sizes.ingest_seconds,
-                                               sizes.ingest_warmup, bench.server_cpu("web"))).summary()
-        ratio = (ours["accepted_per_s"] / floor["accepted_per_s"]) if floor["accepted_per_s"] else None
-        cpu_ratio = cpu_per_request_ratio(floor, ours)
-        steps.append({"concurrency": c, "floor": floor, "ours": ours,
-                      "ratio_to_floor": round(ratio, 3) if ratio is not None else None,
-                      "cpu_ratio_to_floor": cpu_ratio})
-        log(f"ingest: c={c} floor {floor['accepted_per_s']}/s p99 {floor['p99_ms']} ms | ours "
-            f"{ours['accepted_per_s']}/s p99 {ours['p99_ms']} ms | ratio {steps[-1]['ratio_to_floor']} | "
-            f"server CPU per request: floor {floor.get('server_cpu_ms_per_accepted')} ms, ours "
-            f"{ours.get('server_cpu_ms_per_accepted')} ms (floor/ours {cpu_ratio})")
+    log(f"ingest: {sizes.rounds} rounds of {', '.join(n for n, _ in sides)}, {sizes.connections} connections, "
+        f"{sizes.ingest_seconds:g}s each after {sizes.ingest_warmup:g}s warm-up")
+    rounds = run_rounds(sides, sizes.rounds, "ingest")
     memory = bench.rss.snapshot()
-    bench.stop("floor")
+    for name in FLOOR_SERVERS.values():
+        bench.stop(name)
     web_profile = None
     if profile is not None:
         web_profile = profile_web(bench, body, profile)
     on_broker = bench.queue_length("sophia.ingest")
     purge_broker(bench)
     bench.cache.flushdb()  # dedupe ids
-    best_floor = max(s["floor"]["accepted_per_s"] or 0 for s in steps)
-    best_ours = max(s["ours"]["accepted_per_s"] or 0 for s in steps)
-    cpu_ratios = sorted(r for s in steps if (r := s["cpu_ratio_to_floor"]) is not None)
+    result = compare(rounds, [n for n, _ in sides if n != "ours"])
+    log(f"ingest: fastest floor {result['fastest_floor']}, ours / floor median {result['ratio']} "
+        f"(rounds {result['ratios']})")
     return {
-        "method": "closed loop (bench.loadgen, asyncio), one envelope per POST with a fresh event id and call id, "
-                  f"{sizes.ingest_seconds:g}s per step after {sizes.ingest_warmup:g}s warm-up; floor app and "
-                  "webhook alternate at each step under the same gunicorn config; worker stopped",
+        "method": f"closed loop (bench.loadgen, asyncio), {sizes.connections} connections, one envelope per POST "
+                  f"with a fresh event id and call id, {sizes.ingest_seconds:g}s per side after "
+                  f"{sizes.ingest_warmup:g}s warm-up; each round: the floor app (parse the JSON, one Redis SET) "
+                  "under gunicorn (the web's own config), under granian (--interface wsgi), then ours; "
+                  "ratio = median over rounds of ours / the faster floor (by median) in the same round; worker "
+                  "stopped; server CPU = the server's process tree + redis-server",
+        "connections": sizes.connections,
         "gunicorn": {"workers": bench.web_workers, "threads": bench.web_threads},
+        "granian": {"workers": bench.web_workers, "interface": "wsgi"},
+        "floor_errors": floor_errors,
         "mean_call_bytes": round(calls.mean_call_bytes),
-        "steps": steps,
-        "peak_floor_per_s": best_floor,
-        "peak_ours_per_s": best_ours,
-        "peak_ratio": round(best_ours / best_floor, 3) if best_floor else None,
-        # Steadier than the rates, which move with how gunicorn's workers share the connections.
-        "median_cpu_ratio": cpu_ratios[len(cpu_ratios) // 2] if cpu_ratios else None,
+        "rounds": rounds,
+        **result,
         "ingest_messages_left_on_broker": on_broker,
         "memory": memory,
         **({"profile": web_profile} if web_profile is not None else {}),
     }
-
-
-def cpu_per_request_ratio(floor: dict[str, Any], ours: dict[str, Any]) -> float | None:
-    """The floor's server CPU per accepted request over ours (1.0: ours costs what the floor does)."""
-    f, o = floor.get("server_cpu_ms_per_accepted"), ours.get("server_cpu_ms_per_accepted")
-    return round(f / o, 3) if f and o else None

@@ -29,6 +29,16 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(answer)
 
+    def do_GET(self) -> None:  # noqa: N802
+        self.seen.append((self.headers.get("Authorization", ""), self.path.encode(), self.client_address[1]))
+        status = 404 if self.path.endswith("/missing") else 200
+        answer = b'{"call_id":"1"}'
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
     def log_message(self, *args: Any) -> None:
         pass
 
@@ -89,3 +99,29 @@ def test_server_cpu_is_read_around_the_measured_window_only(server: str) -> None
 def test_refused_connections_are_errors_not_crashes() -> None:
     res = asyncio.run(loadgen.post_batches("http://127.0.0.1:9/hook", {}, [b"x", b"y"], concurrency=2))
     assert res.errors == 2 and res.accepted == 0 and res.first_error
+
+
+def test_gets_send_the_path_below_the_url_with_the_headers_and_no_body(server: str) -> None:
+    async def run() -> list[int]:
+        async with loadgen.Client(server, limit=1, method="GET") as client:
+            return [await client.post(p, {"Authorization": "Bearer r", "Content-Type": "application/json"})
+                    for p in (b"/docs/1", b"/docs/missing", b"/docs/2")]
+
+    assert asyncio.run(run()) == [200, 404, 200]
+    assert [(a, b) for a, b, _ in Handler.seen] == [("Bearer r", b"/hook/docs/1"), ("Bearer r", b"/hook/docs/missing"),
+                                                    ("Bearer r", b"/hook/docs/2")]
+    assert len({conn for _, _, conn in Handler.seen}) == 1  # kept alive: no body left unread
+
+
+def test_open_loop_gets_at_a_fixed_rate_report_latency_percentiles(server: str) -> None:
+    res = asyncio.run(loadgen.open_loop(server, {}, lambda: (b"/docs/7", None), rate=200, duration=0.25,
+                                        method="GET"))
+    summary = res.summary()
+    assert res.sent == 50 and res.accepted == 50 and res.errors == 0
+    assert 0 < summary["p50_ms"] <= summary["p99_ms"] <= summary["max_ms"]
+    assert {b for _, b, _ in Handler.seen} == {b"/hook/docs/7"}
+
+
+def test_an_unknown_method_is_refused() -> None:
+    with pytest.raises(ValueError, match="POST or GET"):
+        loadgen.Client("http://127.0.0.1:9/x", limit=1, method="PUT")
