@@ -128,6 +128,7 @@ class SophiaCollector:
                     last.add_metric([labels["target"]], value)
             yield last
             yield from self._alert_families(stats)
+            yield from self._worker_families(stats, settings)
 
         yield from self._broker_families(settings, spec, targets, up)
         yield from self._dead_letter_families(settings, up)
@@ -273,6 +274,26 @@ class SophiaCollector:
         yield detail
 
     # -- alerts --------------------------------------------------------------------------
+    def _worker_families(self, stats: Stats, settings: Any) -> Iterator[Metric]:
+        """The worker nodes with a recent heartbeat: the same list `/readyz` and `status` show."""
+        from sophia_tasks.observe.workers import read_workers
+
+        try:
+            workers = read_workers(stats.client, settings)
+        except (redis_lib.RedisError, OSError) as exc:
+            log.warning("metrics: worker heartbeats unavailable: %s", exc)
+            return
+        live = GaugeMetricFamily("sophia_workers_live", "Worker nodes with a heartbeat in the last few seconds")
+        live.add_metric([], float(len(workers)))
+        yield live
+        consumed = GaugeMetricFamily("sophia_worker_consumed_age_seconds",
+                                     "Seconds since the node last consumed (finished a task or had a free process)",
+                                     labels=["node"])
+        for w in workers:
+            if w["consumed_age_s"] is not None:
+                consumed.add_metric([w["node"]], float(w["consumed_age_s"]))
+        yield consumed
+
     def _alert_families(self, stats: Stats) -> Iterator[Metric]:
         from sophia_tasks.observe.alerts import firing_alerts
         from sophia_tasks.observe.paused import paused_bindings

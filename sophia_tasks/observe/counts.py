@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import psycopg2
+
 from sophia_tasks.observe.stats import LAG_BUCKETS, parse_field
 from sophia_tasks.settings import Settings
 from sophia_tasks.store.db import connections
@@ -83,8 +85,17 @@ def lag_quantiles(counts: Mapping[str, Any]) -> tuple[float | None, float | None
 
 
 def pending_dead_letters(settings: Settings) -> dict[tuple[str, str], int]:
-    """(stage, target or '') -> pending letters, one GROUP BY on the dead-letter table."""
-    with connections.transaction(settings.postgres_dsn) as cur:
-        cur.execute("SELECT stage, coalesce(target, ''), count(*) FROM sophia_dead_letters "
-                    "WHERE status = 'pending' GROUP BY 1, 2")
-        return {(str(stage), str(target)): int(n) for stage, target, n in cur.fetchall()}
+    """(stage, target or '') -> pending letters, one GROUP BY on the dead-letter table.
+
+    Tried twice: a kept connection the server closed while idle (a restart, pg_terminate_backend) is
+    discarded by the first failure, and a read is safe to repeat."""
+    for attempt in (1, 2):
+        try:
+            with connections.transaction(settings.postgres_dsn) as cur:
+                cur.execute("SELECT stage, coalesce(target, ''), count(*) FROM sophia_dead_letters "
+                            "WHERE status = 'pending' GROUP BY 1, 2")
+                return {(str(stage), str(target)): int(n) for stage, target, n in cur.fetchall()}
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -101,7 +101,7 @@ def collect_status(settings: Settings, spec: FlowSpec, now: float | None = None)
         elif row["type"] == "derivation":
             entry.update(derived=int(by_collection.get(name, {}).get("documents_derived", 0)),
                          dead_letters=dead.get(("derive", ""), 0) if dead is not None else None)
-        else:
+        elif row["type"] == "materialization":
             t = next(t for t in targets if t["target"] == name)
             entry.update(written=t["written"], errors=t["errors"], lag_p99_s=t["lag_p99_s"])
         flows.append(entry)
@@ -224,9 +224,12 @@ def render_status(report: Mapping[str, Any], out: IO[str] | None = None) -> None
                         f"dead letters {_cell(f['dead_letters'])}")
         elif f["type"] == "derivation":
             activity = f"derived {f['derived']}, dead letters {_cell(f['dead_letters'])}"
-        else:
+        elif f["type"] == "materialization":
             activity = f"written {f['written']}, errors {f['errors']}, lag p99 {_seconds(f['lag_p99_s'])}"
-        flows.add_row(f["name"], f["type"], ", ".join(f["reads_from"]), ", ".join(f["writes_to"]), activity)
+        else:  # a route: where an envelope type goes
+            activity = f.get("detail", "")
+        # One line per source and target: a materialization with several bindings stays narrow.
+        flows.add_row(f["name"], f["type"], "\n".join(f["reads_from"]), "\n".join(f["writes_to"]), activity)
     console.print(flows)
 
     window = report.get("window_seconds")

@@ -345,17 +345,25 @@ class TraceReader:
         if not events:
             return None
         events.sort(key=lambda t: t["received"]["at"] or "", reverse=True)
-        return {"key": key, "events": events, "current": self.current_versions(key) if current else {},
+        collections = {str(e["collection"]) for e in events if e.get("collection")}
+        return {"key": key, "events": events,
+                "current": self.current_versions(key, collections or None) if current else {},
                 "kept_for": window_text(self.settings)}
 
-    def current_versions(self, key: str) -> dict[str, Any]:
-        """Each target's document for ``key``: its ``_meta`` version and event (every binding)."""
+    def current_versions(self, key: str, collections: set[str] | None = None) -> dict[str, Any]:
+        """Each target's document for ``key``: its ``_meta`` version and event. Only the bindings fed by
+        ``collections`` (the key's events' collections, and their derivations) when given, named by their
+        materialization alone when it has one such binding; else every binding, as ``target/source``."""
         from sophia_tasks.materializers import get_materializer
 
+        fed: set[str] | None = None
+        if collections is not None:
+            fed = set(collections) | {d.name for c in collections for d in self.spec.derivations_of(c)}
         out: dict[str, Any] = {}
         for mat in self.spec.materializations.values():
-            for binding in mat.bindings:
-                name = mat.name if len(mat.bindings) == 1 else f"{mat.name}/{binding.source}"
+            bindings = [b for b in mat.bindings if fed is None or b.source in fed]
+            for binding in bindings:
+                name = mat.name if len(bindings) == 1 else f"{mat.name}/{binding.source}"
                 try:
                     doc = get_materializer(mat.endpoint, self.settings, self.spec).fetch(binding, key)
                 except Exception as exc:  # one target down must not hide the others

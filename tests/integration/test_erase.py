@@ -223,7 +223,8 @@ def test_a_target_that_fails_keeps_the_journal_rows_so_the_same_command_finds_th
                                           "bindings": [{"source": "gong_calls_enriched", "resource": {}}]}
     register("broken", lambda *_: [])(BrokenTarget)  # in this process only: the worker never sees it
     try:
-        failed = erase_address(settings, parse_spec(data), address, by="erase-test")
+        failed = erase_address(settings, parse_spec(data, base_dir=Path(settings.flow_path).parent), address,
+                               by="erase-test")
     finally:
         _REGISTRY.pop("broken", None)
     assert failed.errors == {"broken": "TransientTargetError: broken: unreachable"}

@@ -37,6 +37,7 @@ def flow_spec(uid: str, with_direction: bool) -> dict[str, Any]:
     return {
         "version": 1,
         "collections": {"gong_calls": {"schema": "gong_call", "key": "/metaData/id"}},
+        "routes": {"call_completed": "gong_calls"},
         "derivations": {"gong_calls_enriched": {"source": "gong_calls", "key": "/metaData/id",
                                                 "transform": "sophia_tasks.derivations.gong_enrichment:derive"}},
         "materializations": {

@@ -203,7 +203,7 @@ def test_a_dropped_postgres_table_is_rebuilt_from_the_journal(harness: Harness) 
     out = harness.cli("rebuild", "--target", "postgres", "--since", since, "--json")
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
-    assert summary["target"] == "postgres" and summary["tables_ready"] == ["gong_calls_enriched"]
+    assert summary["target"] == "postgres" and "gong_calls_enriched" in summary["tables_ready"]
     # 30 calls, v2, v1, the marker and the live call, each once.
     assert summary["published"] >= 34 and summary["journaled"] == summary["published"] + summary["skipped_invalid"]
 

@@ -60,7 +60,22 @@ def tls_rabbitmq() -> Iterator[tuple[int, TlsFiles]]:
             node.wait(60)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(node.pid, signal.SIGKILL)
+        # The server script drops to the rabbitmq user, and the Erlang VM it starts can leave the process
+        # group: stop every process of this node by its name, so no node outlives the test.
+        _kill_node(env["RABBITMQ_NODENAME"])
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _kill_node(nodename: str) -> None:
+    marker = f"RABBITMQ_NODENAME={nodename}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
 
 
 def broker_url(port: int, ca: Path) -> str:

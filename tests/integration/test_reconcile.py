@@ -31,6 +31,9 @@ def _reconcile_alert_only(tmp_path: Path) -> Path:
     data = yaml.safe_load(DEFAULT_FLOW.read_text(encoding="utf-8"))
     data["alerts"] = {"defaults": {"error_rate": "off", "lag_p99": "off", "dead_letters": "off", "stale_after": "off"},
                       "pipeline": {"dead_letters": "off"}, "reconcile": {"repaired": 2, "window": "1h"}}
+    for collection in data["collections"].values():  # the copy lives elsewhere: its schema files by full path
+        if isinstance(collection.get("schema"), str) and collection["schema"].endswith(".json"):
+            collection["schema"] = str(DEFAULT_FLOW.parent / collection["schema"])
     path = tmp_path / "flow-reconcile-alert.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path

@@ -384,7 +384,7 @@ def test_sentry_events_carry_no_credentials(harness: Harness, monkeypatch: pytes
     real_init = sentry_sdk.init
     monkeypatch.setattr(sentry_sdk, "init", lambda *a, **kw: real_init(*a, transport=Capture(), **kw))
 
-    def failing_claim(self: Services, events: list[dict], collection: str) -> list[bool]:
+    def failing_claim(self: Services, events: list[dict], collection: str, credential: str | None = None) -> list[bool]:
         raise RuntimeError(f"dedupe store refused AUTH for 'Authorization: Bearer {TOKEN}' "
                            f"(secret {WEBHOOK_SECRET}, token2 {TOKEN2})")
 
