@@ -252,3 +252,52 @@ def test_old_tombstones_are_purged(harness: Harness, targets: Targets, name: str
     # The purged key takes an old upsert again; the kept tombstone still refuses one.
     assert targets.write(name, [upsert(a, V1)]) == 1
     assert targets.write(name, [upsert(b, V1)]) == 0
+
+
+# -- a collection only the tests' spec declares (test_events): routed deletes, soft in PostgreSQL ----------
+def _test_event(t: str, i: int, at: str, name: str = "n") -> dict[str, Any]:
+    return {"type": "test.created", "occurred_at": at, "data": {"tenant": t, "id": i, "name": name}}
+
+
+def _test_removed(t: str, i: int, at: str) -> dict[str, Any]:
+    return {"type": "test.removed", "occurred_at": at, "data": {"tenant": t, "id": i}}
+
+
+def _state(h: Harness, key: str) -> tuple[Any, Any, Any]:
+    """(Redis document, PostgreSQL row document, Snowflake document) of a test_events key."""
+    return (h.redis_document(f"sophia:test_events:{key}"), h.pg_document("test_events", "event_key", key),
+            h.sf_document("TEST_EVENTS", "EVENT_KEY", key))
+
+
+def _settled(h: Harness, t: str, at: str) -> None:
+    """A sentinel posted after (and in the same batches as) what came before, waited for everywhere."""
+    i = int(uuid.uuid4().int % 10**6) + 1000
+    assert h.post(_test_event(t, i, at, "sentinel")).status_code == 202
+    h.wait(lambda: all(x is not None for x in _state(h, f"{t}:{i}")), 30, "the sentinel in every target")
+
+
+def test_routed_deletes_of_a_test_collection_in_each_order_hard_and_soft(harness: Harness) -> None:
+    t = "del" + "".join(chr(97 + int(c, 16) % 26) for c in uuid.uuid4().hex[:8])
+    t1, t2 = (format_version(utcnow() + timedelta(minutes=m)) for m in (1, 2))
+    # 1: upsert then a newer delete. 2: a delete, then an older upsert (late). 3: upsert then an older delete.
+    # 4: a delete, then a newer upsert.
+    assert harness.post([_test_event(t, 1, t1), _test_event(t, 3, t2), _test_removed(t, 2, t2),
+                         _test_removed(t, 4, t1)]).status_code == 202
+    harness.wait(lambda: _state(harness, f"{t}:1")[0] and _state(harness, f"{t}:3")[0], 30, "the first upserts")
+    harness.wait(lambda: _state(harness, f"{t}:2")[1] and _state(harness, f"{t}:4")[1], 30, "the first deletes")
+    assert harness.post([_test_removed(t, 1, t2), _test_event(t, 2, t1, "late"), _test_removed(t, 3, t1),
+                         _test_event(t, 4, t2, "back")]).status_code == 202
+    _settled(harness, t, t2)
+    harness.wait(lambda: _state(harness, f"{t}:1")[0] is None, 30, "key 1 deleted")
+
+    for key, alive in ((1, False), (2, False), (3, True), (4, True)):
+        cached, row, warehouse = _state(harness, f"{t}:{key}")
+        if alive:
+            assert cached and row and warehouse, key
+            assert row["_meta"].get("op") is None and cached["name"] == row["name"] == warehouse["name"], key
+        else:
+            # Redis dropped it, Snowflake deleted the row, PostgreSQL (soft_delete) keeps the delete marked.
+            assert cached is None and warehouse is None, key
+            assert row["_meta"]["op"] == "d" and row["_meta"]["published_at"] == t2 and "name" not in row, key
+    assert harness.read(f"/v1/collections/test_events/documents/{t}:2").status_code == 404
+    assert harness.dead_letters(collection="test_events", document_key=f"{t}:1") == []

@@ -207,6 +207,11 @@ def _render(monkeypatch: pytest.MonkeyPatch, counters: dict[str, float], snapsho
 
     monkeypatch.setattr(paused, "paused_bindings", lambda client: [
         {"target": "snowflake", "collection": "gong_calls_enriched", "since": 1.0, "seen": 2.0, "reason": "r"}])
+    import sophia_tasks.observe.workers as workers
+
+    monkeypatch.setattr(workers, "read_workers", lambda client, settings: [
+        {"node": "celery@a", "seen_age_s": 1.0, "consumed_age_s": 0.5, "active": 1, "concurrency": 6},
+        {"node": "celery@b", "seen_age_s": 1.0, "consumed_age_s": None, "active": 0, "concurrency": 6}])
     monkeypatch.setattr(queues, "broker_snapshot", snapshot)
     monkeypatch.setattr(status, "pending_dead_letters", dead)
     settings = Settings()
@@ -257,6 +262,9 @@ def test_metrics_exposition(monkeypatch: pytest.MonkeyPatch) -> None:
     assert got[_key("estuary_flow_lag_seconds_bucket", target="redis", le="1.0")] == 3
     assert got[_key("estuary_flow_lag_seconds_bucket", target="redis", le="+Inf")] == 3
     assert got[_key("estuary_flow_lag_seconds_count", target="postgres")] == 0
+    assert got[_key("sophia_workers_live")] == 2
+    assert got[_key("sophia_worker_consumed_age_seconds", node="celery@a")] == 0.5
+    assert _key("sophia_worker_consumed_age_seconds", node="celery@b") not in got
     assert got[_key("estuary_flow_errors_total", stage="materialize", target="snowflake", reason="unreachable")] == 4
     assert got[_key("estuary_flow_errors_total", stage="materialize", target="redis", reason="data")] == 0
     assert got[_key("estuary_flow_errors_total", stage="materialize", target="postgres", reason="paused")] == 0
