@@ -31,7 +31,7 @@ demo: install services
 
 # The suite runs the lint gate first, so a new import cycle or lint finding fails CI.
 test: lint promtool services
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests
 
 test-unit: install promtool
 	$(BIN)/python -m pytest -q tests/unit

@@ -65,7 +65,7 @@ def _head(harness: Harness, extra: str, token: str | None = TOKEN) -> bytes:
             f"Content-Type: application/json\r\n{extra}\r\n").encode()
 
 
-@pytest.mark.parametrize("token", [TOKEN, None])
+@pytest.mark.parametrize("token", [TOKEN, None], ids=["with-token", "without-token"])
 def test_huge_declared_length_is_413_before_the_body_is_read(harness: Harness, token: str | None) -> None:
     """A sender that declares 1 GB and sends 40 bytes gets 413 at once, authenticated or not:
     the server never waits for (or buffers) a body it will refuse."""
