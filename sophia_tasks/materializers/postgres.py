@@ -271,9 +271,7 @@ class PostgresMaterializer:
             else [f"%s::{PG_TYPES[p.type]}" for p in binding.projections])
         for key, doc in pairs:
             rows.append((key, jsonb_text(doc), version_of(doc), *[
-                psycopg2.extras.Json(v, dumps=jsonb_text) if p.type == "object" and v is not None
-                else v.replace("\x00", "\ufffd") if isinstance(v, str) else v
-                for p, v in zip(binding.projections, project(doc, binding.projections), strict=True)]))
+                _bind(p, v) for p, v in zip(binding.projections, project(doc, binding.projections), strict=True)]))
         template = "(" + ", ".join(cast) + ")"
         try:
             for attempt in (1, 2):

@@ -38,6 +38,11 @@ _SF_SYNONYMS = {"TEXT": "VARCHAR"}
 MAX_BIND_BYTES = 8 * 1024 * 1024
 
 
+def quote_literal(text: str) -> str:
+    """A string literal for a table name in the tombstones' TARGET column (names are checked too)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def quote_ident(name: str) -> str:
     """Flow-spec names are checked to [A-Za-z0-9_]; quoting keeps their case as written."""
     return '"' + name.replace('"', '""') + '"'
@@ -320,7 +325,7 @@ class SnowflakeMaterializer:
         tomb = quote_ident(TOMBSTONES)
         source = ("SELECT f.value:k::VARCHAR AS K, f.value:p::TIMESTAMP_TZ AS P "
                   "FROM LATERAL FLATTEN(INPUT => PARSE_JSON(?)) f")
-        target = "'" + str(binding.table).replace("'", "''") + "'"
+        target = quote_literal(str(binding.table))
         record = (
             f"MERGE INTO {tomb} USING ({source}) s ON {tomb}.\"TARGET\" = {target} AND {tomb}.\"KEY\" = s.K "
             f'WHEN MATCHED AND s.P > {tomb}."VERSION" THEN UPDATE SET "VERSION" = s.P, '
@@ -341,8 +346,8 @@ class SnowflakeMaterializer:
         names = [key, '"FLOW_DOCUMENT"', '"FLOW_PUBLISHED_AT"'] + [c for c, _, _ in proj]
         updates = ", ".join(f"{n} = s.{n}" for n in names[1:])
         unless_deleted = "" if binding.soft_delete else (
-            f" WHERE NOT EXISTS (SELECT 1 FROM {quote_ident(TOMBSTONES)} d WHERE d.\"TARGET\" = "
-            "'" + str(binding.table).replace("'", "''") + "' "
+            f' WHERE NOT EXISTS (SELECT 1 FROM {quote_ident(TOMBSTONES)} d WHERE d."TARGET" = '
+            f'{quote_literal(str(binding.table))} '
             'AND d."KEY" = f.value:k::VARCHAR AND d."VERSION" >= f.value:p::TIMESTAMP_TZ)')
         return (
             f"MERGE INTO {t} USING (SELECT {', '.join(select)} "
@@ -395,7 +400,7 @@ class SnowflakeMaterializer:
         """Tombstones only guard against late, older upserts; after the journal's window none can come."""
         with self._lock:
             self.ensure_tombstones()
-            target = "'" + str(binding.table).replace("'", "''") + "'"
+            target = quote_literal(str(binding.table))
             res = self._execute(f'DELETE FROM {quote_ident(TOMBSTONES)} WHERE "TARGET" = {target} '
                                 f'AND "DELETED_AT" < DATEADD(day, -{int(days)}, CURRENT_TIMESTAMP())')
             return int(res[0][0] or 0) if res and res[0] else 0

@@ -64,18 +64,22 @@ def validate_events(spec: FlowSpec, events: list[dict[str, Any]]) -> ValidateRes
                 error=f"schema {collection.schema}: {n} field error(s): {_flatten_errors(errors)}"[:2000],
                 details=errors, event_id=event.get("event_id"), document_key=key))
             continue
-        doc = make_document(body, {
-            "published_at": event["published_at"],
-            "event_id": event.get("event_id"),
-            "collection": collection.name,
-            "received_at": event.get("received_at"),
-            "source": event.get("source", "webhook"),
-        })
-        if event.get("is_test"):
-            result.tests.append(doc)
-        else:
-            result.documents.setdefault(collection.name, []).append(doc)
+        _accept(result, collection.name, event, body)
     return result
+
+
+def _accept(result: ValidateResult, collection: str, event: Mapping[str, Any], body: Mapping[str, Any],
+            op: str | None = None) -> None:
+    """The validated document with its ``_meta`` (``published_at`` first), filed as a test delivery or not."""
+    m = {"published_at": event["published_at"], "event_id": event.get("event_id"), "collection": collection,
+         "received_at": event.get("received_at"), "source": event.get("source", "webhook")}
+    if op is not None:
+        m["op"] = op
+    doc = make_document(body, m)
+    if event.get("is_test"):
+        result.tests.append(doc)
+    else:
+        result.documents.setdefault(collection, []).append(doc)
 
 
 def _deletes(event: Mapping[str, Any]) -> bool:
@@ -96,18 +100,7 @@ def _validate_delete(result: ValidateResult, collection: Any, event: Mapping[str
             error=f"delete without a key: the document has no value at {collection.key}",
             details={"key": [f"missing at {collection.key}"]}, event_id=event.get("event_id")))
         return
-    doc = make_document(document, {
-        "published_at": event["published_at"],
-        "event_id": event.get("event_id"),
-        "collection": collection.name,
-        "received_at": event.get("received_at"),
-        "source": event.get("source", "webhook"),
-        "op": DELETE_OP,
-    })
-    if event.get("is_test"):
-        result.tests.append(doc)
-    else:
-        result.documents.setdefault(collection.name, []).append(doc)
+    _accept(result, collection.name, event, document, DELETE_OP)
 
 
 def _get(event: Any, key: str) -> Any:

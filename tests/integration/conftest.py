@@ -161,6 +161,16 @@ class Harness:
         finally:
             conn.close()
 
+    def pg_count(self, call_ids: list[str]) -> int:
+        """How many of these calls the staging table holds."""
+        conn = self.pg()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM gong_calls_enriched WHERE call_id = ANY(%s)", (call_ids,))
+                return int(cur.fetchone()[0])
+        finally:
+            conn.close()
+
     def sf_connect(self) -> Any:
         import snowflake.connector
 

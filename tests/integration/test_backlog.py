@@ -40,15 +40,6 @@ def send(h: Harness, calls: list[dict[str, Any]]) -> None:
         assert r.status_code == 202, r.text
 
 
-def pg_count(h: Harness, ids: list[str]) -> int:
-    conn = h.pg()
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM gong_calls_enriched WHERE call_id = ANY(%s)", (ids,))
-            return int(cur.fetchone()[0])
-    finally:
-        conn.close()
-
 
 def test_a_locked_postgres_table_shows_in_both_backlog_figures_until_it_drains(harness: Harness) -> None:
     # The table exists and nothing waits for postgres before the outage starts.
@@ -80,4 +71,4 @@ def test_a_locked_postgres_table_shows_in_both_backlog_figures_until_it_drains(h
     finally:
         locker.close()
     harness.wait(lambda: backlog(harness) == (0, 0), 120, "the postgres backlog to drain to zero")
-    assert pg_count(harness, ids) == EVENTS
+    assert harness.pg_count(ids) == EVENTS

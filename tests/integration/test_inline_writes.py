@@ -47,15 +47,6 @@ def validated(context: runtime.Context, n: int) -> list[dict[str, Any]]:
     return pipeline.validate_events(context.spec, events).documents["gong_calls"]
 
 
-def in_pg(h: Harness, ids: list[str]) -> int:
-    conn = h.pg()
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM gong_calls_enriched WHERE call_id = ANY(%s)", (ids,))
-            return int(cur.fetchone()[0])
-    finally:
-        conn.close()
-
 
 def test_inline_targets_are_written_before_the_task_returns(harness: Harness, ctx: Any) -> None:
     context, sent = ctx
@@ -64,7 +55,7 @@ def test_inline_targets_are_written_before_the_task_returns(harness: Harness, ct
     batches.derive_and_fan_out(context, "gong_calls", docs, "live", None, f"t-{uuid.uuid4().hex[:8]}")
     # Written here, synchronously: no worker was involved for these two.
     assert all(harness.redis_doc(i) for i in ids)
-    assert in_pg(harness, ids) == 5
+    assert harness.pg_count(ids) == 5
     # Only the queued target got a message, carrying a claim check for itself alone.
     assert [(t, c) for t, c, _, _ in sent] == [("snowflake", "gong_calls_enriched")]
     ref = sent[0][2]
@@ -91,7 +82,7 @@ def test_a_locked_table_sends_postgres_to_its_queue_and_redis_is_not_held_back(h
     finally:
         locker.close()
     assert took < fanout.INLINE_DEADLINE + 3
-    assert in_pg(harness, ids) == 0
+    assert harness.pg_count(ids) == 0
     # The failed write went the queued way: a retry (attempt 2) of exactly these documents...
     retries = [(t, d, a) for t, _, d, a in sent if t == "postgres"]
     assert len(retries) == 1 and retries[0][2] == 2
@@ -120,7 +111,7 @@ def test_an_unexpected_error_in_an_inline_write_queues_the_batch(harness: Harnes
     queued = [(t, d, a) for t, _, d, a in sent if t == "redis"]
     assert len(queued) == 1 and queued[0][2] == 1
     assert len(context.claims.get(queued[0][1])) == 2
-    assert in_pg(harness, [d["metaData"]["id"] for d in docs]) == 2
+    assert harness.pg_count([d["metaData"]["id"] for d in docs]) == 2
 
 
 def test_no_inline_targets_means_every_target_is_queued(harness: Harness, ctx: Any) -> None:
@@ -149,7 +140,7 @@ def test_a_kept_connection_the_server_closed_is_replaced_within_the_write(harnes
     sent.clear()
     docs = validated(context, 3)
     batches.derive_and_fan_out(context, "gong_calls", docs, "live", None, None)
-    assert in_pg(harness, [d["metaData"]["id"] for d in docs]) == 3
+    assert harness.pg_count([d["metaData"]["id"] for d in docs]) == 3
     assert [t for t, *_ in sent] == ["snowflake"] and fanout.inline_now(context, "postgres")
 
 
@@ -163,6 +154,6 @@ def test_a_coalesced_target_gets_no_message_its_documents_go_to_its_buffer(
     ids = [d["metaData"]["id"] for d in docs]
     batches.derive_and_fan_out(context, "gong_calls", docs, "live", None, f"t-{uuid.uuid4().hex[:8]}")
     assert sent == []
-    assert all(harness.redis_doc(i) for i in ids) and in_pg(harness, ids) == 4
+    assert all(harness.redis_doc(i) for i in ids) and harness.pg_count(ids) == 4
     for i in ids:
         harness.wait(lambda i=i: harness.sf_rows(i), 30, "the coalesced batch in Snowflake")
