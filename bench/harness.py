@@ -34,6 +34,8 @@ OUR_SF_TABLE = "GONG_CALLS_ENRICHED"
 SF_DATABASE = "SOPHIA_BENCH"
 #: The servers the floor app runs under, and the process name of each (``Bench.start_floor``).
 FLOOR_SERVERS = {"gunicorn": "floor", "granian": "floor-granian"}
+#: The floor app under the web's own server and settings (``python -m web.serve``): the reads' "same server".
+SAME_SERVER = "web-serve"
 
 
 def bench_env(workdir: Path, broker_db: int, cache_db: int, token: str, read_token: str) -> dict[str, str]:
@@ -285,6 +287,8 @@ class Bench:
     cache_db: int = 15
     web_workers: int = 2
     web_threads: int = 4
+    #: The web's server: ``granian`` (the Procfile's ``python -m web.serve``) or ``gunicorn`` (deploy/gunicorn.conf.py).
+    web_server: str = "granian"
     worker_concurrency: int = 6
     token: str = field(default_factory=lambda: "bench-" + uuid.uuid4().hex[:16])
     read_token: str = field(default_factory=lambda: "bench-read-" + uuid.uuid4().hex[:16])
@@ -296,7 +300,7 @@ class Bench:
         self.broker = redis.Redis.from_url(self.env["SOPHIA_BROKER_URL"])
         self.rss = RssSampler()
         #: One port per server the floor app runs under (``start_floor``).
-        self.floor_ports = {server: free_port() for server in FLOOR_SERVERS}
+        self.floor_ports = {server: free_port() for server in (*FLOOR_SERVERS, SAME_SERVER)}
         self.floor_port = self.floor_ports["gunicorn"]
         self._sf: Any = None
         self._starts = 0
@@ -341,7 +345,7 @@ class Bench:
 
     def start_web(self) -> Process:
         if "web" not in self.stack.processes:
-            proc = self.stack.start_web(workers=self.web_workers, threads=self.web_threads)
+            proc = self.stack.start_web(workers=self.web_workers, threads=self.web_threads, server=self.web_server)
             self.rss.watch("web", proc.popen.pid)
         return self.stack.processes["web"]
 
@@ -353,15 +357,24 @@ class Bench:
 
         * ``gunicorn``: exactly the web's gunicorn settings (deploy/gunicorn.conf.py, same
           ``--workers`` and ``--threads``), process name ``floor``;
-        * ``granian``: ``granian --interface wsgi --workers <web workers>``, process name ``floor-granian``.
+        * ``granian``: ``granian --interface wsgi --workers <web workers>`` (granian's own defaults otherwise),
+          process name ``floor-granian``;
+        * ``web-serve``: the web's own server and settings (``python -m web.serve``, same workers and threads;
+          deploy/gunicorn.conf.py when the web runs under gunicorn), process name ``floor-web``.
 
         Returns once the app answers a request (a server's port can open before its workers run).
         """
-        name = FLOOR_SERVERS[server]
+        name = FLOOR_SERVERS.get(server, "floor-web")
         if name in self.stack.processes:
             return self.stack.processes[name]
         port = self.floor_ports[server]
-        if server == "gunicorn":
+        extra = {}
+        if server == SAME_SERVER:
+            if self.web_server == "gunicorn":
+                return self.start_floor("gunicorn")
+            argv = [str(BIN / "python"), "-m", "web.serve", "bench.floor_app:create_app"]
+            extra = {"WEB_CONCURRENCY": str(self.web_workers), "WEB_THREADS": str(self.web_threads)}
+        elif server == "gunicorn":
             argv = [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
                     "--workers", str(self.web_workers), "--threads", str(self.web_threads),
                     "bench.floor_app:create_app()"]
@@ -371,7 +384,7 @@ class Bench:
                 raise RuntimeError(f"granian is not installed in {BIN.parent}: pip install -r bench/requirements.txt")
             argv = [str(exe), "--interface", "wsgi", "--workers", str(self.web_workers), "--host", "127.0.0.1",
                     "--port", str(port), "--no-ws", "--factory", "bench.floor_app:create_app"]
-        proc = self.stack.spawn(name, argv, extra_env={"PORT": str(port),
+        proc = self.stack.spawn(name, argv, extra_env={**extra, "PORT": str(port),
                                                        "BENCH_FLOOR_REDIS_URL": self.env["SOPHIA_REDIS_URL"],
                                                        "BENCH_FLOOR_KEY_PREFIX": OUR_PREFIX})
         from sophia_tasks.dev.stack import wait_for

@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-db", type=int, default=15, help="Redis db of the cache target (default 15)")
     p.add_argument("--web-workers", type=int, default=2)
     p.add_argument("--web-threads", type=int, default=4)
+    p.add_argument("--web-server", choices=("granian", "gunicorn"), default="granian",
+                   help="the web's server: granian (the Procfile's python -m web.serve, default) or gunicorn "
+                        "(deploy/gunicorn.conf.py)")
     p.add_argument("--worker-concurrency", type=int, default=6)
     p.add_argument("--keep-data", action="store_true",
                    help="keep the benchmark's Redis dbs, emulator data and backfill file after the run "
@@ -129,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / (f"{date}-quick.json" if args.quick else f"{date}.json")
     workdir = ROOT / "var" / "bench" / time.strftime("%Y%m%d-%H%M%S")
     bench = Bench(workdir=workdir, broker_db=args.broker_db, cache_db=args.cache_db, web_workers=args.web_workers,
-                  web_threads=args.web_threads, worker_concurrency=args.worker_concurrency)
+                  web_threads=args.web_threads, web_server=args.web_server,
+                  worker_concurrency=args.worker_concurrency)
     kill_tree_on_exit(bench)
     calls = Calls()
     results: dict[str, Any] = {
@@ -140,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": dict(vars(sizes)),
         "stack": {"broker": bench.env["SOPHIA_BROKER_URL"], "cache": bench.env["SOPHIA_REDIS_URL"],
                   "postgres": bench.env["SOPHIA_POSTGRES_DSN"], "web": bench.url,
-                  "gunicorn": {"workers": args.web_workers, "threads": args.web_threads, "config":
-                               "deploy/gunicorn.conf.py"},
+                  "web_server": {"server": args.web_server, "workers": args.web_workers, "threads": args.web_threads,
+                                 "config": "python -m web.serve" if args.web_server == "granian" else
+                                 "deploy/gunicorn.conf.py"},
                   "worker_concurrency": args.worker_concurrency, "logs": str(workdir / "logs")},
         "calls_source": calls.source,
         "scenarios": {},

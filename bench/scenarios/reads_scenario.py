@@ -1,5 +1,5 @@
 """reads: ``GET /v1/collections/<c>/documents/<key>`` against a bare Flask endpoint doing one Redis
-GET on the same server (gunicorn), in interleaved rounds; then a fixed rate for its latency
+GET on the same server (the web's own: granian by default), in interleaved rounds; then a fixed rate for its latency
 percentiles (issue #19, target 4)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from bench import loadgen
 from bench.calls import Calls
-from bench.harness import OUR_PREFIX, Bench
+from bench.harness import OUR_PREFIX, SAME_SERVER, Bench
 from bench.scenarios.common import DERIVED, Sizes, enriched_rows, log
 from bench.scenarios.rounds import compare, run_rounds
 
@@ -36,7 +36,9 @@ def seed_documents(bench: Bench, calls: Calls, n: int) -> list[str]:
 def reads(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
     bench.stop_role("worker")
     bench.start_web()
-    bench.start_floor("gunicorn")
+    floor_proc = bench.start_floor(SAME_SERVER)
+    floor_name = next(n for n, p in bench.stack.processes.items() if p is floor_proc)
+    floor_url = bench.floor_url_of(SAME_SERVER if floor_name == "floor-web" else "gunicorn")
     bench.cache.flushdb()
     keys = seed_documents(bench, calls, sizes.reads_documents)
     sample = keys[:200]
@@ -60,28 +62,28 @@ def reads(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
         return run
 
     bench.rss.reset()
-    log(f"reads: {sizes.rounds} rounds of floor-gunicorn, ours; {sizes.connections} connections, "
+    log(f"reads: {sizes.rounds} rounds of the floor (the web's server), ours; {sizes.connections} connections, "
         f"{sizes.reads_round_seconds:g}s each")
-    rounds = run_rounds([("floor-gunicorn", side(bench.floor_url_of("gunicorn"), floor_paths, "floor")),
+    rounds = run_rounds([("floor", side(floor_url, floor_paths, floor_name)),
                          ("ours", side(bench.url, ours_paths, "web"))], sizes.rounds, "reads")
-    result = compare(rounds, ["floor-gunicorn"])
+    result = compare(rounds, ["floor"])
     fixed: dict[str, Any] = {}
-    for name, url, body in (("floor-gunicorn", bench.floor_url_of("gunicorn"), floor_paths),
+    for name, url, body in (("floor", floor_url, floor_paths),
                             ("ours", bench.url, ours_paths)):
         log(f"reads: {name} at {sizes.reads_rate:g} req/s for {sizes.reads_seconds:g}s (open loop)")
         res = asyncio.run(loadgen.open_loop(url, h, body, sizes.reads_rate, sizes.reads_seconds, method="GET"))
         fixed[name] = {**res.summary(), "achieved_rate": round(res.sent / res.duration_s, 1)
                        if res.duration_s else None}
     memory = bench.rss.snapshot()
-    bench.stop("floor")
+    bench.stop(floor_name)
     bench.cache.flushdb()
     log(f"reads: ours / floor median {result['ratio']}; at {sizes.reads_rate:g} req/s p99 ours "
-        f"{fixed['ours']['p99_ms']} ms, floor {fixed['floor-gunicorn']['p99_ms']} ms")
+        f"{fixed['ours']['p99_ms']} ms, floor {fixed['floor']['p99_ms']} ms")
     return {
         "method": f"{len(keys)} derived documents written to Redis by the project's materializer; GET "
                   f"{READ_PATH}<key> with a read token, keys in turn. Rounds: closed loop, {sizes.connections} "
                   f"connections, {sizes.reads_round_seconds:g}s per side after 1s warm-up, the floor app's "
-                  "GET /floor/documents/<key> (one Redis GET) under the web's own gunicorn config, then ours; "
+                  "GET /floor/documents/<key> (one Redis GET) under the web's own server and settings, then ours; "
                   "ratio = median over rounds of ours / floor. Then each at a fixed rate "
                   f"({sizes.reads_rate:g} req/s open loop for {sizes.reads_seconds:g}s, response time from the "
                   "scheduled send time); worker stopped",

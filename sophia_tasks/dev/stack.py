@@ -148,10 +148,16 @@ class Stack:
             proc.kill()
             raise
 
-    def start_web(self, workers: int = 2, threads: int = 4, timeout: float = 60) -> Process:
-        argv = [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
-                "--workers", str(workers), "--threads", str(threads), "web:create_app()"]
-        proc = self.spawn("web", argv)
+    def start_web(self, workers: int = 2, threads: int = 4, timeout: float = 60, server: str = "granian") -> Process:
+        """The web app as the Procfile runs it (``python -m web.serve``: granian), or under gunicorn."""
+        if server == "gunicorn":
+            argv = [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
+                    "--workers", str(workers), "--threads", str(threads), "web:create_app()"]
+            extra = None
+        else:
+            argv = [str(BIN / "python"), "-m", "web.serve"]
+            extra = {"WEB_CONCURRENCY": str(workers), "WEB_THREADS": str(threads)}
+        proc = self.spawn("web", argv, extra_env=extra)
         self._ready_or_stop("web", proc, lambda: port_open("127.0.0.1", self.web_port), timeout, "web")
         return proc
 

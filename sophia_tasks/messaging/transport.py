@@ -82,6 +82,24 @@ class Channel(kombu_redis.Channel):
     _last_sweep = 0.0
     _suspects: set[bytes] = set()
 
+    _sync_client: Any = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        """One synchronous client per channel and pool, not one per call.
+
+        kombu builds a new ``redis.Redis`` for every publish, delivery record and ack
+        (``conn_or_acquire``); building one costs ~70 us (its response-callback table), several
+        times per task. The client holds no connection of its own (the pool does, per thread), so
+        one is shared; a new pool (after a fork or a reconnect) gets a new client.
+        """
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        pool = self.pool
+        client = self._sync_client
+        if client is None or client.connection_pool is not pool:
+            client = self._sync_client = super()._create_client()
+        return client
+
     def _guarded(self, queue: str) -> bool:
         return bool(self.guarded_prefixes) and str(queue).startswith(tuple(self.guarded_prefixes))
 

@@ -176,3 +176,39 @@ def test_queue_depth_counts_ready_and_reserved_messages(broker: str) -> None:
     raw.hset("unacked", message["properties"]["delivery_tag"], json.dumps([message, "", queue]))
     info = broker_snapshot(settings, spec).queues[queue]
     assert info.ready == 0 and info.reserved == 1
+
+
+def test_one_client_per_channel_and_pool_survives_a_broker_restart(tmp_path: Path) -> None:
+    """kombu builds a client per publish and ack; ours keeps one per pool, and a restarted broker
+    (its connections gone) is still published to and consumed from."""
+    port = free_port()
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
+                                 "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: port_open("127.0.0.1", port), 20, "a private redis")
+        return proc
+
+    proc = start()
+    try:
+        with connection(f"redis://127.0.0.1:{port}/0") as conn:
+            channel = conn.default_channel
+            first = channel._create_client()
+            assert channel._create_client() is first
+            assert channel._create_client(asynchronous=True) is not first  # the event loop's own
+            queue = Queue(PREFIX + "restart", routing_key=PREFIX + "restart")
+            publish(conn, queue, {"n": 1})
+            proc.terminate()
+            proc.wait(10)
+            proc = start()  # empty: the first message went with the old server
+            producer = conn.Producer()
+            send = conn.ensure(producer, producer.publish, max_retries=5, interval_start=0.2)
+            send({"n": 2}, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue],
+                 serializer="json")
+            assert drain(conn, queue, timeout=10) == [{"n": 2}]
+            channel._disconnect_pools()  # a new pool gets a new client
+            assert channel._create_client() is not first
+    finally:
+        proc.terminate()
+        proc.wait(10)

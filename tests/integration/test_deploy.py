@@ -72,7 +72,8 @@ def test_dry_run_changes_nothing_then_deploy_creates_the_tables_and_is_safe_twic
     assert f"curl -X POST {url}/estuary/webhook" in dry.stdout
     assert '"Authorization: Bearer ${SOPHIA_WEBHOOK_TOKENS%%,*}"' in dry.stdout
     assert env["SOPHIA_WEBHOOK_TOKENS"].split(",")[0] not in dry.stdout + dry.stderr, "a token was printed"
-    for process in ("web: gunicorn", "worker: celery -A sophia_tasks worker", "beat: celery -A sophia_tasks beat"):
+    for process in ("web: python -m web.serve", "worker: celery -A sophia_tasks worker",
+                    "beat: celery -A sophia_tasks beat"):
         assert process in dry.stdout
     # The curl line works as printed (against the test stack's web process).
     (line,) = [printed for printed in dry.stdout.splitlines() if printed.startswith("curl -X POST")]
