@@ -249,10 +249,12 @@ class Settings:
     # Redis visibility timeout: retries' countdowns must stay well below it.
     visibility_timeout: int = 3600
     ingest_batch_size: int = 500
-    # 100 ms, not 50: each batch has a fixed cost in every stage (a task, a journal insert, an upsert,
-    # a Redis pipeline: ~2-3 ms in-process); at 500 events/s 50 ms batches of ~25 events kept the
-    # 2-core machine saturated (p99 lag 1-5 s), 100 ms ones did not (docs/benchmarks.md).
-    ingest_flush_seconds: float = 0.1
+    # 250 ms: each batch has a fixed cost in every stage (a task, a journal insert, an upsert, a Redis
+    # pipeline, the stats); at 350 events/s, 100 ms batches (~40 events) cost the worker 0.93-0.97 ms
+    # of CPU per event and 250 ms ones (~90 events) 0.75-0.76, for 0.25 s more p99 lag to Redis
+    # (0.25 -> 0.5 s; interleaved runs, docs/benchmarks.md). A busy node's batches still fill to
+    # SOPHIA_INGEST_BATCH_SIZE before the age is reached.
+    ingest_flush_seconds: float = 0.25
     retry_max: int = 8
     retry_backoff_max: int = 300
     retry_backoff_base: float = 2.0
