@@ -32,7 +32,7 @@ def create_app() -> Flask:
     state: dict[str, Any] = {"pid": None, "client": None}
 
     def client() -> redis.Redis:
-        # gunicorn preloads then forks: one client per process, never a shared socket.
+        # a server may preload then fork: one client per process, never a shared socket.
         if state["pid"] != os.getpid():
             state["client"] = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
             state["pid"] = os.getpid()

@@ -2,7 +2,7 @@
 
 Redis db 14 is the broker and db 15 the cache (override with ``--broker-db``/``--cache-db``),
 PostgreSQL database ``sophia_bench``, the Snowflake emulator on a free port with a fresh
-data directory, the web app and the floor app under gunicorn on free ports. Nothing here
+data directory, the web app (granian, or gunicorn with --web-server) and the floor apps on free ports. Nothing here
 touches the demo's or the test suites' data (tests use Redis dbs 2-11 and ``sophia_test*``).
 
 Processes are started through ``sophia_tasks.dev.stack.Stack``, the same code the demo and the
@@ -396,10 +396,10 @@ class Bench:
         return proc
 
     def server_cpu(self, name: str) -> Callable[[], float]:
-        """Reads the CPU seconds of the ``name`` tree (its gunicorn master and workers) plus the
+        """Reads the CPU seconds of the ``name`` tree (its server's main process and workers) plus the
         Redis server's: what serving a request costs on the machine, whichever app it is."""
         root = self.stack.processes[name].popen.pid
-        procs = tree_procs(root) + service_procs(("redis-server",))  # gunicorn keeps its workers
+        procs = tree_procs(root) + service_procs(("redis-server",))  # the servers keep their workers
 
         def read() -> float:
             return cpu_seconds(procs)

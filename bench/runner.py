@@ -20,8 +20,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS
 
     p = argparse.ArgumentParser(prog="python -m bench", description=(
-        "Benchmark sophia-tasks on the real stack (gunicorn web, Celery worker, Redis, PostgreSQL, "
-        "the Snowflake emulator) on benchmark-only databases and ports, against the targets of issue #19; "
+        "Benchmark sophia-tasks on the real stack (the web under granian or gunicorn, Celery worker, Redis, "
+        "PostgreSQL, the Snowflake emulator) on benchmark-only databases and ports, against the targets of issue #19; "
         "prints each target with PASS or FAIL and writes the JSON results (docs/benchmarks.md)."))
     p.add_argument("--quick", action="store_true",
                    help="small sizes, a few minutes in all (4 s ingest sides, 3 s read sides, 10 s cpu and latency "
@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "the soak runs 10 minutes: --scenario soak)")
     p.add_argument("--profile", action="store_true",
                    help="after the drain, drain again under py-spy (worker tree); after the ingest rounds, one more "
-                        "webhook run under py-spy (gunicorn tree); both summarised (what dominates CPU)")
+                        "webhook run under py-spy (the web's tree); both summarised (what dominates CPU)")
     p.add_argument("--profile-seconds", type=float, default=20)
     p.add_argument("--events", type=int, help="drain size (default 20,000; --quick 2,000)")
     p.add_argument("--inproc-events", type=int, help="in-process floor size (default 20,000; --quick 2,000)")

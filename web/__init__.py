@@ -1,4 +1,4 @@
-"""The Flask webhook app: ``gunicorn "web:create_app()"``.
+"""The Flask webhook app: ``web:create_app()``, served by ``python -m web.serve`` (granian) or gunicorn.
 
 Blueprints stay thin: authenticate, check, enqueue, answer. The clients they use
 (broker producer, Redis, PostgreSQL) are built here once from the settings.

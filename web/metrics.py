@@ -1,6 +1,6 @@
 """Prometheus exposition built from the shared counters in Redis.
 
-Every process counts into Redis (``sophia_tasks.observe.stats``), so whichever gunicorn
+Every process counts into Redis (``sophia_tasks.observe.stats``), so whichever web
 worker answers /metrics reports the sum over all web and Celery processes; this
 was chosen over prometheus_client's multiprocess mode, which only sees the
 processes of one host sharing one directory.
@@ -64,7 +64,7 @@ _stats_lock = threading.Lock()
 def _stats_for(url: str) -> Stats:
     """One client per process and URL: a scrape should not open a connection pool each time.
 
-    Under a lock: gunicorn threads scrape at once, and a client dropped by one thread while
+    Under a lock: the web's threads scrape at once, and a client dropped by one thread while
     another uses it would close that thread's connection when it is garbage-collected.
     """
     key = (os.getpid(), url)

@@ -151,7 +151,7 @@ class Services:
         self._redis: redis_lib.Redis | None = None
         self._stats: Any = None
         self._pid = os.getpid()
-        # gunicorn's threads share these clients. Creating them under a lock matters: a client
+        # The server's threads share these clients. Creating them under a lock matters: a client
         # built twice by two threads at once leaves one unreferenced, and a garbage-collected
         # redis client closes its connection pool, sockets in use by the other thread included.
         self._lock = threading.Lock()
@@ -162,7 +162,7 @@ class Services:
         self._one_trip = same_server(settings.redis_url, settings.broker_url)
 
     def _fork_check(self) -> None:
-        if os.getpid() != self._pid:  # gunicorn forked us: never share sockets across processes
+        if os.getpid() != self._pid:  # the server forked us: never share sockets across processes
             with self._lock:
                 if os.getpid() != self._pid:
                     self._celery = None

@@ -18,7 +18,7 @@ def ingest(bench: Bench, calls: Calls, sizes: Sizes, profile: dict[str, Any] | N
     under gunicorn, the floor under granian, then ours, with the same bodies.
 
     The worker is stopped so the web tier is measured alone (on 2 cores a draining worker
-    would take CPU from gunicorn, and the floor has no such neighbour); what is accepted
+    would take CPU from the web, and the floor has no such neighbour); what is accepted
     stays on the broker and is purged afterwards.
     """
     bench.stop_role("worker")

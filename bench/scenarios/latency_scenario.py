@@ -121,7 +121,7 @@ def cpu(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
         "method": f"open-loop webhook load, one event per POST at {sizes.cpu_rate:g} ev/s for {sizes.cpu_seconds:g}s "
                   "with the worker running; CPU seconds (user + system, psutil) of each process tree and "
                   "service from the first POST until every target holds every accepted event, divided by "
-                  "the accepted events. Ours = web (gunicorn tree) + worker (Celery tree) + postgres (every "
+                  "the accepted events. Ours = web (its server's tree) + worker (Celery tree) + postgres (every "
                   "postgres process) + redis (redis-server); the Snowflake emulator and the load generator "
                   "are reported, not counted. No harness polling of the targets (only the counters hash)",
         **out,

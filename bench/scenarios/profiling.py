@@ -1,4 +1,4 @@
-"""``--profile``: py-spy on the worker tree (a second drain) and on the gunicorn tree (an extra
+"""``--profile``: py-spy on the worker tree (a second drain) and on the web's tree (an extra
 ingest step), and the summary of its samples; apart, so the measured scenarios read without it."""
 from __future__ import annotations
 
@@ -112,25 +112,24 @@ WORKER_AREAS: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
     ("any: Message.decode outside the serializer registry", None, ("Message.decode",)),
 )
 
-# What a gunicorn worker spends CPU on while answering webhook POSTs.
+# What a web worker spends CPU on while answering webhook POSTs.
 WEB_AREAS: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
-    ("gunicorn workers, all of it", "child", ("",)),
+    ("web workers, all of it", "child", ("",)),
     ("webhook handler (receive)", "child", ("receive (web/webhook.py",)),
     ("  authenticate", "child", ("receive (web/webhook.py", "authenticate (web/auth.py")),
     ("  parse_body (envelope)", "child", ("receive (web/webhook.py", "parse_body (")),
     ("  make_event / normalize_version", "child", ("receive (web/webhook.py", "make_event (")),
-    ("  dedupe claim (Redis SET NX)", "child", ("receive (web/webhook.py", "Services.claim (")),
-    ("  publish (Celery send_task)", "child", ("receive (web/webhook.py", "Services.publish (")),
-    ("    of which JSON encode", "child", ("Services.publish (", "SerializerRegistry.dumps")),
-    ("  count_accepted (stats)", "child", ("receive (web/webhook.py", "Services.count_accepted (")),
-    ("  jsonify (response)", "child", ("receive (web/webhook.py", "jsonify (")),
+    ("  dedupe, count and append (one Redis script)", "child", ("receive (web/webhook.py", "Services.accept (")),
+    ("  publish (a broker other than Redis)", "child", ("receive (web/webhook.py", "Services.publish (")),
+    ("  answer (response)", "child", ("receive (web/webhook.py", "answer (web/webhook.py")),
     ("Flask wsgi_app (includes the handler)", "child", ("wsgi_app (",)),
-    ("gunicorn HTTP request parsing", "child", ("gunicorn/http/",)),
+    ("request body read (werkzeug stream)", "child", ("LimitedStream.",)),
+    ("gunicorn HTTP request parsing (under gunicorn)", "child", ("gunicorn/http/",)),
 )
 
 
 def profile_web(bench: Bench, body: loadgen.BodyFn, opts: dict[str, Any], concurrency: int = 32) -> dict[str, Any]:
-    """An extra, unmeasured ingest step with py-spy on the gunicorn tree."""
+    """An extra, unmeasured ingest step with py-spy on the web's tree."""
     if not py_spy_path():
         return {"error": "py-spy is not installed (pip install py-spy)"}
     seconds = float(opts.get("seconds", 20))

@@ -1,5 +1,5 @@
 """The integration stack: real Redis, PostgreSQL, the Snowflake emulator, a Celery
-worker process and the web app under gunicorn, all on test-only database numbers,
+worker process and the web app as the Procfile serves it (granian), all on test-only database numbers,
 a test-only Postgres database and free ports, so nothing touches demo data."""
 from __future__ import annotations
 

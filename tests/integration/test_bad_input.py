@@ -1,4 +1,4 @@
-"""Bad input through the real gunicorn web app: each case gets a clean 4xx (never a 5xx), and
+"""Bad input through the real web app (granian, as the Procfile runs it): each case gets a clean 4xx (never a 5xx), and
 odd-but-valid input (unicode, control characters, odd UTC offsets) lands literally.
 
 Cases already in test_webhook_errors.py (a truncated JSON object, application/xml, a 300 KiB

@@ -1,6 +1,6 @@
 """Fuzz the running web app from its own OpenAPI document (/openapi.json) with schemathesis.
 
-Real HTTP to the test stack's gunicorn on 127.0.0.1. Positive cases (bodies the schema allows),
+Real HTTP to the test stack's web server on 127.0.0.1. Positive cases (bodies the schema allows),
 negative cases (bodies and headers it does not) and arbitrary credentials must never get a 5xx,
 every status must be one the document declares, with the declared JSON shape; afterwards the
 worker must still take a normal call through to every target (nothing the fuzzer sent wedged it).

@@ -135,7 +135,7 @@ def celery_for(settings: Settings, spec: FlowSpec) -> Celery:
 
 
 def scrape(h: Harness | ObsStack) -> Samples:
-    # A new connection each time: gunicorn closes idle keep-alive connections after 5 s, and reusing
+    # A new connection each time: a server closes idle keep-alive connections (gunicorn after 5 s), and reusing
     # a pooled one just as it closes fails the request (RemoteDisconnected).
     resp = requests.get(h.url + "/metrics", timeout=15, headers=READ_AUTH)
     assert resp.status_code == 200, resp.text

@@ -1,4 +1,4 @@
-"""gunicorn threads share one client per process: built once, even when they all ask at once."""
+"""The web server's threads share one client per process: built once, even when they all ask at once."""
 from __future__ import annotations
 
 import sys
