@@ -1,14 +1,16 @@
 """Read a document back from the Redis hot cache."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-import orjson
 import redis as redis_lib
 from flask import Blueprint, Response, jsonify
 
 from web.access import refuse_read
 from web.services import services
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("documents", __name__)
 
@@ -40,5 +42,12 @@ def get_document(collection: str, key: str) -> Any:
         response = jsonify({"error": "not found", "detail": f"no document {key!r} in {collection}"})
         response.status_code = 404
         return response
-    orjson.loads(raw)  # refuse to serve a corrupt value as JSON
+    # Refuse to serve what is not a JSON object (a value written by something else, or cut short).
+    # Only its ends are checked: the materializer wrote the text with orjson, and parsing a whole
+    # document again was a tenth of a read's CPU.
+    if raw[:1] != b"{" or raw.rstrip()[-1:] != b"}":
+        log.error("not a JSON object at %s%s (%d bytes): refusing to serve it", binding.key_prefix, key, len(raw))
+        response = jsonify({"error": "stored document is not JSON", "detail": f"{key!r} in {collection}"})
+        response.status_code = 500
+        return response
     return Response(raw, content_type="application/json")

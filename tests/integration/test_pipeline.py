@@ -47,6 +47,18 @@ def test_posted_call_lands_in_all_three_targets(harness: Harness) -> None:
     assert got.status_code == 200 and got.json()["metaData"]["id"] == cid
 
 
+def test_a_read_refuses_a_stored_value_that_is_not_a_json_object(harness: Harness) -> None:
+    """A key under the binding's prefix written by something else is never served as the document."""
+    key = f"foreign-{uuid.uuid4().hex[:8]}"
+    harness.cache.set(f"sophia:gong_calls_enriched:{key}", b"not json", ex=60)
+    got = harness.read(f"/v1/collections/gong_calls_enriched/documents/{key}")
+    assert got.status_code == 500 and got.json()["error"] == "stored document is not JSON", got.text
+    harness.cache.set(f"sophia:gong_calls_enriched:{key}", b'{"cut": "sho', ex=60)  # cut short
+    assert harness.read(f"/v1/collections/gong_calls_enriched/documents/{key}").status_code == 500
+    harness.cache.delete(f"sophia:gong_calls_enriched:{key}")
+    assert harness.read(f"/v1/collections/gong_calls_enriched/documents/{key}").status_code == 404
+
+
 def test_duplicate_delivery_lands_once(harness: Harness) -> None:
     call = gong_call()
     cid = call["metaData"]["id"]
