@@ -170,8 +170,15 @@ def publisher(settings: Settings, spec: FlowSpec, name: str = "sophia_tasks_publ
 
 
 def sender_for(settings: Settings, spec: FlowSpec) -> Celery:
-    """Inside a worker, its own app; elsewhere (the command line) a publisher for these settings."""
+    """Inside a worker, its own app; elsewhere (the command line) a publisher for these settings.
+
+    The current app is used only when it publishes where ``settings`` say (the same broker and
+    queue prefix): a process that built ``sophia_tasks.app`` from its environment and is then
+    handed other settings must not send their messages to the first broker.
+    """
     app = current_app
     if is_bound(app):
-        return app
+        own = settings_of(app)
+        if (own.broker_url, own.queue_prefix) == (settings.broker_url, settings.queue_prefix):
+            return app
     return publisher(settings, spec)
