@@ -131,6 +131,23 @@ def since_boot() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
+def started_since_boot(pid: int) -> float | None:
+    """When ``pid`` started, in seconds since boot, from ``/proc/<pid>/stat`` (None elsewhere).
+
+    Why not psutil's ``create_time() - boot_time()``: both are wall-clock figures, and ``boot_time()``
+    is read again at each call from ``/proc/stat``, whose boot time moves when the wall clock is
+    adjusted, while ``create_time()`` uses the value psutil read at import: the difference was off
+    by up to a second, enough to take a process born in the window for an older one.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        fields = data[data.rindex(b")") + 2:].split()
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class RssSampler(threading.Thread):
     """Samples the RSS of named process trees every ``interval`` seconds; keeps peaks per window."""
 
@@ -229,12 +246,19 @@ class RssSampler(threading.Thread):
                 self.cpu_last[key] = t.user + t.system
 
     def _born_since_reset(self, proc: Any) -> bool:
-        import psutil
+        started = started_since_boot(proc.pid)
+        if started is None:  # not Linux's /proc: psutil's wall-clock start time
+            import psutil
 
-        try:
-            return proc.create_time() - psutil.boot_time() >= self.reset_at
-        except Exception:
-            return False
+            try:
+                started = proc.create_time() - psutil.boot_time()
+            except Exception:
+                return False
+            return started >= self.reset_at
+        # The start time is counted in clock ticks (10 ms), rounded down: a process started in the
+        # tick of the reset reads as up to one tick earlier. One born in the tick before is charged
+        # the little CPU it used before the reset.
+        return started + 1 / os.sysconf("SC_CLK_TCK") >= self.reset_at
 
     def sample(self, walk: bool = False) -> None:
         import psutil

@@ -284,19 +284,32 @@ def test_a_process_started_inside_the_window_is_charged_its_cpu_from_birth() -> 
     import sys
     import time
 
+    import psutil
+
     from bench import harness
 
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ntime.sleep(30)"
+
+    def burned(proc: subprocess.Popen) -> None:
+        """Until its 0.3 s of CPU are spent (a fixed sleep is too short on a busy machine)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            times = psutil.Process(proc.pid).cpu_times()
+            if times.user + times.system >= 0.3 and psutil.Process(proc.pid).status() == psutil.STATUS_SLEEPING:
+                return
+            time.sleep(0.05)
+        raise AssertionError("the burner did not finish its CPU in 30 s")
+
     old = subprocess.Popen([sys.executable, "-c", burn])
     young = None
     try:
-        time.sleep(1.0)  # the old one has burned its 0.3 s before the window
+        burned(old)  # the old one has burned its 0.3 s before the window
         sampler = harness.RssSampler()
         sampler.reset()
         sampler.watch("old", old.pid)
         sampler.sample(walk=True)
         young = subprocess.Popen([sys.executable, "-c", burn])
-        time.sleep(1.0)  # burned before anyone saw it
+        burned(young)  # burned before anyone saw it
         sampler.watch("young", young.pid)
         snap = sampler.snapshot()
         assert snap["young"]["cpu_s"] >= 0.25
@@ -328,3 +341,26 @@ def test_the_commit_is_read_in_a_clone_and_in_a_worktree(tmp_path: Any) -> None:
     (wt / ".git").write_text(f"gitdir: {wt_git}\n")
     assert _git_commit(wt) == other
     assert _git_commit(tmp_path / "nowhere") is None
+
+
+def test_a_process_started_in_the_tick_of_the_reset_counts_as_born_in_the_window() -> None:
+    """/proc counts start times in clock ticks, rounded down: started in the reset's own tick, a process
+    reads as up to one tick older than the reset, and must still be charged from birth."""
+    import os
+    import subprocess
+    import sys
+
+    from bench import harness
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        started = harness.started_since_boot(proc.pid)
+        assert started is not None
+        sampler = harness.RssSampler()
+        sampler.reset_at = started + 0.5 / os.sysconf("SC_CLK_TCK")  # the reset, later in the same tick
+        assert sampler._born_since_reset(type("P", (), {"pid": proc.pid})())
+        sampler.reset_at = started + 2.0 / os.sysconf("SC_CLK_TCK")  # two ticks later: older than the window
+        assert not sampler._born_since_reset(type("P", (), {"pid": proc.pid})())
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,4 +1,4 @@
-"""The bulk window yields to live events that are behind (a real Redis, db 12)."""
+"""The bulk window yields to live events that are behind (a real Redis, db 13: no other unit test writes its gauges)."""
 from __future__ import annotations
 
 import threading
@@ -16,7 +16,7 @@ from sophia_tasks.pipeline.bulk_window import BulkWindow, window_for
 from sophia_tasks.pipeline.records import record_written
 from sophia_tasks.settings import load_settings
 
-URL = "redis://127.0.0.1:6379/12"
+URL = "redis://127.0.0.1:6379/13"  # its own db: test_stats (db 12) rewrites the gauges it reads
 
 
 @pytest.fixture
