@@ -63,13 +63,16 @@ def dlq_list(stage: str | None, target: str | None, older_than: str | None, stat
     letters = _store(_settings()).list(status=status, stage=stage, target=target,
                                        older_than_seconds=_age(older_than), limit=limit)
     rows = [letter.summary() for letter in letters]
+    more = f"the oldest {limit} shown; --limit for more" if limit and len(rows) >= limit else None
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
+        if more:
+            click.echo(more, err=True)
         return
     for r in rows:
         r["error"] = (r["error"] or "")[:80]
     _table(rows, ["id", "created_at", "stage", "target", "collection", "document_key", "attempts", "status", "error"],
-           title=f"{len(rows)} dead letter(s)")
+           title=f"{len(rows)} dead letter(s)" + (f" ({more})" if more else ""))
 
 
 @dlq.command("show")

@@ -53,7 +53,8 @@ def letters(harness: Harness) -> Iterator[dict[str, Any]]:
 
 
 def listed(harness: Harness, *args: str) -> set[int]:
-    out = harness.cli("dlq", "list", "--json", *args)
+    # Every letter, not the oldest 100 (the default): other tests of the session leave letters too.
+    out = harness.cli("dlq", "list", "--json", "--limit", "100000", *args)
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert all({"id", "stage", "target", "collection", "error", "status", "created_at"} <= set(r) for r in rows)
@@ -71,8 +72,10 @@ def test_list_filters_by_stage_target_and_age(harness: Harness, letters: dict[st
     assert listed(harness, "--older-than", "4h") & mine == set()
     assert listed(harness, "--stage", "materialize", "--target", "postgres", "--older-than", "1s") & mine == {
         ids["postgres"]}
-    table = harness.cli("dlq", "list", "--target", "postgres")
+    table = harness.cli("dlq", "list", "--target", "postgres", "--limit", "100000")
     assert table.returncode == 0 and "dead letter(s)" in table.stdout and "boom" in table.stdout
+    one = harness.cli("dlq", "list", "--limit", "1")  # a cut list says so
+    assert one.returncode == 0 and "the oldest 1 shown; --limit for more" in one.stdout
     bad_age = harness.cli("dlq", "list", "--older-than", "soon")
     assert bad_age.returncode != 0 and "30s, 15m, 2h or 7d" in bad_age.stderr
 
