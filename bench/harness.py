@@ -24,7 +24,7 @@ from typing import Any, Callable
 import psycopg2
 import redis
 
-from sophia_tasks.dev.stack import BIN, ROOT, Process, Stack, free_port
+from sophia_tasks.dev.stack import BIN, Process, Stack, free_port, web_server_command
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BENCH_DB = "sophia_bench"
@@ -36,6 +36,8 @@ SF_DATABASE = "SOPHIA_BENCH"
 FLOOR_SERVERS = {"gunicorn": "floor", "granian": "floor-granian"}
 #: The floor app under the web's own server and settings (``python -m web.serve``): the reads' "same server".
 SAME_SERVER = "web-serve"
+#: Every server the floor app runs under, and its process name.
+FLOOR_NAMES = {**FLOOR_SERVERS, SAME_SERVER: "floor-web"}
 
 
 def bench_env(workdir: Path, broker_db: int, cache_db: int, token: str, read_token: str) -> dict[str, str]:
@@ -131,6 +133,10 @@ def since_boot() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
+#: The kernel's clock ticks per second: the unit of a process's start time in /proc.
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
 def started_since_boot(pid: int) -> float | None:
     """When ``pid`` started, in seconds since boot, from ``/proc/<pid>/stat`` (None elsewhere).
 
@@ -143,7 +149,7 @@ def started_since_boot(pid: int) -> float | None:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
         fields = data[data.rindex(b")") + 2:].split()
-        return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks
+        return int(fields[19]) / CLK_TCK  # field 22, starttime, in clock ticks
     except (OSError, ValueError, IndexError):
         return None
 
@@ -258,7 +264,7 @@ class RssSampler(threading.Thread):
         # The start time is counted in clock ticks (10 ms), rounded down: a process started in the
         # tick of the reset reads as up to one tick earlier. One born in the tick before is charged
         # the little CPU it used before the reset.
-        return started + 1 / os.sysconf("SC_CLK_TCK") >= self.reset_at
+        return started + 1 / CLK_TCK >= self.reset_at
 
     def sample(self, walk: bool = False) -> None:
         import psutil
@@ -367,6 +373,11 @@ class Bench:
     def floor_url(self) -> str:
         return f"http://127.0.0.1:{self.floor_port}"
 
+    @property
+    def same_server_floor(self) -> str:
+        """The floor server that is the web's own: the reads compare the two on one server."""
+        return "gunicorn" if self.web_server == "gunicorn" else SAME_SERVER
+
     def start_web(self) -> Process:
         if "web" not in self.stack.processes:
             proc = self.stack.start_web(workers=self.web_workers, threads=self.web_threads, server=self.web_server)
@@ -383,25 +394,19 @@ class Bench:
           ``--workers`` and ``--threads``), process name ``floor``;
         * ``granian``: ``granian --interface wsgi --workers <web workers>`` (granian's own defaults otherwise),
           process name ``floor-granian``;
-        * ``web-serve``: the web's own server and settings (``python -m web.serve``, same workers and threads;
-          deploy/gunicorn.conf.py when the web runs under gunicorn), process name ``floor-web``.
+        * ``web-serve``: the web's own server and settings (``python -m web.serve``, same workers and
+          threads), process name ``floor-web``.
 
         Returns once the app answers a request (a server's port can open before its workers run).
         """
-        name = FLOOR_SERVERS.get(server, "floor-web")
+        name = FLOOR_NAMES[server]
         if name in self.stack.processes:
             return self.stack.processes[name]
         port = self.floor_ports[server]
-        extra = {}
-        if server == SAME_SERVER:
-            if self.web_server == "gunicorn":
-                return self.start_floor("gunicorn")
-            argv = [str(BIN / "python"), "-m", "web.serve", "bench.floor_app:create_app"]
-            extra = {"WEB_CONCURRENCY": str(self.web_workers), "WEB_THREADS": str(self.web_threads)}
-        elif server == "gunicorn":
-            argv = [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
-                    "--workers", str(self.web_workers), "--threads", str(self.web_threads),
-                    "bench.floor_app:create_app()"]
+        extra: dict[str, str] = {}
+        if server in ("gunicorn", SAME_SERVER):
+            argv, extra = web_server_command("gunicorn" if server == "gunicorn" else "granian", self.web_workers,
+                                             self.web_threads, "bench.floor_app:create_app")
         else:
             exe = BIN / "granian"
             if not exe.exists():

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from bench import loadgen
 from bench.calls import Calls
-from bench.harness import OUR_PREFIX, SAME_SERVER, Bench
+from bench.harness import FLOOR_NAMES, OUR_PREFIX, Bench
 from bench.scenarios.common import DERIVED, Sizes, enriched_rows, log
 from bench.scenarios.rounds import compare, run_rounds
 
@@ -36,9 +36,9 @@ def seed_documents(bench: Bench, calls: Calls, n: int) -> list[str]:
 def reads(bench: Bench, calls: Calls, sizes: Sizes) -> dict[str, Any]:
     bench.stop_role("worker")
     bench.start_web()
-    floor_proc = bench.start_floor(SAME_SERVER)
-    floor_name = next(n for n, p in bench.stack.processes.items() if p is floor_proc)
-    floor_url = bench.floor_url_of(SAME_SERVER if floor_name == "floor-web" else "gunicorn")
+    server = bench.same_server_floor
+    bench.start_floor(server)
+    floor_name, floor_url = FLOOR_NAMES[server], bench.floor_url_of(server)
     bench.cache.flushdb()
     keys = seed_documents(bench, calls, sizes.reads_documents)
     sample = keys[:200]

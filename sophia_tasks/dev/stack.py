@@ -150,13 +150,7 @@ class Stack:
 
     def start_web(self, workers: int = 2, threads: int = 4, timeout: float = 60, server: str = "granian") -> Process:
         """The web app as the Procfile runs it (``python -m web.serve``: granian), or under gunicorn."""
-        if server == "gunicorn":
-            argv = [str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"),
-                    "--workers", str(workers), "--threads", str(threads), "web:create_app()"]
-            extra = None
-        else:
-            argv = [str(BIN / "python"), "-m", "web.serve"]
-            extra = {"WEB_CONCURRENCY": str(workers), "WEB_THREADS": str(threads)}
+        argv, extra = web_server_command(server, workers, threads)
         proc = self.spawn("web", argv, extra_env=extra)
         self._ready_or_stop("web", proc, lambda: port_open("127.0.0.1", self.web_port), timeout, "web")
         return proc
@@ -173,6 +167,18 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def web_server_command(server: str, workers: int, threads: int, factory: str = "web:create_app"
+                       ) -> tuple[list[str], dict[str, str]]:
+    """How the web's server runs a WSGI app factory (the argv and its environment), with the
+    web's own settings: ``granian`` is the Procfile's ``python -m web.serve``, ``gunicorn`` is
+    ``deploy/gunicorn.conf.py``. The benchmark serves its floor app the same way."""
+    if server == "gunicorn":
+        return ([str(BIN / "gunicorn"), "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), "--workers", str(workers),
+                 "--threads", str(threads), f"{factory}()"], {})
+    return [str(BIN / "python"), "-m", "web.serve", factory], {"WEB_CONCURRENCY": str(workers),
+                                                               "WEB_THREADS": str(threads)}
 
 
 def ensure_services() -> None:

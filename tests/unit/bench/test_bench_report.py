@@ -346,9 +346,10 @@ def test_the_commit_is_read_in_a_clone_and_in_a_worktree(tmp_path: Any) -> None:
 def test_a_process_started_in_the_tick_of_the_reset_counts_as_born_in_the_window() -> None:
     """/proc counts start times in clock ticks, rounded down: started in the reset's own tick, a process
     reads as up to one tick older than the reset, and must still be charged from birth."""
-    import os
     import subprocess
     import sys
+
+    import psutil
 
     from bench import harness
 
@@ -357,10 +358,10 @@ def test_a_process_started_in_the_tick_of_the_reset_counts_as_born_in_the_window
         started = harness.started_since_boot(proc.pid)
         assert started is not None
         sampler = harness.RssSampler()
-        sampler.reset_at = started + 0.5 / os.sysconf("SC_CLK_TCK")  # the reset, later in the same tick
-        assert sampler._born_since_reset(type("P", (), {"pid": proc.pid})())
-        sampler.reset_at = started + 2.0 / os.sysconf("SC_CLK_TCK")  # two ticks later: older than the window
-        assert not sampler._born_since_reset(type("P", (), {"pid": proc.pid})())
+        sampler.reset_at = started + 0.5 / harness.CLK_TCK  # the reset, later in the same tick
+        assert sampler._born_since_reset(psutil.Process(proc.pid))
+        sampler.reset_at = started + 2.0 / harness.CLK_TCK  # two ticks later: older than the window
+        assert not sampler._born_since_reset(psutil.Process(proc.pid))
     finally:
         proc.kill()
         proc.wait()
